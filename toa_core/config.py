@@ -1,0 +1,108 @@
+"""Config sections owned by the engine: the agents, the reward model and the search.
+
+Every section forbids unknown keys, so a typo in a YAML file is an error that names the key.
+The whole run config (`toaflow.config.RunConfig`) composes these with the other packages' sections.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+STRATEGIES = ("toa", "random", "ensemble", "prs", "seq_refine", "moa")
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RetryConfig(Section):
+    """How a backend call that fails is retried: exponential backoff with full jitter, bounded attempts."""
+    max_attempts: int = Field(4, ge=1, description="attempts per request, the first included")
+    backoff_initial_s: float = Field(0.5, gt=0)
+    backoff_max_s: float = Field(20.0, gt=0)
+    connect_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(600.0, gt=0, description="per request; generation of 2048 tokens can be slow")
+
+
+class ModelConfig(Section):
+    """One agent. Agents are tried in the order they are listed (the deterministic tie-break)."""
+    name: str = Field(..., description="unique agent name used in records")
+    backend: Literal["openai", "transformers"] = "openai"
+    model: str = Field(..., description="served model id (openai) or HF folder / hub id / builtin:NAME (transformers)")
+    endpoints: list[str] = Field(default_factory=list, description="base URLs ending in /v1; several = replicas")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key (never the key)")
+    system_prompt: str | None = None
+    temperature: float | None = Field(None, ge=0, description="overrides search.temperature for this agent")
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_concurrency: int = Field(64, ge=1, description="requests in flight per endpoint")
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    served_by: str | None = Field(None, description="name of a managed server in `servers` that provides this model")
+
+    @model_validator(mode="after")
+    def _endpoints_for_http(self) -> "ModelConfig":
+        if self.backend == "openai" and not self.endpoints and not self.served_by:
+            raise ValueError(f"model '{self.name}': backend 'openai' needs `endpoints` or `served_by`")
+        return self
+
+
+class RewardConfig(Section):
+    """The reward model. kinds:
+    - hf_classifier: in-process sequence classifier; `head: logits` (Skywork-style logits[0]) or `score` (ArmoRM).
+    - http: a vLLM pooling server; `api: classify` or `pooling`.
+    - llm_judge: a causal LM's next-token probabilities of a yes/no verdict (the CPU demo's judge).
+    - plugin: `callable: "module:function"`, an async or sync function (messages, response) -> float.
+    """
+    kind: Literal["hf_classifier", "http", "llm_judge", "plugin"] = "hf_classifier"
+    model: str | None = Field(None, description="HF folder / hub id / builtin:NAME, or the served model name")
+    head: Literal["logits", "score"] = "logits"
+    trust_remote_code: bool = Field(False, description="load the model's own code (ArmoRM needs it); off unless set")
+    endpoints: list[str] = Field(default_factory=list)
+    api: Literal["classify", "pooling"] = "classify"
+    api_key_env: str | None = None
+    callable: str | None = None
+    max_length: int = Field(4096, ge=16, description="pairs longer than this are truncated from the left of the response's end")
+    batch_size: int = Field(16, ge=1, description="pairs scored per forward pass / request")
+    batch_wait_ms: float = Field(5.0, ge=0, description="how long the batcher waits to fill a batch")
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    served_by: str | None = None
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> "RewardConfig":
+        if self.kind in ("hf_classifier", "llm_judge") and not self.model:
+            raise ValueError(f"reward kind '{self.kind}' needs `model`")
+        if self.kind == "http" and not (self.endpoints or self.served_by):
+            raise ValueError("reward kind 'http' needs `endpoints` or `served_by`")
+        if self.kind == "plugin" and not self.callable:
+            raise ValueError("reward kind 'plugin' needs `callable: module:function`")
+        return self
+
+
+class SearchConfig(Section):
+    """The search strategy and its budget. One generation = one completion + one reward score."""
+    strategy: Literal["toa", "random", "ensemble", "prs", "seq_refine", "moa"] = "toa"
+    budget: int = Field(160, ge=1, description="generations per prompt (N); TOA and the baselines spend exactly N")
+    task: Literal["chat", "translation"] = "chat"
+    # TOA
+    tau: float = Field(0.1, gt=0, description="value = sigmoid(reward / tau); 0.1 for ArmoRM-scale rewards, 1 for KIWI")
+    alpha: float = Field(0.01, ge=0, description="UCB exploration weight on the normalised scale")
+    width: int | None = Field(None, ge=1, description="responses per tree depth before the beat-your-parent rule; default floor(N/3)")
+    topk_child: int = Field(1, ge=1)
+    max_model_failures: int = Field(2, ge=1, description="failed generations after which an agent is dropped from one tree")
+    # baselines
+    model: str | None = Field(None, description="the single agent for random and prs (default: the first agent)")
+    moa_layers: int = Field(4, ge=1, description="MoA stack depth L")
+    # sampling
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(2048, ge=1)
+    seed: int = 0
+    prompt_concurrency: int = Field(64, ge=1, description="prompts searched at once")
+    prompts: dict[str, str] = Field(default_factory=dict, description="override template files: refine, aggregate, translate, ...")
+
+    def effective_width(self, n_models: int) -> int:
+        """floor(K*n/3) with N = K*n, never below K (a narrower first layer could leave a model untried)."""
+        return self.width if self.width is not None else max(n_models, self.budget // 3)
+

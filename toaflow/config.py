@@ -1,0 +1,82 @@
+"""The run config: one pydantic tree loaded from YAML and validated before any work starts.
+
+Each section is a model class in the package that uses it; this module only composes them and turns
+validation errors into messages that name the file and the key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from infra.config import ServersConfig, StoreConfig
+from toa_core.config import ModelConfig, RewardConfig, SearchConfig, Section
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file, the key and what to do."""
+
+
+class RunConfig(Section):
+    """Everything a run needs. See configs/*.yaml for annotated examples."""
+    name: str = Field("run", description="a label for this config; run ids are generated from it")
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    servers: ServersConfig = Field(default_factory=ServersConfig)
+    models: list[ModelConfig] = Field(..., min_length=1, description="the agents, in tie-break order")
+    reward: RewardConfig
+    search: SearchConfig = Field(default_factory=SearchConfig)
+
+    @model_validator(mode="after")
+    def _unique_model_names(self) -> "RunConfig":
+        names = [m.name for m in self.models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
+        if self.search.model is not None and self.search.model not in names:
+            raise ValueError(f"search.model '{self.search.model}' is not one of the models: {', '.join(names)}")
+        return self
+
+
+def _format_errors(path: str, error: ValidationError) -> str:
+    lines = [f"{path}: invalid config ({error.error_count()} problem(s))"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key; check its spelling against the documented keys (docs/config.md)"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"  - {key}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
+    """Validate a config mapping; raise ConfigError naming `source` and each bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(source, error)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load and validate a YAML run config. `overrides` maps dotted keys to values (e.g. {"search.budget": 12})."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass a path such as configs/tiny.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML: {getattr(error, 'problem', error)}") from None
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return parse_config(data, source=str(path))
