@@ -1,0 +1,53 @@
+"""`toa`: the command line. Each subcommand lives in toaflow/commands/<name>.py."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from toaflow.config import ConfigError
+
+# In the order a user meets them.
+COMMANDS = ("sample", "synthesize", "train", "evaluate", "pipeline", "scaling", "servers", "deploy")
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad input, missing file, unreachable endpoint): printed without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="toa",
+        description="toaflow: multi-agent data synthesis with tree search, TRL training and evaluation.",
+        epilog="Run `toa COMMAND --help` for a command's options. `make demo` runs `toa pipeline --config configs/demo.yaml`.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"toaflow.commands.{name}")
+        except ModuleNotFoundError as error:
+            if error.name == f"toaflow.commands.{name}":
+                continue  # a command not built yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, UserError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept in the store, re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
