@@ -1,0 +1,1 @@
+"""Chat-model backends (OpenAI-compatible HTTP, in-process transformers), model assets and the agent factory."""
