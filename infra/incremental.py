@@ -1,0 +1,150 @@
+"""Incremental nightly runs: which prompts were already synthesized, and the accumulated training data.
+
+Pure store operations (no Prefect). The store-level index is one parquet file per finished synthesis run:
+    index/prompts/<run_id>.parquet      columns prompt_id, run_id, recorded_at
+A nightly run samples only prompts absent from the index, and records its own prompt ids once its synthesis
+finishes (re-recording a run replaces its file, so a resumed run is never counted twice). Training then uses
+every indexed run's datasets plus the new run's: `accumulate_datasets` concatenates their
+datasets/{sft,dpo}/{train,test}.parquet files and keeps, per prompt_id, the rows of the newest run only (so a
+prompt re-synthesized later replaces its older data and never lands in both train and test).
+"""
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from infra.registry import check_run_id
+from infra.store import Store
+from toa_core.records import prompt_id_for
+
+INDEX_PREFIX = "index/prompts/"
+STAGES = ("sft", "dpo")
+SPLITS = ("train", "test")
+
+
+def _read_table(store: Store, key: str, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(store.read_bytes(key)), columns=columns)
+
+
+def _write_table(store: Store, key: str, table: pa.Table) -> str:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return store.write_bytes(key, buffer.getvalue())
+
+
+def index_key(run_id: str) -> str:
+    return f"{INDEX_PREFIX}{check_run_id(run_id)}.parquet"
+
+
+def prompt_ids_sampled_in_run(store: Store, run_id: str) -> set[str]:
+    """Prompt ids with at least one successful candidate in runs/<run_id>/samples/shard-*.parquet.
+
+    A prompt whose every generation failed is not counted: the next run tries it again.
+    """
+    prompt_ids: set[str] = set()
+    for key in store.list(f"runs/{check_run_id(run_id)}/samples/"):
+        if not key.endswith(".parquet"):
+            continue
+        table = _read_table(store, key)
+        if "error" in table.column_names:
+            table = table.filter(pc.is_null(table["error"]))
+        prompt_ids.update(table["prompt_id"].to_pylist())
+    return prompt_ids
+
+
+def record_synthesized_prompts(store: Store, run_id: str, prompt_ids: Iterable[str] | None = None) -> str:
+    """Write the index entry of `run_id` (default: the prompts sampled in its samples/ shards); returns its key."""
+    ids = sorted(set(prompt_ids) if prompt_ids is not None else prompt_ids_sampled_in_run(store, run_id))
+    recorded_at = datetime.now(timezone.utc).isoformat()
+    table = pa.table({"prompt_id": pa.array(ids, pa.string()),
+                      "run_id": pa.array([run_id] * len(ids), pa.string()),
+                      "recorded_at": pa.array([recorded_at] * len(ids), pa.string())})
+    table = table.replace_schema_metadata({"run_id": run_id, "recorded_at": recorded_at})
+    _write_table(store, index_key(run_id), table)
+    return index_key(run_id)
+
+
+def indexed_runs(store: Store) -> list[str]:
+    """Runs with an index entry, in the order they were recorded (oldest first)."""
+    entries = []
+    for key in store.list(INDEX_PREFIX):
+        if not key.endswith(".parquet"):
+            continue
+        metadata = pq.read_schema(io.BytesIO(store.read_bytes(key))).metadata or {}
+        run_id = metadata.get(b"run_id", key[len(INDEX_PREFIX):-len(".parquet")].encode()).decode()
+        entries.append((metadata.get(b"recorded_at", b"").decode(), run_id))
+    return [run_id for _, run_id in sorted(entries)]
+
+
+def synthesized_prompt_ids(store: Store, exclude_runs: Iterable[str] = ()) -> set[str]:
+    """Every prompt id some earlier synthesis run recorded, except those recorded by `exclude_runs`.
+
+    Exclude the run being (re-)synthesized, so resuming a run does not skip its own prompts.
+    """
+    excluded = {index_key(run_id) for run_id in exclude_runs}
+    seen: set[str] = set()
+    for key in store.list(INDEX_PREFIX):
+        if key.endswith(".parquet") and key not in excluded:
+            seen.update(_read_table(store, key, columns=["prompt_id"])["prompt_id"].to_pylist())
+    return seen
+
+
+def _derived_prompt_ids(table: pa.Table, stage: str) -> list[str]:
+    """prompt_id per row: the column when the dataset has it, else the hash of the prompt's messages."""
+    if "prompt_id" in table.column_names:
+        return table["prompt_id"].to_pylist()
+    if stage == "dpo":
+        return [prompt_id_for(prompt) for prompt in table["prompt"].to_pylist()]
+    ids = []
+    for messages in table["messages"].to_pylist():
+        end = len(messages)
+        while end and messages[end - 1]["role"] == "assistant":
+            end -= 1  # the prompt is the conversation before the answer being learned
+        ids.append(prompt_id_for(messages[:end]))
+    return ids
+
+
+def accumulate_datasets(store: Store, run_ids: Sequence[str], dest_prefix: str) -> dict[str, Any]:
+    """Concatenate the datasets of `run_ids` (oldest first) into `dest_prefix`/{sft,dpo}/{train,test}.parquet.
+
+    Per stage, each prompt_id keeps the rows of the newest run that has it, in the split that run gave it.
+    Runs without a dataset file are skipped. Returns {"runs": [...], "rows": {"sft/train": n, ...}, "keys": [...]}.
+    """
+    dest_prefix = dest_prefix.rstrip("/")
+    summary: dict[str, Any] = {"runs": list(run_ids), "rows": {}, "keys": []}
+    for stage in STAGES:
+        owner: dict[str, tuple[int, str]] = {}  # prompt_id -> (run position, split) of its newest rows
+        tables: dict[tuple[int, str], pa.Table] = {}
+        for position, run_id in enumerate(run_ids):
+            for split in SPLITS:
+                key = f"runs/{check_run_id(run_id)}/datasets/{stage}/{split}.parquet"
+                if not store.exists(key):
+                    continue
+                table = _read_table(store, key)
+                ids = _derived_prompt_ids(table, stage)
+                if "prompt_id" not in table.column_names:
+                    table = table.append_column("prompt_id", pa.array(ids, pa.string()))
+                tables[(position, split)] = table
+                for prompt_id in ids:
+                    owner[prompt_id] = (position, split)  # later runs overwrite earlier ones
+        by_split: dict[str, list[pa.Table]] = {split: [] for split in SPLITS}
+        for (position, split), table in sorted(tables.items()):
+            keep = [owner[prompt_id] == (position, split) for prompt_id in table["prompt_id"].to_pylist()]
+            by_split[split].append(table.filter(pa.array(keep, pa.bool_())))
+        for split, parts in by_split.items():
+            if not parts:
+                continue
+            merged = pa.concat_tables(parts, promote_options="permissive")
+            if split == "test" and merged.num_rows == 0:
+                continue  # training runs without a test split rather than on an empty one
+            key = f"{dest_prefix}/{stage}/{split}.parquet"
+            _write_table(store, key, merged)
+            summary["rows"][f"{stage}/{split}"] = merged.num_rows
+            summary["keys"].append(key)
+    return summary

@@ -1,0 +1,86 @@
+"""The promotion gate: promote, block (naming the metric), first run, missing and new metrics."""
+from __future__ import annotations
+
+import pytest
+
+from infra.promotion import MetricScore, decide_promotion
+
+
+def score(value, half_width=0.05, n=100, higher_is_better=True):
+    return {"value": value, "ci_low": value - half_width, "ci_high": value + half_width, "n": n,
+            "higher_is_better": higher_is_better}
+
+
+CURRENT = {"mini.rm_win_rate": score(0.60), "mini.mean_length": score(300.0, 20.0, higher_is_better=False)}
+
+
+def test_first_run_promotes_without_comparison():
+    decision = decide_promotion({"mini.rm_win_rate": score(0.1)}, None, ["mini.rm_win_rate"])
+    assert decision.promote
+    assert "first run" in decision.reason
+    assert decision.checks == []
+
+
+def test_promotes_when_no_gated_metric_regressed():
+    candidate = {"mini.rm_win_rate": score(0.58), "mini.mean_length": score(290.0, 20.0, higher_is_better=False)}
+    decision = decide_promotion(candidate, CURRENT, ["mini.rm_win_rate", "mini.mean_length"])
+    assert decision.promote, decision.reason
+    assert [check.status for check in decision.checks] == ["ok", "ok"]
+    assert decision.blocking == []
+
+
+def test_drop_within_the_interval_is_not_a_regression():
+    # 0.56 + 0.05 = 0.61 >= 0.60: the candidate's own uncertainty covers the current value.
+    decision = decide_promotion({"mini.rm_win_rate": score(0.56)}, CURRENT, ["mini.rm_win_rate"])
+    assert decision.promote
+
+
+def test_blocks_and_names_the_regressed_metric():
+    # 0.50 + 0.05 = 0.55 < 0.60: the current value lies above the candidate's whole interval.
+    candidate = {"mini.rm_win_rate": score(0.50), "mini.mean_length": score(300.0, 20.0, higher_is_better=False)}
+    decision = decide_promotion(candidate, CURRENT, ["mini.rm_win_rate", "mini.mean_length"])
+    assert not decision.promote
+    assert [check.metric for check in decision.blocking] == ["mini.rm_win_rate"]
+    assert "mini.rm_win_rate" in decision.reason and "0.5" in decision.reason and "0.6" in decision.reason
+    assert decision.to_dict()["blocking_metrics"] == ["mini.rm_win_rate"]
+
+
+def test_lower_is_better_regresses_upwards():
+    candidate = {"mini.mean_length": score(400.0, 20.0, higher_is_better=False)}
+    decision = decide_promotion(candidate, CURRENT, ["mini.mean_length"])
+    assert not decision.promote
+    assert decision.blocking[0].status == "regressed"
+    better = decide_promotion({"mini.mean_length": score(200.0, 20.0, higher_is_better=False)}, CURRENT,
+                              ["mini.mean_length"])
+    assert better.promote and better.checks[0].status == "improved"
+
+
+def test_max_regression_widens_the_tolerance():
+    candidate = {"mini.rm_win_rate": score(0.50)}
+    assert not decide_promotion(candidate, CURRENT, ["mini.rm_win_rate"]).promote
+    assert decide_promotion(candidate, CURRENT, ["mini.rm_win_rate"], max_regression=0.06).promote
+
+
+def test_ungated_metrics_never_block():
+    candidate = {"mini.rm_win_rate": score(0.60), "mini.mean_length": score(900.0, 1.0, higher_is_better=False)}
+    assert decide_promotion(candidate, CURRENT, ["mini.rm_win_rate"]).promote
+
+
+def test_missing_candidate_metric_blocks_and_new_benchmark_does_not():
+    missing = decide_promotion({"mini.mean_length": score(300.0, higher_is_better=False)}, CURRENT, ["mini.rm_win_rate"])
+    assert not missing.promote
+    assert missing.blocking[0].status == "missing"
+    nan = decide_promotion({"mini.rm_win_rate": {"value": float("nan"), "ci_low": float("nan"),
+                                                  "ci_high": float("nan"), "n": 0}}, CURRENT, ["mini.rm_win_rate"])
+    assert not nan.promote
+    new = decide_promotion({"gsm8k.accuracy": score(0.2)}, CURRENT, ["gsm8k.accuracy"])
+    assert new.promote and new.checks[0].status == "no_baseline"
+
+
+def test_malformed_scores_raise_naming_the_metric():
+    with pytest.raises(ValueError, match="mini.rm_win_rate.*ci_high"):
+        decide_promotion({"mini.rm_win_rate": {"value": 0.5, "ci_low": 0.4}}, CURRENT, ["mini.rm_win_rate"])
+    with pytest.raises(ValueError, match="outside its interval"):
+        MetricScore.parse("x", {"value": 0.9, "ci_low": 0.1, "ci_high": 0.2, "n": 3})
+    with pytest.raises(ValueError, match="higher_is_better differs"):
+        decide_promotion({"mini.mean_length": score(300.0)}, CURRENT, ["mini.mean_length"])
