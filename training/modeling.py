@@ -1,0 +1,112 @@
+"""Loading the model and tokenizer a stage trains: precision, chat template, LoRA.
+
+Everything here fails before any training step with a message that says what to change.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from training.config import CommonTrainingConfig, LoraSection
+
+log = logging.getLogger(__name__)
+
+
+class TrainingSetupError(ValueError):
+    """The stage cannot start: bad dataset, model, tokenizer or precision. The message names the fix."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """What the hardware and config settle on: the weights' dtype and the Trainer flags that go with it."""
+    bf16: bool
+    gradient_checkpointing: bool
+    device: str  # "cuda" or "cpu" (what the Trainer will use)
+
+    @property
+    def torch_dtype(self) -> Any:
+        import torch
+
+        return torch.bfloat16 if self.bf16 else torch.float32
+
+
+def choose_precision(common: CommonTrainingConfig) -> Precision:
+    """bf16 + gradient checkpointing on a GPU that supports bf16, fp32 on CPU; `precision: bf16` without support fails."""
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    bf16_ok = has_cuda and torch.cuda.is_bf16_supported()
+    if common.precision == "bf16" and not bf16_ok:
+        where = "this GPU does not support bf16" if has_cuda else "no CUDA GPU is visible (CPU training runs in fp32)"
+        raise TrainingSetupError(
+            f"training.common.precision is 'bf16' but {where}; set training.common.precision to 'auto' or 'fp32'")
+    bf16 = bf16_ok if common.precision == "auto" else common.precision == "bf16"
+    checkpointing = has_cuda if common.gradient_checkpointing is None else common.gradient_checkpointing
+    return Precision(bf16=bf16, gradient_checkpointing=checkpointing, device="cuda" if has_cuda else "cpu")
+
+
+def resolve_base_model(spec: str) -> Path:
+    """builtin:NAME, a local folder or a hub id -> a local HF folder (built or fetched on demand)."""
+    from toa_core.backends.assets import AssetError, resolve_model
+
+    try:
+        return resolve_model(spec)
+    except AssetError as error:
+        raise TrainingSetupError(f"training.common.base_model: {error}") from None
+
+
+# A template supports TRL's assistant-only loss when it wraps assistant content in {% generation %} markers.
+_GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
+
+
+def template_marks_assistant(tokenizer: Any) -> bool:
+    """True when the chat template has {% generation %} markers (TRL's `assistant_only_loss` needs them)."""
+    return bool(_GENERATION_MARKER.search(tokenizer.chat_template or ""))
+
+
+def load_tokenizer(folder: str | Path) -> Any:
+    """The model's own tokenizer; it must have a chat template (the datasets are conversations)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if not getattr(tokenizer, "chat_template", None):
+        raise TrainingSetupError(
+            f"the tokenizer in {folder} has no chat template, so conversations cannot be formatted; "
+            "use an instruct/chat model (its tokenizer_config.json carries `chat_template`) or add one to that file")
+    if tokenizer.pad_token is None:
+        # Padding positions are masked out of the loss, so reusing EOS as padding is safe.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(folder: str | Path, common: CommonTrainingConfig, precision: Precision) -> Any:
+    """The causal LM in the training dtype. Under accelerate the Trainer places it, so no device_map here."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": precision.torch_dtype, "trust_remote_code": common.trust_remote_code}
+    if common.attn_implementation:
+        kwargs["attn_implementation"] = common.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    if precision.gradient_checkpointing:
+        model.config.use_cache = False  # the KV cache is useless in training and conflicts with checkpointing
+    return model
+
+
+def lora_config(lora: LoraSection) -> Any:
+    """peft.LoraConfig for a causal LM from the `training.lora` section."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora.target_modules, bias="none", task_type="CAUSAL_LM",
+    )
+
+
+def trainable_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameter counts, for the log and the model card."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

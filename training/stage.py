@@ -1,0 +1,283 @@
+"""What the SFT and DPO recipes share: the stage's place in the store, its scratch folder, the Trainer
+arguments common to both, publishing the result, and the command-line entry of a stage process.
+
+A stage writes runs/<run_id>/models/<stage>/ (published with `upload_dir`; its marker file means "done"):
+    adapter_model.safetensors + adapter_config.json   (LoRA)  or  model*.safetensors + config.json (full)
+    tokenizer files, training_metrics.json (final metrics + the Trainer's log history), README.md (model card)
+    merged/                                            (LoRA merged into the base, when merge_adapter is set)
+    checkpoints/checkpoint-<step>/                     (while training; removed once the stage is published)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from infra.store import DIR_MARKER, Store, open_store
+from training.checkpoints import (StoreCheckpointSync, checkpoints_prefix, delete_checkpoints,
+                                  restore_latest_checkpoint)
+from training.config import CommonTrainingConfig, StageConfig, StageSettings, TrainingConfigError, load_stage_settings
+from training.modeling import Precision, TrainingSetupError
+
+log = logging.getLogger(__name__)
+
+#: A failing stage process prints this prefix + one line to stderr; the parent shows that line as the error.
+ERROR_PREFIX = "toaflow-stage-error: "
+METRICS_FILE = "training_metrics.json"
+
+
+def model_prefix(run_id: str, stage: str) -> str:
+    """Store folder of a stage's published model."""
+    return f"runs/{run_id}/models/{stage}"
+
+
+@dataclass
+class StageRun:
+    """One stage of one run: where it reads and writes, and its local scratch folder."""
+    settings: StageSettings
+    stage: str
+    run_id: str
+    data_run_id: str
+    store: Store
+    workdir: Path
+    _owns_workdir: bool = field(default=False, repr=False)
+
+    @classmethod
+    def open(cls, settings: StageSettings, stage: str, run_id: str, data_run_id: str | None = None,
+             store: Store | None = None) -> "StageRun":
+        common = settings.training.common
+        if common.work_dir:
+            workdir = Path(common.work_dir).expanduser() / run_id / stage
+            workdir.mkdir(parents=True, exist_ok=True)
+            owns = False
+        else:
+            workdir = Path(tempfile.mkdtemp(prefix=f"toaflow-{stage}-"))
+            owns = True
+        return cls(settings=settings, stage=stage, run_id=run_id, data_run_id=data_run_id or run_id,
+                   store=store or open_store(settings.store), workdir=workdir, _owns_workdir=owns)
+
+    # -- where things are --------------------------------------------------------------------------------
+    @property
+    def prefix(self) -> str:
+        return model_prefix(self.run_id, self.stage)
+
+    @property
+    def trainer_dir(self) -> Path:
+        """The Trainer's output_dir: checkpoints land here before being synced to the store."""
+        return self.workdir / "trainer"
+
+    @property
+    def final_dir(self) -> Path:
+        return self.workdir / "final"
+
+    def is_published(self) -> bool:
+        return self.store.dir_complete(self.prefix)
+
+    def published_metrics(self) -> dict[str, Any]:
+        return self.store.read_json(f"{self.prefix}/{METRICS_FILE}")
+
+    # -- resume --------------------------------------------------------------------------------------------
+    def callbacks(self) -> list[Any]:
+        """Store sync first, then the user's extra callbacks (`training.common.callbacks`)."""
+        extra = [_import_callback(spec)() for spec in self.settings.training.common.callbacks]
+        return [StoreCheckpointSync(self.store, checkpoints_prefix(self.run_id, self.stage)), *extra]
+
+    def restore_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint from the store, downloaded under trainer_dir; None to start fresh."""
+        return restore_latest_checkpoint(self.store, checkpoints_prefix(self.run_id, self.stage), self.trainer_dir)
+
+    # -- the end -------------------------------------------------------------------------------------------
+    def publish(self, trainer: Any, tokenizer: Any, *, base_model: str, resumed_from: Path | None,
+                extra_metrics: dict[str, Any]) -> dict[str, Any]:
+        """Save weights, tokenizer, metrics and model card; upload them; drop the stored checkpoints.
+
+        Every process must call this (saving gathers sharded weights); only the main one writes the store.
+        """
+        common = self.settings.training.common
+        trainer.save_model(str(self.final_dir))  # gathers ZeRO-3/FSDP shards; a PeftModel saves its adapters
+        if not trainer.is_world_process_zero():
+            return {}
+        # DPO on a LoRA policy keeps a frozen copy of the SFT adapter named "ref": it is the SFT model itself.
+        shutil.rmtree(self.final_dir / "ref", ignore_errors=True)
+        tokenizer.save_pretrained(str(self.final_dir))
+        is_adapter = (self.final_dir / "adapter_config.json").is_file()
+        if common.merge_adapter and is_adapter:
+            merge_adapter(self.final_dir, self.final_dir / "merged", tokenizer)
+        metrics = self._metrics(trainer, base_model, resumed_from, is_adapter, extra_metrics)
+        (self.final_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+        (self.final_dir / "README.md").write_text(model_card(metrics, self.settings))
+        self.store.upload_dir(self.final_dir, self.prefix)
+        if not common.keep_checkpoints:
+            delete_checkpoints(self.store, checkpoints_prefix(self.run_id, self.stage))
+        print(f"{self.stage} model published to {self.store.uri(self.prefix)}", flush=True)
+        return metrics
+
+    def _metrics(self, trainer: Any, base_model: str, resumed_from: Path | None, is_adapter: bool,
+                 extra: dict[str, Any]) -> dict[str, Any]:
+        state = trainer.state
+        history = list(state.log_history)
+        train_losses = [entry["loss"] for entry in history if "loss" in entry]
+        summary = next((entry for entry in reversed(history) if "train_runtime" in entry), {})
+        return {
+            "stage": self.stage,
+            "run_id": self.run_id,
+            "data_run_id": self.data_run_id,
+            "base_model": base_model,
+            "weights": "lora_adapter" if is_adapter else "full",
+            "global_step": state.global_step,
+            "resumed_from_step": int(resumed_from.name.split("-")[-1]) if resumed_from else None,
+            "epoch": state.epoch,
+            "first_loss": train_losses[0] if train_losses else None,
+            "final_loss": train_losses[-1] if train_losses else None,
+            "train_runtime_s": summary.get("train_runtime"),
+            **extra,
+            "log_history": history,
+        }
+
+    def close(self, success: bool) -> None:
+        """Remove the scratch folder after success (a failed stage keeps it for a look)."""
+        if success and self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def download_published(store: Store, prefix: str, local_dir: Path) -> Path:
+    """Download the files a published stage folder lists in its marker (so stray checkpoints are skipped)."""
+    marker = f"{prefix}/{DIR_MARKER}"
+    if not store.exists(marker):
+        raise TrainingSetupError(f"no finished model at {store.uri(prefix)}/ (its {DIR_MARKER} is missing)")
+    for name in store.read_json(marker)["files"]:
+        store.download_file(f"{prefix}/{name}", local_dir / name)
+    return local_dir
+
+
+def merge_adapter(adapter_dir: Path, out_dir: Path, tokenizer: Any) -> None:
+    """Fold a LoRA adapter into its base weights (for servers that cannot apply adapters)."""
+    from peft import AutoPeftModelForCausalLM
+
+    model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir))
+    model.merge_and_unload().save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+
+
+def trainer_arguments(stage_cfg: StageConfig, common: CommonTrainingConfig, precision: Precision,
+                      output_dir: Path, has_eval: bool) -> dict[str, Any]:
+    """TrainingArguments both TRL configs share, from our config (names differ on purpose: ours are shorter)."""
+    return dict(
+        output_dir=str(output_dir),
+        seed=common.seed,
+        data_seed=common.seed,
+        learning_rate=stage_cfg.learning_rate,
+        num_train_epochs=stage_cfg.epochs,
+        max_steps=stage_cfg.max_steps or -1,
+        per_device_train_batch_size=stage_cfg.per_device_batch_size,
+        per_device_eval_batch_size=stage_cfg.per_device_batch_size,
+        gradient_accumulation_steps=stage_cfg.grad_accum,
+        warmup_steps=stage_cfg.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
+        lr_scheduler_type=stage_cfg.lr_scheduler,
+        weight_decay=stage_cfg.weight_decay,
+        max_grad_norm=stage_cfg.max_grad_norm,
+        bf16=precision.bf16,  # TRL defaults to True, which fails on CPU
+        fp16=False,
+        gradient_checkpointing=precision.gradient_checkpointing,
+        max_length=common.max_length,
+        logging_steps=common.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=common.save_steps,
+        save_total_limit=1,  # older local checkpoints are useless once the newer one is in the store
+        eval_strategy="no",  # evaluated once at the end (cheaper, and the curve we plot is the train curve)
+        do_eval=has_eval,
+        report_to="none",
+        disable_tqdm=True,  # progress bars garble a streamed log; the log lines carry the progress
+        dataloader_num_workers=0,
+    )
+
+
+def _import_callback(spec: str) -> Callable[[], Any]:
+    module_name, _, class_name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise TrainingSetupError(f"training.common.callbacks: cannot import '{spec}' ({error}); use 'module:Class'") from None
+
+
+def model_card(metrics: dict[str, Any], settings: StageSettings) -> str:
+    """A short README.md: what this is, where it came from, how to load it, the config it was trained with."""
+    stage = metrics["stage"]
+    training = settings.training
+    lines = [
+        f"# toaflow {stage.upper()} model — run `{metrics['run_id']}`",
+        "",
+        f"- **Stage:** {stage.upper()} ({'LoRA adapter' if metrics['weights'] == 'lora_adapter' else 'full weights'})",
+        f"- **Base model:** `{metrics['base_model']}`",
+        f"- **Data run:** `{metrics['data_run_id']}` (runs/{metrics['data_run_id']}/datasets/{stage}/)",
+        f"- **Steps:** {metrics['global_step']}" + (f" (resumed from step {metrics['resumed_from_step']})"
+                                                    if metrics.get("resumed_from_step") else ""),
+        f"- **Train loss:** first {_fmt(metrics.get('first_loss'))}, final {_fmt(metrics.get('final_loss'))}",
+    ]
+    if stage == "dpo":
+        lines += [f"- **Reward accuracy:** first {_fmt(metrics.get('first_reward_accuracy'))}, "
+                  f"final {_fmt(metrics.get('final_reward_accuracy'))}",
+                  "- **Reference policy:** " + str(metrics.get("reference", "the SFT policy"))]
+    if metrics["weights"] == "lora_adapter":
+        lines += ["", "Load with `peft.AutoPeftModelForCausalLM.from_pretrained(<this folder>)` (the adapter config "
+                      "names the base weights' local path; the base model above is the portable name)."]
+    lines += ["", "## Training config", "", "```json",
+              json.dumps(training.model_dump(mode="json"), indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The stage process
+
+
+def stage_main(stage: str, run: Callable[..., dict[str, Any]], argv: list[str] | None = None) -> int:
+    """`python -m training.<stage> --config C --run-id R [--data-run-id D] [--force]`.
+
+    Exit 0 on success. On failure, print one line `toaflow-stage-error: <what went wrong>` to stderr (the parent
+    task reports it) after the traceback, and exit 1 (2 for a config or setup problem the user must fix).
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m training.{stage}", description=f"Run the {stage.upper()} stage.")
+    parser.add_argument("--config", required=True, help="run config YAML (its store and training sections are used)")
+    parser.add_argument("--run-id", required=True, help="the run whose models/ folder receives the result")
+    parser.add_argument("--data-run-id", default=None, help="the run holding the datasets (default: --run-id)")
+    parser.add_argument("--force", action="store_true", help="train again even if the stage is already published")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_stage_settings(args.config)
+        run(settings, run_id=args.run_id, data_run_id=args.data_run_id, force=args.force)
+    except (TrainingConfigError, TrainingSetupError) as error:
+        print(f"{ERROR_PREFIX}{_one_line(error)}", file=sys.stderr, flush=True)
+        return 2
+    except Exception as error:  # noqa: BLE001 - the process boundary: report anything, briefly
+        traceback.print_exc()
+        print(f"{ERROR_PREFIX}{type(error).__name__}: {_one_line(error)}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def _one_line(error: BaseException) -> str:
+    return " | ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+def log_line(message: str) -> None:
+    """Progress for the parent's log: plain stdout lines (the Trainer's own logs go through `logging`)."""
+    print(message, flush=True)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
