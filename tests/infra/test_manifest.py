@@ -1,0 +1,100 @@
+"""The run manifest: created with a redacted config, updated per stage, merged on resume."""
+from __future__ import annotations
+
+import pytest
+
+from infra.manifest import Manifest, manifest_key, package_versions
+from infra.store import LocalStore, StoreKeyNotFound, open_store
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path):
+    if request.param == "local":
+        return LocalStore(tmp_path / "artifacts")
+    return open_store(request.getfixturevalue("s3_store_config"))
+
+
+def test_create_records_config_versions_git_and_seeds(store, monkeypatch):
+    monkeypatch.setenv("MY_KEY", "sk-secret-value-12345")
+    config = {"models": [{"name": "a", "api_key_env": "MY_KEY", "api_key": "sk-secret-value-12345"}]}
+    manifest = Manifest.open(store, "run-1", config=config, seeds={"search": 7})
+    stored = store.read_json(manifest_key("run-1"))
+    assert stored["run_id"] == "run-1"
+    assert stored["config"]["models"][0] == {"name": "a", "api_key_env": "MY_KEY", "api_key": "***"}
+    assert "sk-secret-value-12345" not in store.read_text(manifest_key("run-1"))
+    assert stored["seeds"] == {"search": 7}
+    assert stored["versions"]["python"] and stored["versions"]["pyarrow"] == package_versions()["pyarrow"]
+    assert stored["git"] is None or len(stored["git"]["sha"]) == 40
+    assert stored["stages"] == {} and stored["lineage"] == [] and stored["resumes"] == []
+    assert manifest.uri == store.uri("runs/run-1/manifest.json")
+
+
+def test_stage_lifecycle_counts_lineage_retries(store):
+    manifest = Manifest.open(store, "run-2", config={"a": 1})
+    manifest.start_stage("ingest")
+    assert store.read_json(manifest_key("run-2"))["stages"]["ingest"]["status"] == "running"
+    manifest.finish_stage("ingest", counts={"prompts": 10, "quarantined": 2}, outputs=["s3://b/p/prompts/part-0.parquet"])
+    manifest.add_lineage("ingest", ["/data/prompts.jsonl"], ["s3://b/p/prompts/part-0.parquet"])
+    manifest.add_lineage("ingest", ["/data/prompts.jsonl"], ["s3://b/p/prompts/part-0.parquet"])  # kept once
+    manifest.add_counts(generations=160, errors=1)
+    manifest.add_counts(generations=160)
+    manifest.add_retries("store", 2)
+    manifest.add_retries("store", 1)
+    manifest.add_retries("reward", 0)
+    manifest.start_stage("sample")
+    manifest.fail_stage("sample", RuntimeError("server down"))
+
+    stored = Manifest.load(store, "run-2").data
+    ingest = stored["stages"]["ingest"]
+    assert ingest["status"] == "finished" and ingest["counts"] == {"prompts": 10, "quarantined": 2}
+    assert ingest["outputs"] == ["s3://b/p/prompts/part-0.parquet"] and ingest["attempts"] == 1
+    assert stored["counts"] == {"ingest.prompts": 10, "ingest.quarantined": 2, "generations": 320, "errors": 1}
+    assert stored["lineage"] == [{"stage": "ingest", "inputs": ["/data/prompts.jsonl"],
+                                  "outputs": ["s3://b/p/prompts/part-0.parquet"]}]
+    assert stored["retries"] == {"store": 3}
+    assert stored["stages"]["sample"]["status"] == "failed"
+    assert stored["stages"]["sample"]["error"] == "RuntimeError: server down"
+    assert manifest.stage_finished("ingest") and not manifest.stage_finished("sample")
+
+
+def test_resume_keeps_finished_stages_and_notes_config_changes(store):
+    first = Manifest.open(store, "run-3", config={"budget": 160}, seeds={"search": 1})
+    first.start_stage("ingest")
+    first.finish_stage("ingest", counts={"prompts": 5})
+    first.start_stage("sample")
+    first.fail_stage("sample", "killed")
+
+    again = Manifest.open(store, "run-3", config={"budget": 160})
+    assert again.stage_finished("ingest") and again.stage("ingest")["counts"] == {"prompts": 5}
+    assert again.data["created_at"] == first.data["created_at"]
+    assert again.data["resumes"][-1]["config_changed"] is False
+    again.start_stage("sample")
+    assert again.stage("sample")["attempts"] == 2 and again.stage("sample")["error"] is None
+
+    changed = Manifest.open(store, "run-3", config={"budget": 12})
+    assert changed.data["resumes"][-1]["config_changed"] is True
+    assert changed.data["config"] == {"budget": 160}  # the original config stays the record
+    assert len(changed.data["resumes"]) == 2
+
+
+def test_updates_merge_with_the_stored_manifest(store):
+    """Two handles on one run (e.g. flow and a task) do not erase each other's stages."""
+    one = Manifest.open(store, "run-4")
+    two = Manifest.load(store, "run-4")
+    one.finish_stage("a", counts={"n": 1})
+    two.finish_stage("b", counts={"n": 2})
+    stages = Manifest.load(store, "run-4").data["stages"]
+    assert set(stages) == {"a", "b"}
+
+
+def test_failure_text_is_redacted_and_bounded(store, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_tokenvalue_abcdef")
+    manifest = Manifest.open(store, "run-5")
+    manifest.fail_stage("train", ValueError("bad token hf_tokenvalue_abcdef " + "x" * 10_000))
+    error = Manifest.load(store, "run-5").stage("train")["error"]
+    assert "hf_tokenvalue_abcdef" not in error and "***" in error and len(error) <= 4000
+
+
+def test_load_missing_run(store):
+    with pytest.raises(StoreKeyNotFound):
+        Manifest.load(store, "never-ran")
