@@ -1,0 +1,275 @@
+"""One async client for OpenAI-compatible chat servers (vLLM, SGLang, TGI, `transformers serve`, hosted APIs).
+
+What it guarantees:
+- Per-endpoint concurrency limit (a semaphore per base URL) and an httpx connection pool sized to it.
+- Every request is bounded: connect/read timeouts from RetryConfig plus an overall deadline per attempt.
+- Retries with exponential backoff and full jitter on 429 (Retry-After honoured, up to backoff_max_s), 408, 5xx,
+  timeouts, connection errors and truncated or malformed bodies. Other 4xx fail fast with the server's message.
+- Replicas are used in turn; a request's retry goes to the next replica.
+- `generate` never raises for a failed request: it returns `Generation(error=...)`.
+- The API key (read from the env var named in ModelConfig.api_key_env) never appears in errors, logs or reprs.
+
+We always send chat messages, never a rendered prompt: the server applies its own chat template.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from toa_core.config import ModelConfig, RetryConfig
+from toa_core.records import Generation, Message
+from toa_core.interfaces import SamplingParams
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class _Retryable(Exception):
+    """An attempt failed in a way another attempt may fix; `wait_s` is the server's Retry-After if any."""
+
+    def __init__(self, message: str, wait_s: float | None = None):
+        super().__init__(message)
+        self.wait_s = wait_s
+
+
+class _Fatal(Exception):
+    """An attempt failed in a way retrying cannot fix (bad request, auth, unknown model)."""
+
+
+def backoff_delay(attempt: int, retry: RetryConfig, rng: random.Random | None = None) -> float:
+    """Full-jitter exponential backoff: uniform(0, min(max, initial * 2**attempt)), attempt counted from 0."""
+    cap = min(retry.backoff_max_s, retry.backoff_initial_s * (2 ** attempt))
+    return (rng or random).uniform(0, cap)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds form; HTTP dates are rare from model servers)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def chat_url(base_url: str) -> str:
+    """`http://host:port/v1` -> `http://host:port/v1/chat/completions` (a trailing slash is tolerated)."""
+    return base_url.rstrip("/") + "/chat/completions"
+
+
+@dataclass
+class EndpointPool:
+    """A set of replicas sharing one httpx.AsyncClient and one semaphore per replica.
+
+    Agents whose configs list the same endpoints share a pool (see factory.build_agents), so the concurrency limit
+    holds per server, not per agent.
+    """
+    endpoints: list[str]
+    max_concurrency: int
+    retry: RetryConfig
+    _client: httpx.AsyncClient | None = field(default=None, init=False, repr=False)
+    _semaphores: dict[str, asyncio.Semaphore] = field(default_factory=dict, init=False, repr=False)
+    _next: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.endpoints:
+            raise ValueError("an endpoint pool needs at least one base URL")
+        self._semaphores = {url: asyncio.Semaphore(self.max_concurrency) for url in self.endpoints}
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            size = self.max_concurrency * len(self.endpoints)
+            self._client = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                timeout=httpx.Timeout(self.retry.read_timeout_s, connect=self.retry.connect_timeout_s),
+            )
+        return self._client
+
+    def start_index(self) -> int:
+        """Round-robin: each request starts at the next replica; its attempt i uses start + i."""
+        index = self._next
+        self._next = (self._next + 1) % len(self.endpoints)
+        return index
+
+    def semaphore(self, endpoint: str) -> asyncio.Semaphore:
+        return self._semaphores[endpoint]
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+
+class OpenAIChatModel:
+    """A ChatModel backed by an OpenAI-compatible `/v1/chat/completions` endpoint (one or several replicas)."""
+
+    def __init__(self, config: ModelConfig, endpoints: list[str] | None = None, *, pool: EndpointPool | None = None,
+                 rng: random.Random | None = None):
+        self.config = config
+        self.name = config.name
+        urls = list(endpoints if endpoints is not None else config.endpoints)
+        self._pool = pool or EndpointPool(urls, config.max_concurrency, config.retry)
+        self._owns_pool = pool is None
+        self._rng = rng or random.Random()
+        self._api_key = _read_api_key(config)
+        self._warned_no_usage = False
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAIChatModel(name={self.name!r}, model={self.config.model!r}, endpoints={self._pool.endpoints!r})"
+
+    @property
+    def endpoints(self) -> list[str]:
+        return list(self._pool.endpoints)
+
+    def request_body(self, messages: list[Message], params: SamplingParams) -> dict[str, Any]:
+        """The JSON body sent: agent overrides (temperature/top_p/max_tokens) win over the search's params."""
+        if self.config.system_prompt and not (messages and messages[0]["role"] == "system"):
+            messages = [{"role": "system", "content": self.config.system_prompt}, *messages]
+        body: dict[str, Any] = {
+            "model": self.config.model,
+            "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+            "temperature": self.config.temperature if self.config.temperature is not None else params.temperature,
+            "top_p": self.config.top_p if self.config.top_p is not None else params.top_p,
+            "max_tokens": self.config.max_tokens if self.config.max_tokens is not None else params.max_tokens,
+        }
+        if params.seed is not None:
+            body["seed"] = params.seed
+        return body
+
+    async def generate(self, messages: list[Message], params: SamplingParams) -> Generation:
+        """One completion with retries. Never raises: a request that fails for good returns Generation(error=...)."""
+        started = time.monotonic()
+        body = self.request_body(messages, params)
+        headers = {"X-Request-Id": uuid.uuid4().hex}  # the same on every retry: servers can trace and dedupe
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        retry = self.config.retry
+        endpoints = self._pool.endpoints
+        start = self._pool.start_index()
+        last_error = "no attempt made"
+        for attempt in range(retry.max_attempts):
+            endpoint = endpoints[(start + attempt) % len(endpoints)]
+            try:
+                generation = await self._attempt(endpoint, body, headers)
+            except _Fatal as exc:
+                return self._failed(str(exc), started, attempt)
+            except _Retryable as exc:
+                last_error = str(exc)
+                if attempt + 1 >= retry.max_attempts:
+                    break
+                delay = backoff_delay(attempt, retry, self._rng)
+                if exc.wait_s is not None:
+                    delay = max(delay, min(exc.wait_s, retry.backoff_max_s))
+                log.info("agent %s: attempt %d/%d failed (%s); retrying in %.2fs",
+                         self.name, attempt + 1, retry.max_attempts, self._scrub(last_error), delay)
+                await asyncio.sleep(delay)
+                continue
+            generation.retries = attempt
+            generation.latency_s = time.monotonic() - started
+            return generation
+        return self._failed(f"gave up after {retry.max_attempts} attempts: {last_error}", started,
+                            retry.max_attempts - 1)
+
+    async def _attempt(self, endpoint: str, body: dict[str, Any], headers: dict[str, str]) -> Generation:
+        retry = self.config.retry
+        # httpx's read timeout bounds each socket read; this deadline bounds the whole exchange (a server that
+        # trickles bytes forever must not hang a tree).
+        deadline = retry.connect_timeout_s + retry.read_timeout_s
+        async with self._pool.semaphore(endpoint):
+            try:
+                response = await asyncio.wait_for(
+                    self._pool.client.post(chat_url(endpoint), json=body, headers=headers), timeout=deadline)
+            except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
+                raise _Retryable(f"timeout from {endpoint} ({type(exc).__name__})") from None
+            except httpx.TransportError as exc:  # connect errors, resets, bodies cut short
+                raise _Retryable(f"connection error from {endpoint}: {type(exc).__name__}: {exc}") from None
+        status = response.status_code
+        if status == 200:
+            return self._parse(endpoint, response, body)
+        message = _server_message(response)
+        if status in RETRYABLE_STATUS or status >= 500:
+            raise _Retryable(f"HTTP {status} from {endpoint}: {message}",
+                             parse_retry_after(response.headers.get("retry-after")) if status == 429 else None)
+        raise _Fatal(f"HTTP {status} from {endpoint}: {message}")
+
+    def _parse(self, endpoint: str, response: httpx.Response, body: dict[str, Any]) -> Generation:
+        try:
+            payload = response.json()
+            choice = payload["choices"][0]
+            content = choice["message"].get("content")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise _Retryable(f"malformed or truncated response from {endpoint}: {type(exc).__name__}") from None
+        text = content if isinstance(content, str) else ""
+        usage = payload.get("usage") or {}
+        prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int):
+            if not self._warned_no_usage:
+                log.warning("agent %s: server %s returns no `usage`; token counts are estimated (~4 chars/token)",
+                            self.name, endpoint)
+                self._warned_no_usage = True
+            prompt_chars = sum(len(m["content"]) for m in body["messages"])
+            prompt_tokens = prompt_tokens if isinstance(prompt_tokens, int) else estimate_tokens_from_chars(prompt_chars)
+            completion_tokens = completion_tokens if isinstance(completion_tokens, int) else estimate_tokens_from_chars(len(text))
+        return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                          finish_reason=choice.get("finish_reason"))
+
+    def _failed(self, error: str, started: float, retries: int) -> Generation:
+        error = self._scrub(error)
+        log.warning("agent %s: generation failed: %s", self.name, error)
+        return Generation(text=None, error=error, retries=retries, latency_s=time.monotonic() - started)
+
+    def _scrub(self, text: str) -> str:
+        """Remove the API key from any text that may leave this object (servers sometimes echo it)."""
+        if self._api_key:
+            text = text.replace(self._api_key, "***")
+        return text
+
+    async def aclose(self) -> None:
+        if self._owns_pool:
+            await self._pool.aclose()
+
+
+def estimate_tokens_from_chars(n_chars: int) -> int:
+    """Rough token count for servers without `usage`: about 4 characters per token."""
+    return max(1, round(n_chars / 4)) if n_chars else 0
+
+
+def _read_api_key(config: ModelConfig) -> str | None:
+    if not config.api_key_env:
+        return None
+    key = os.environ.get(config.api_key_env)
+    if not key:
+        raise ValueError(f"model '{config.name}': api_key_env names ${config.api_key_env}, which is not set")
+    return key
+
+
+def _server_message(response: httpx.Response, limit: int = 500) -> str:
+    """The server's own error message (OpenAI `{"error": {"message"}}`, FastAPI `{"detail"}`, or raw text)."""
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.text[:limit] or response.reason_phrase
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:limit]
+        if isinstance(error, str):
+            return error[:limit]
+        if payload.get("detail"):
+            return str(payload["detail"])[:limit]
+        if payload.get("message"):
+            return str(payload["message"])[:limit]
+    return json.dumps(payload)[:limit]
