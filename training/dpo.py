@@ -49,14 +49,14 @@ def run(settings: StageSettings, run_id: str, data_run_id: str | None = None, fo
              f"starting from {'the SFT model of run ' + run_id if start_dir else common.base_model}; "
              f"{'bf16' if precision.bf16 else 'fp32'} on {precision.device}; beta {cfg.beta}")
 
-    # 2. Policy (and with it the reference), then the trainer.
-    set_seed(common.seed)
-    model, peft_config, reference = _policy(settings, start_dir, base_dir, precision)
+    # 2. Policy (and with it the reference), then the trainer. Arguments first (ZeRO-3 sharded loading).
     args = DPOConfig(
         **trainer_arguments(cfg, common, precision, stage.trainer_dir, has_eval=data["test"] is not None),
         beta=cfg.beta,
         loss_type=[cfg.loss_type],
     )
+    set_seed(common.seed)
+    model, peft_config, reference = _policy(settings, start_dir, base_dir, precision)
     trainer = DPOTrainer(
         model=model,
         args=args,

@@ -39,14 +39,15 @@ def run(settings: StageSettings, run_id: str, data_run_id: str | None = None, fo
              f"base {common.base_model}; {'full fine-tuning' if common.full_finetune else 'LoRA'}; "
              f"{'bf16' if precision.bf16 else 'fp32'} on {precision.device}; assistant-only loss {assistant_only}")
 
-    # 2. Model and trainer.
-    set_seed(common.seed)  # before the model: LoRA weights are initialised randomly
-    model = load_causal_lm(base_dir, common, precision)
+    # 2. Model and trainer. The arguments come first: under DeepSpeed ZeRO-3 creating them makes
+    #    from_pretrained load the weights already sharded.
     args = SFTConfig(
         **trainer_arguments(cfg, common, precision, stage.trainer_dir, has_eval=data["test"] is not None),
         assistant_only_loss=assistant_only,
         packing=cfg.packing,
     )
+    set_seed(common.seed)  # before the model: LoRA weights are initialised randomly
+    model = load_causal_lm(base_dir, common, precision)
     trainer = SFTTrainer(
         model=model,
         args=args,

@@ -1,0 +1,52 @@
+"""The `train` flow: SFT, then DPO from the SFT policy, each stage its own process; then the report.
+
+    toa train --config configs/train_llama31_8b.yaml --run-id R [--data-run-id D]
+
+A re-run with the same run id skips stages already published and resumes an interrupted one from its newest
+checkpoint in the store. The run manifest records each stage's status, metrics and lineage.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from infra.manifest import Manifest
+from infra.store import open_store
+from tasks.training import stage_settings, train_stage, training_report
+from training.data import dataset_key
+
+SUMMARY_KEYS = ("global_step", "first_loss", "final_loss", "final_reward_accuracy", "train_runtime_s")
+
+
+@flow(name="train", flow_run_name="train-{run_id}")
+def train(config: str | dict[str, Any], run_id: str, data_run_id: str | None = None,
+          force: bool = False) -> dict[str, Any]:
+    """Train `run_id`'s SFT and DPO models from the datasets of `data_run_id` (default: the same run).
+
+    `config` is a run-config path (or mapping); only its `store` and `training` sections are used.
+    Returns {stage: {"uri", "metrics"}, "report": {"table", "curves"}}.
+    """
+    settings = stage_settings(config)
+    store = open_store(settings.store)
+    manifest = Manifest.open(store, run_id, config=settings.model_dump(mode="json"),
+                             seeds={"training": settings.training.common.seed})
+    stages = [name for name in ("sft", "dpo") if getattr(settings.training, name).enabled]
+    results: dict[str, Any] = {}
+    for stage in stages:
+        manifest.start_stage(f"train.{stage}")
+        try:
+            result = train_stage(stage, config, run_id, data_run_id, force=force)
+        except Exception as error:
+            manifest.fail_stage(f"train.{stage}", error)
+            raise
+        summary = {key: result["metrics"][key] for key in SUMMARY_KEYS if result["metrics"].get(key) is not None}
+        manifest.finish_stage(f"train.{stage}", counts=summary, outputs=[result["uri"]])
+        inputs = [store.uri(dataset_key(data_run_id or run_id, stage, "train"))]
+        if stage == "dpo" and "sft" in results:
+            inputs.append(results["sft"]["uri"])
+        manifest.add_lineage(f"train.{stage}", inputs=inputs, outputs=[result["uri"]])
+        results[stage] = result
+    if stages:
+        results["report"] = training_report(config, run_id, stages)
+    return results
