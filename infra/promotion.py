@@ -36,24 +36,34 @@ class MetricScore:
 
     @classmethod
     def parse(cls, name: str, raw: Mapping[str, Any]) -> "MetricScore":
-        """Build from a scores.json entry; ValueError naming the metric and field on malformed input."""
+        """Build from a scores.json entry; ValueError naming the metric and field on malformed input.
+
+        A null `value` (the metric could not be computed) becomes NaN, which the gate treats as missing.
+        A null interval (fewer than two items) becomes the point itself: no uncertainty to allow for.
+        A percentile-bootstrap interval need not contain the point estimate, so the interval used is
+        widened to include it.
+        """
         if isinstance(raw, MetricScore):
             return raw
         if not isinstance(raw, Mapping):
             raise ValueError(f"metric '{name}': expected a mapping with value/ci_low/ci_high/n, got {type(raw).__name__}")
-        missing = [key for key in ("value", "ci_low", "ci_high") if raw.get(key) is None]
-        if missing:
-            raise ValueError(f"metric '{name}': missing {', '.join(missing)}")
-        try:
-            score = cls(value=float(raw["value"]), ci_low=float(raw["ci_low"]), ci_high=float(raw["ci_high"]),
-                        n=int(raw.get("n", 0)), higher_is_better=bool(raw.get("higher_is_better", True)))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"metric '{name}': fields must be numbers ({error})") from None
-        if not (score.ci_low <= score.value <= score.ci_high) and all(
-                math.isfinite(x) for x in (score.value, score.ci_low, score.ci_high)):
-            raise ValueError(f"metric '{name}': value {score.value} lies outside its interval "
-                             f"[{score.ci_low}, {score.ci_high}]")
-        return score
+        if "value" not in raw:
+            raise ValueError(f"metric '{name}': missing value")
+
+        def number(key: str, default: float) -> float:
+            value = raw.get(key)
+            if value is None:
+                return default
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"metric '{name}': {key} must be a number, got {value!r}")
+            return float(value)
+
+        value = number("value", math.nan)
+        low, high = number("ci_low", value), number("ci_high", value)
+        if math.isfinite(value):
+            low, high = min(low, value), max(high, value)
+        return cls(value=value, ci_low=low, ci_high=high, n=int(raw.get("n") or 0),
+                   higher_is_better=bool(raw.get("higher_is_better", True)))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ pointer has a single writer.
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -51,6 +52,14 @@ def check_run_id(run_id: str) -> str:
     if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
         raise RegistryError(f"invalid run id {run_id!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit")
     return run_id
+
+
+def new_run_id(name: str = "run") -> str:
+    """A fresh run id: the config's name (slugged), the UTC time and 4 random hex digits, e.g.
+    "tiny-20261122-013000-9f3a". Sorting ids of one config sorts them by start time."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-._") or "run"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{slug[:40]}-{stamp}-{secrets.token_hex(2)}"
 
 
 def run_prefix(run_id: str) -> str:

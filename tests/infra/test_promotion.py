@@ -77,10 +77,22 @@ def test_missing_candidate_metric_blocks_and_new_benchmark_does_not():
     assert new.promote and new.checks[0].status == "no_baseline"
 
 
+def test_null_values_and_intervals_from_the_evaluation():
+    # value None: the metric could not be computed -> missing; interval None: the point itself.
+    no_value = decide_promotion({"mini.rm_win_rate": {"value": None, "ci_low": None, "ci_high": None, "n": 0}},
+                                CURRENT, ["mini.rm_win_rate"])
+    assert not no_value.promote and no_value.blocking[0].status == "missing"
+    point = {"mini.rm_win_rate": {"value": 0.59, "ci_low": None, "ci_high": None, "n": 1}}
+    assert not decide_promotion(point, CURRENT, ["mini.rm_win_rate"]).promote
+    # a bootstrap interval that misses its own point estimate is widened to include it
+    assert MetricScore.parse("x", {"value": 0.9, "ci_low": 0.1, "ci_high": 0.2, "n": 3}).ci_high == 0.9
+
+
 def test_malformed_scores_raise_naming_the_metric():
-    with pytest.raises(ValueError, match="mini.rm_win_rate.*ci_high"):
-        decide_promotion({"mini.rm_win_rate": {"value": 0.5, "ci_low": 0.4}}, CURRENT, ["mini.rm_win_rate"])
-    with pytest.raises(ValueError, match="outside its interval"):
-        MetricScore.parse("x", {"value": 0.9, "ci_low": 0.1, "ci_high": 0.2, "n": 3})
+    with pytest.raises(ValueError, match="mini.rm_win_rate.*ci_high must be a number"):
+        decide_promotion({"mini.rm_win_rate": {"value": 0.5, "ci_low": 0.4, "ci_high": "high"}}, CURRENT,
+                         ["mini.rm_win_rate"])
+    with pytest.raises(ValueError, match="'x': missing value"):
+        MetricScore.parse("x", {"ci_low": 0.1})
     with pytest.raises(ValueError, match="higher_is_better differs"):
         decide_promotion({"mini.mean_length": score(300.0)}, CURRENT, ["mini.mean_length"])

@@ -1,0 +1,63 @@
+"""The pipeline flow: synthesize -> train -> evaluate -> promotion gate.
+
+Nightly runs are incremental: synthesis samples only prompts that no earlier run synthesized (the store's
+index/prompts/), and training uses the data of every earlier run plus the new one. The new model replaces
+`latest` only if no gated benchmark regressed beyond its interval (infra.promotion); otherwise `latest`
+stays and the record says which metric blocked it (registry/promotions/, runs/<id>/promotion.json).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from evaluation import load_scores
+from flows.evaluate import evaluate
+from flows.synthesize import synthesize
+from flows.train import train
+from infra.registry import new_run_id
+from infra.store import open_store
+from tasks.pipeline import accumulate, current_latest, previously_synthesized, promotion_gate, record_prompts
+from toaflow.config import load_config
+
+
+@flow(name="pipeline", log_prints=False)
+def pipeline(config: str = "configs/demo.yaml", run_id: str | None = None, incremental: bool = True,
+             promote: bool = True) -> dict[str, Any]:
+    """Synthesize data, train, evaluate, and promote the model if no gated benchmark regressed.
+
+    Args:
+        config: Run config YAML, relative to the project folder on the worker (e.g. configs/demo.yaml).
+        run_id: Run id to create or resume (a re-run skips finished work); empty = a new id from the config name.
+        incremental: Sample only prompts no earlier run synthesized and train on all runs' data (nightly mode);
+            false = sample every prompt and train on this run's data only.
+        promote: Run the promotion gate and move `latest` when it passes; false = evaluate only.
+    """
+    logger = get_run_logger()
+    cfg = load_config(config)
+    run_id = run_id or new_run_id(cfg.name)
+    store = open_store(cfg.store)
+    logger.info("pipeline run %s -> %s", run_id, store.uri(f"runs/{run_id}/"))
+
+    if incremental:
+        logger.info("incremental: %d prompts synthesized by earlier runs are skipped",
+                    previously_synthesized(cfg.store, run_id))
+    synthesize(config=config, run_id=run_id, incremental=incremental)
+    record_prompts(cfg.store, run_id)
+
+    accumulated = accumulate(cfg.store, run_id) if incremental else None
+    data_run_id = accumulated["data_run_id"] if accumulated else run_id
+    train(config=config, run_id=run_id, data_run_id=data_run_id)
+    evaluate(config=config, run_id=run_id)
+
+    scores = load_scores(store, run_id)
+    result: dict[str, Any] = {"run_id": run_id, "run_uri": store.uri(f"runs/{run_id}/"), "data_run_id": data_run_id,
+                              "scores": scores, "promotion": None, "flow_run_id": flow_run.get_id()}
+    if promote:
+        compared_with = current_latest(cfg.store)
+        current_scores = load_scores(store, compared_with) if compared_with else None
+        gate = cfg.evaluation.gate
+        result["promotion"] = promotion_gate(cfg.store, run_id, scores, current_scores, compared_with,
+                                             list(gate.metrics), gate.max_regression, result["flow_run_id"])
+    return result

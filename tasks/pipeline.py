@@ -1,0 +1,91 @@
+"""Prefect tasks of the pipeline flow: the incremental prompt index, the accumulated training data, the gate.
+
+Thin on purpose: the rules live in infra.incremental, infra.promotion and infra.registry. Tasks take the store
+config and run ids and return small JSON-able dicts (never datasets).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from infra.config import StoreConfig
+from infra.incremental import (accumulate_datasets, indexed_runs, prompt_ids_sampled_in_run, record_synthesized_prompts,
+                               synthesized_prompt_ids)
+from infra.promotion import decide_promotion
+from infra.registry import latest_run_id, record_decision
+from infra.store import open_store
+from tasks.artifacts import publish_markdown
+
+
+def accumulated_data_run_id(run_id: str) -> str:
+    """The data run that holds a pipeline run's accumulated datasets (training reads runs/<id>/datasets/)."""
+    return f"{run_id}-accumulated"
+
+
+@task(name="previously-synthesized-prompts")
+def previously_synthesized(store_cfg: StoreConfig, run_id: str) -> int:
+    """How many prompt ids earlier runs already synthesized (the ones this run skips)."""
+    return len(synthesized_prompt_ids(open_store(store_cfg), exclude_runs=[run_id]))
+
+
+@task(name="record-synthesized-prompts")
+def record_prompts(store_cfg: StoreConfig, run_id: str) -> int:
+    """Add the prompts this run sampled to the store's index, so later runs skip them; returns their count."""
+    store = open_store(store_cfg)
+    prompt_ids = prompt_ids_sampled_in_run(store, run_id)
+    key = record_synthesized_prompts(store, run_id, prompt_ids)
+    get_run_logger().info("recorded %d prompt ids of run %s in %s", len(prompt_ids), run_id, store.uri(key))
+    return len(prompt_ids)
+
+
+@task(name="accumulate-datasets")
+def accumulate(store_cfg: StoreConfig, run_id: str) -> dict[str, Any] | None:
+    """Build the training data of `run_id` from every indexed run's datasets (newest wins per prompt_id).
+
+    Returns None when `run_id` is the only indexed run (its own datasets are the whole data), else
+    {"data_run_id", "runs", "rows", "keys"} with the data written to runs/<run_id>-accumulated/datasets/.
+    """
+    store = open_store(store_cfg)
+    runs = [run for run in indexed_runs(store) if run != run_id] + [run_id]  # this run's data is the newest
+    if len(runs) == 1:
+        return None
+    data_run_id = accumulated_data_run_id(run_id)
+    summary = accumulate_datasets(store, runs, f"runs/{data_run_id}/datasets")
+    store.write_json(f"runs/{data_run_id}/lineage.json", {"built_for": run_id, "from_runs": runs, "rows": summary["rows"]})
+    get_run_logger().info("accumulated %s from %d runs into %s", summary["rows"], len(runs),
+                          store.uri(f"runs/{data_run_id}/datasets/"))
+    return {"data_run_id": data_run_id, **summary}
+
+
+@task(name="promotion-gate")
+def promotion_gate(store_cfg: StoreConfig, run_id: str, candidate_scores: dict[str, Any],
+                   current_scores: dict[str, Any] | None, compared_with: str | None, gated: list[str],
+                   max_regression: float, flow_run_id: str | None = None) -> dict[str, Any]:
+    """Decide, record the decision, move `latest` when it promotes; returns the record as a dict."""
+    store = open_store(store_cfg)
+    decision = decide_promotion(candidate_scores, current_scores, gated, max_regression)
+    record = record_decision(store, run_id, decision, compared_with=compared_with, candidate_scores=candidate_scores,
+                             current_scores=current_scores, flow_run_id=flow_run_id)
+    verdict = "PROMOTED" if record.promoted else "NOT PROMOTED"
+    lines = [f"# Promotion gate, run {run_id}: {verdict}", "", f"Compared with: {compared_with or '(no latest yet)'}",
+             "", f"Reason: {record.reason}", ""]
+    if decision.checks:
+        lines += ["| metric | status | candidate | current |", "|---|---|---|---|"]
+        for check in decision.checks:
+            lines.append(f"| {check.metric} | {check.status} | {_interval(check.candidate)} | {_interval(check.current)} |")
+    publish_markdown(store, f"runs/{run_id}/reports/promotion.md", "\n".join(lines),
+                     title=f"Promotion gate, run {run_id}", artifact=f"promotion-{run_id}")
+    (get_run_logger().info if record.promoted else get_run_logger().warning)("%s: %s", verdict, record.reason)
+    return record.to_dict()
+
+
+def current_latest(store_cfg: StoreConfig) -> str | None:
+    """The run `latest` points at (read once, before the gate, and passed to it as `compared_with`)."""
+    return latest_run_id(open_store(store_cfg))
+
+
+def _interval(score: Any) -> str:
+    if score is None:
+        return "-"
+    return f"{score.value:.4g} [{score.ci_low:.4g}, {score.ci_high:.4g}] n={score.n}"

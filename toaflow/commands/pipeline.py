@@ -1,0 +1,83 @@
+"""`toa pipeline`: synthesize -> train -> evaluate -> promotion gate, as one Prefect flow run.
+
+Without PREFECT_API_URL the flow runs against Prefect's ephemeral local API (its SQLite database in
+PREFECT_HOME, the same one `make ui` serves), so the run can be inspected in the UI afterwards.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from toaflow.cli import UserError
+from toaflow.config import load_config
+
+DEFAULT_UI_URL = "http://127.0.0.1:4200"  # `make ui`
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "pipeline", help="synthesize, train, evaluate and promote the model if no gated benchmark regressed",
+        description="Run the whole job as one Prefect flow: synthesize data (only prompts not synthesized "
+                    "before), train on all runs' data, evaluate, and move the store's `latest` pointer unless a "
+                    "gated benchmark regressed. Uses PREFECT_API_URL when set, else a local ephemeral API.")
+    parser.add_argument("--config", required=True, help="run config YAML, e.g. configs/demo.yaml")
+    parser.add_argument("--run-id", default=None, help="run id to create or resume (default: a new one)")
+    parser.add_argument("--full", action="store_true",
+                        help="not incremental: sample every prompt and train on this run's data only")
+    parser.add_argument("--no-promote", action="store_true", help="evaluate but leave `latest` alone")
+    parser.set_defaults(func=run)
+
+
+def ui_hint(flow_run_id: str | None) -> str:
+    """How to look at the run in the Prefect UI: the server in use, or `make ui` on the local database."""
+    api_url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+    path = f"/runs/flow-run/{flow_run_id}" if flow_run_id else "/runs"
+    if api_url:
+        base = api_url[:-len("/api")] if api_url.endswith("/api") else api_url
+        return f"Prefect UI: {base}{path}"
+    return f"Prefect UI: run `make ui`, then open {DEFAULT_UI_URL}{path}"
+
+
+def format_scores(scores: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, score in sorted(scores.items()):
+        value, low, high = score.get("value"), score.get("ci_low"), score.get("ci_high")
+        if value is None:
+            lines.append(f"  {name}: not computed")
+            continue
+        interval = f" [{low:.4g}, {high:.4g}]" if low is not None and high is not None else ""
+        lines.append(f"  {name}: {value:.4g}{interval} (n={score.get('n', '?')})")
+    return lines or ["  (no scores)"]
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)  # fail fast, before Prefect starts, on a config the flow could not use
+    from flows.pipeline import pipeline
+    from infra.registry import RegistryError, check_run_id, new_run_id
+
+    try:
+        run_id = check_run_id(args.run_id) if args.run_id else new_run_id(cfg.name)
+    except RegistryError as error:
+        raise UserError(f"--run-id: {error}") from None
+    try:
+        result = pipeline(config=args.config, run_id=run_id, incremental=not args.full, promote=not args.no_promote)
+    except Exception as error:  # the flow's own log has the traceback; say how to resume
+        print(f"error: the pipeline failed: {error.__class__.__name__}: {error}", file=sys.stderr)
+        print(f"finished stages are kept; resume with: toa pipeline --config {args.config} --run-id {run_id}",
+              file=sys.stderr)
+        return 1
+    if not isinstance(result, dict):
+        raise UserError(f"the pipeline returned {type(result).__name__}, not its summary")
+    print(f"run folder: {result['run_uri']}")
+    print("scores:")
+    print("\n".join(format_scores(result["scores"])))
+    promotion = result.get("promotion")
+    if promotion is None:
+        print("promotion: skipped (--no-promote)")
+    else:
+        verdict = "promoted to latest" if promotion["promoted"] else "NOT promoted (latest unchanged)"
+        print(f"promotion: {verdict}: {promotion['reason']}")
+    print(ui_hint(result.get("flow_run_id")))
+    return 0
