@@ -1,0 +1,112 @@
+"""The `evaluation:` section of a run config: which benchmarks, which judges, how to generate, what is gated.
+
+Example (configs/tiny.yaml):
+
+    evaluation:
+      benchmarks:
+        - {name: mini, kind: toaflow_mini}
+      judges:
+        reward: {kind: hf_classifier, model: "builtin:tiny-reward"}
+      generation: {max_tokens: 32, temperature: 0.0}
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from toa_core.config import RetryConfig, RewardConfig, Section
+
+BENCHMARK_KINDS = ("alpaca_eval", "arena_hard", "wmt", "gsm8k", "math500", "toaflow_mini")
+WMT_LANGUAGES = ("cs", "de", "is", "ru", "zh")
+
+
+class BenchmarkConfig(Section):
+    """One benchmark. `source` is a local file in the benchmark's official format, or a `datasets` name
+    (e.g. "tatsu-lab/alpaca_eval"); unset means the kind's default (toaflow_mini: the file shipped in
+    evaluation/data/; the others: their public dataset name, which needs the network or a local HF cache)."""
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="folder name under runs/<id>/eval/")
+    kind: Literal["alpaca_eval", "arena_hard", "wmt", "gsm8k", "math500", "toaflow_mini"]
+    source: str | None = Field(None, description="local file (json/jsonl/parquet) or datasets name")
+    dataset_config: str | None = Field(None, description="datasets config name (e.g. wmt22 'de-en'); kind default when unset")
+    split: str | None = Field(None, description="datasets split; kind default when unset")
+    version: Literal["v0.1", "v2.0"] = Field("v0.1", description="arena_hard only")
+    languages: list[Literal["cs", "de", "is", "ru", "zh"]] = Field(
+        default_factory=lambda: list(WMT_LANGUAGES), description="wmt only: source languages (X->en)")
+    baseline: str | list[str] | None = Field(
+        None, description="baseline outputs: alpaca_eval model_outputs.json, or arena-hard answer jsonl file(s) "
+                          "(v2.0 uses two baselines: list both files)")
+    limit: int | None = Field(None, ge=1, description="evaluate a seeded random subset of this many items")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sources(self) -> "BenchmarkConfig":
+        if self.kind == "toaflow_mini" and self.baseline:
+            raise ValueError(f"benchmark '{self.name}': toaflow_mini carries its baseline outputs; drop `baseline`")
+        return self
+
+
+class LLMJudgeConfig(Section):
+    """A pairwise judge behind any OpenAI-compatible endpoint. Each pair is judged twice with positions swapped.
+
+    With logprobs (vLLM returns them) the verdict is a probability, AlpacaEval-style; without them, the
+    reply's text is parsed and verdicts that cannot be parsed are counted, not guessed."""
+    endpoint: str = Field(..., description="base URL ending in /v1")
+    model: str = Field(..., description="served model name")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key")
+    use_logprobs: bool = Field(True, description="ask for top logprobs and weight the verdict by them")
+    max_tokens: int = Field(8, ge=1, description="the verdict is one letter; a few tokens tolerate chatty judges")
+    temperature: float = Field(0.0, ge=0)
+    max_concurrency: int = Field(8, ge=1)
+    prompt_file: str | None = Field(None, description="override the judge prompt (placeholders: {instruction}, {output_a}, {output_b})")
+    retry: RetryConfig = Field(default_factory=lambda: RetryConfig(max_attempts=4, read_timeout_s=120.0))
+
+
+class JudgesConfig(Section):
+    """Which judges score chat benchmarks. Math and translation benchmarks are scored against references."""
+    reward: RewardConfig | None = Field(None, description="reward-model judge: mean reward and win rate vs baseline")
+    llm_judge: LLMJudgeConfig | None = None
+    comet: bool = Field(False, description="also score translations with COMET (needs the `comet` extra)")
+    comet_model: str = "Unbabel/wmt22-comet-da"
+    comet_kiwi_model: str | None = Field(None, description="reference-free COMET-Kiwi model, e.g. Unbabel/wmt22-cometkiwi-da")
+
+
+class GenerationConfig(Section):
+    """How the model under test answers. Greedy by default so a re-run gives the same outputs."""
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(512, ge=1)
+    seed: int = 0
+    system_prompt: str | None = None
+    concurrency: int = Field(8, ge=1, description="requests in flight (HTTP model under test)")
+    served_model: str | None = Field(None, description="model name for an endpoint URI when it carries no '#name'")
+    api_key_env: str | None = None
+    base_model: str | None = Field(None, description="base model for a LoRA adapter whose adapter_config names a path that is not here")
+
+
+class GateConfig(Section):
+    """What the promotion gate compares (used by the pipeline, not here): `<benchmark>.<metric>` names."""
+    metrics: list[str] = Field(default_factory=list, description='e.g. ["mini.rm_win_rate", "mini.math_accuracy"]')
+    max_regression: float = Field(0.0, ge=0, description="allowed drop (metric units) before the gate fails")
+
+
+class EvaluationConfig(Section):
+    """Benchmarks, judges, generation and gate settings of `toa evaluate` and the pipeline's evaluate stage."""
+    benchmarks: list[BenchmarkConfig] = Field(default_factory=lambda: [BenchmarkConfig(name="mini", kind="toaflow_mini")])
+    judges: JudgesConfig = Field(default_factory=JudgesConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    base_model: str | None = Field(None, description="also evaluate this model (cached per benchmark) for comparison")
+    bootstrap_samples: int = Field(1000, ge=50, description="resamples behind every 95% interval")
+    seed: int = 0
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "EvaluationConfig":
+        names = [b.name for b in self.benchmarks]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"benchmark names must be unique; repeated: {', '.join(repeated)}")
+        for gated in self.gate.metrics:
+            if "." not in gated or gated.split(".", 1)[0] not in names:
+                raise ValueError(f"gate metric '{gated}' must be '<benchmark>.<metric>' with a benchmark from: {', '.join(names)}")
+        return self

@@ -1,0 +1,99 @@
+"""The evaluation report of one benchmark: a markdown page and a PNG comparing this run with the previous
+evaluated run and the base model (matplotlib, Agg backend: no display needed)."""
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+
+def _fmt(metric: dict[str, Any] | None) -> str:
+    if not metric or metric.get("value") is None:
+        return "-"
+    text = f"{metric['value']:.2f}"
+    if metric.get("ci_low") is not None:
+        text += f" [{metric['ci_low']:.2f}, {metric['ci_high']:.2f}]"
+    return text
+
+
+def comparison_rows(current: dict[str, Any], previous: dict[str, Any] | None,
+                    base: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One row per metric of this run: value, 95% interval, n, and the same metric of the others."""
+    rows = []
+    for name, metric in current["metrics"].items():
+        rows.append({
+            "metric": name,
+            "this_run": _fmt(metric),
+            "n": metric.get("n"),
+            "n_failed": metric.get("n_failed", 0),
+            "previous_run": _fmt((previous or {}).get("metrics", {}).get(name)),
+            "base_model": _fmt((base or {}).get("metrics", {}).get(name)),
+        })
+    return rows
+
+
+def markdown_report(current: dict[str, Any], previous: dict[str, Any] | None, base: dict[str, Any] | None) -> str:
+    lines = [f"# Evaluation: {current['benchmark']} ({current['kind']})", "",
+             f"- Model: `{current['model']}` (run `{current.get('run_id')}`), {current['n_items']} items, "
+             f"tasks: {', '.join(current['tasks'])}",
+             f"- Previous evaluated run: `{previous.get('run_id')}` ({previous.get('model')})" if previous
+             else "- Previous evaluated run: none",
+             f"- Base model: `{base.get('model')}`" if base else "- Base model: not evaluated (set evaluation.base_model)",
+             f"- Evaluated at {current['evaluated_at']}; intervals are 95% bootstrap intervals.", ""]
+    circularity = current.get("circularity", {})
+    if circularity.get("circular"):
+        lines += ["> **Warning: circular evaluation.** " + " ".join(circularity["reasons"]) +
+                  ". Scores from this judge measure agreement with the synthesis reward, not quality; "
+                  "rely on an independent judge or reference-based metrics.", ""]
+    lines += ["| metric | this run | n | failed | previous run | base model |", "|---|---|---|---|---|---|"]
+    for row in comparison_rows(current, previous, base):
+        lines.append(f"| {row['metric']} | {row['this_run']} | {row['n']} | {row['n_failed']} | "
+                     f"{row['previous_run']} | {row['base_model']} |")
+    diagnostics = current.get("diagnostics", {})
+    if diagnostics:
+        lines += ["", "Diagnostics: " + ", ".join(
+            f"{k}={v}" for k, v in diagnostics.items() if not isinstance(v, dict))]
+        for name, values in diagnostics.items():
+            if isinstance(values, dict):
+                lines.append(f"- {name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    return "\n".join(lines) + "\n"
+
+
+def comparison_png(current: dict[str, Any], previous: dict[str, Any] | None, base: dict[str, Any] | None) -> bytes:
+    """Bars per metric (one subplot each: scales differ) for base / previous / this run, with 95% error bars."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    names = [n for n, m in current["metrics"].items() if m.get("value") is not None]
+    series = [("base model", base, "#9e9e9e"), ("previous run", previous, "#64b5f6"), ("this run", current, "#1565c0")]
+    columns = max(1, min(4, len(names)))
+    rows = max(1, -(-len(names) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), squeeze=False)
+    for axis in axes.flat[len(names):]:
+        axis.axis("off")
+    for axis, name in zip(axes.flat, names):
+        labels, values, low, high, colors = [], [], [], [], []
+        for label, scores, color in series:
+            metric = (scores or {}).get("metrics", {}).get(name)
+            if not metric or metric.get("value") is None:
+                continue
+            value = metric["value"]
+            labels.append(label)
+            values.append(value)
+            colors.append(color)
+            low.append(value - metric["ci_low"] if metric.get("ci_low") is not None else 0.0)
+            high.append(metric["ci_high"] - value if metric.get("ci_high") is not None else 0.0)
+        axis.bar(range(len(values)), values, color=colors, yerr=[low, high], capsize=4)
+        axis.set_xticks(range(len(values)), labels, rotation=20, fontsize=8)
+        axis.set_title(name, fontsize=9)
+    if not names:
+        axes.flat[0].text(0.5, 0.5, "no metrics", ha="center")
+    figure.suptitle(f"{current['benchmark']}: run {current.get('run_id')}", fontsize=10)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()

@@ -1,0 +1,80 @@
+"""Reading evaluation results back: per-run scores, the promotion gate's table, earlier runs, base-model cache.
+
+Layout: runs/<run_id>/eval/<benchmark>/scores.json; the base model's scores are cached (they do not change
+between runs) under eval_cache/base/<key>/<benchmark>/, keyed by the base model, benchmark, judges and generation.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from evaluation.config import BenchmarkConfig, EvaluationConfig
+
+SCORES_FILE = "scores.json"
+
+
+def eval_prefix(run_id: str, benchmark: str) -> str:
+    return f"runs/{run_id}/eval/{benchmark}"
+
+
+def base_cache_prefix(config: EvaluationConfig, benchmark: BenchmarkConfig) -> str:
+    """Where the base model's results for this benchmark live; any change to what is measured changes the key."""
+    identity = {
+        "base_model": config.base_model,
+        "benchmark": benchmark.model_dump(mode="json", exclude={"name"}),
+        "judges": config.judges.model_dump(mode="json"),
+        "generation": config.generation.model_dump(mode="json"),
+        "bootstrap": [config.bootstrap_samples, config.seed],
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return f"eval_cache/base/{digest}/{benchmark.name}"
+
+
+def load_scores(store: Any, run_id: str) -> dict[str, dict[str, Any]]:
+    """{benchmark: scores.json} for every benchmark evaluated in run `run_id` (empty when none)."""
+    prefix = f"runs/{run_id}/eval/"
+    result = {}
+    for key in store.list(prefix):
+        parts = key[len(prefix):].split("/")
+        if len(parts) == 2 and parts[1] == SCORES_FILE:
+            result[parts[0]] = store.read_json(key)
+    return result
+
+
+def gate_table(scores: dict[str, dict[str, Any]], metrics: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Flatten {benchmark: scores} into the promotion gate's table:
+    {"<benchmark>.<metric>": {value, ci_low, ci_high, n, higher_is_better}} (only `metrics` when given).
+
+    A metric without a value or interval is left out, which the gate reports as missing (blocking)."""
+    table = {}
+    for benchmark, data in scores.items():
+        for name, metric in data.get("metrics", {}).items():
+            full = f"{benchmark}.{name}"
+            if metrics is not None and full not in metrics:
+                continue
+            if metric.get("value") is None or metric.get("ci_low") is None:
+                continue
+            table[full] = {"value": metric["value"], "ci_low": metric["ci_low"], "ci_high": metric["ci_high"],
+                           "n": metric["n"], "higher_is_better": metric.get("higher_is_better", True)}
+    return table
+
+
+def gated_metrics(store: Any, run_id: str, config: EvaluationConfig) -> dict[str, dict[str, Any]]:
+    """The gated metrics (evaluation.gate.metrics) of run `run_id`, each with value and 95% interval."""
+    return gate_table(load_scores(store, run_id), list(config.gate.metrics))
+
+
+def previous_scores(store: Any, run_id: str, benchmark: str) -> dict[str, Any] | None:
+    """scores.json of the most recently evaluated other run on this benchmark (by `evaluated_at`), or None."""
+    best = None
+    suffix = f"/eval/{benchmark}/{SCORES_FILE}"
+    for key in store.list("runs/"):
+        if not key.endswith(suffix) or key == f"{eval_prefix(run_id, benchmark)}/{SCORES_FILE}":
+            continue
+        if key.count("/") != 4:  # runs/<id>/eval/<benchmark>/scores.json
+            continue
+        data = store.read_json(key)
+        if best is None or str(data.get("evaluated_at", "")) > str(best.get("evaluated_at", "")):
+            best = data
+    return best
