@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from evaluation.config import EvaluationConfig
 from infra.config import ServersConfig, StoreConfig
 from toa_core.config import ModelConfig, RewardConfig, SearchConfig, Section
 
@@ -27,6 +28,7 @@ class RunConfig(Section):
     models: list[ModelConfig] = Field(..., min_length=1, description="the agents, in tie-break order")
     reward: RewardConfig
     search: SearchConfig = Field(default_factory=SearchConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @model_validator(mode="after")
     def _unique_model_names(self) -> "RunConfig":
