@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from evaluation import load_scores
+from evaluation.scores import gate_table, load_scores
 from flows.evaluate import evaluate
 from flows.synthesize import synthesize
 from flows.train import train
@@ -51,12 +51,12 @@ def pipeline(config: str = "configs/demo.yaml", run_id: str | None = None, incre
     train(config=config, run_id=run_id, data_run_id=data_run_id)
     evaluate(config=config, run_id=run_id)
 
-    scores = load_scores(store, run_id)
+    scores = gate_table(load_scores(store, run_id))  # {"<benchmark>.<metric>": {value, ci_low, ci_high, n, ...}}
     result: dict[str, Any] = {"run_id": run_id, "run_uri": store.uri(f"runs/{run_id}/"), "data_run_id": data_run_id,
                               "scores": scores, "promotion": None, "flow_run_id": flow_run.get_id()}
     if promote:
         compared_with = current_latest(cfg.store)
-        current_scores = load_scores(store, compared_with) if compared_with else None
+        current_scores = gate_table(load_scores(store, compared_with)) if compared_with else None
         gate = cfg.evaluation.gate
         result["promotion"] = promotion_gate(cfg.store, run_id, scores, current_scores, compared_with,
                                              list(gate.metrics), gate.max_regression, result["flow_run_id"])
