@@ -9,16 +9,19 @@ Timeouts: every network call is owned by a backend, which applies its own reques
 returns an error Generation (or raises RewardError) when a call fails for good. A search therefore always
 finishes; this module adds no extra per-prompt timer.
 
-If a strategy raises (a bug, not a failed request), the other workers are cancelled and the error propagates.
+If a strategy raises (a bug, not a failed request), the other workers are cancelled and that error propagates.
 """
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from typing import AsyncIterable, Awaitable, Callable, Iterable
 
 from toa_core.records import Prompt, PromptResult
 from toa_core.strategies import SearchContext, Strategy, get_strategy
+
+logger = logging.getLogger(__name__)
 
 
 class _PromptSource:
@@ -89,9 +92,15 @@ async def run_search(
             if progress is not None:
                 progress(done)
 
-    async with asyncio.TaskGroup() as group:
-        for _ in range(concurrency):
-            group.create_task(worker())
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(concurrency):
+                group.create_task(worker())
+    except BaseExceptionGroup as failed:
+        # Surface the error itself (usually one; several workers can hit the same bug at once).
+        if len(failed.exceptions) > 1:
+            logger.error("%d searches failed; raising the first", len(failed.exceptions))
+        raise failed.exceptions[0]
 
     if on_result is not None:
         return done
