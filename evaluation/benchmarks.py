@@ -9,7 +9,8 @@ Formats read (the files the upstream projects publish):
   carries the 805 instructions too) or a JSONL of {instruction, dataset, id}; baseline = model_outputs.json.
 - arena_hard: question.jsonl {uid, category, cluster | subcategory, prompt}; baseline answers jsonl
   {uid, model, messages: [..., {role: assistant, content: {answer}}]} (older files: choices[0].turns[0].content).
-- wmt: JSONL {id, instruction, en, <src>, dataset} per language; `source` may hold a "{lang}" placeholder.
+- wmt: JSONL {id, instruction, en, <src>, dataset} per language; `source` may hold a "{lang}" placeholder
+  (files, or local dataset folders).
   By name: "haoranxu/WMT22-Test", config "<src>-en", rows {"<src>-en": {"<src>": ..., "en": ...}}.
 - gsm8k: {question, answer "... #### n"} (openai/gsm8k) or {instruction, gold_answer, ...}.
 - math500: {problem, solution, answer, subject, level, unique_id}.
@@ -136,7 +137,8 @@ def load_hf_dataset(name: str, config: str | None, split: str) -> list[dict[str,
 
 
 def _is_local(source: str) -> bool:
-    return Path(source.replace("{lang}", "xx")).suffix.lower() in (".json", ".jsonl", ".parquet") or Path(source).exists()
+    """A local file (or a file pattern with {lang}); anything else, local dataset folders included, goes to `datasets`."""
+    return Path(source.replace("{lang}", "xx")).suffix.lower() in (".json", ".jsonl", ".parquet") or Path(source).is_file()
 
 
 def _rows(config: BenchmarkConfig, default_config: str | None = None) -> tuple[list[dict[str, Any]], str]:
@@ -236,8 +238,10 @@ def load_wmt(config: BenchmarkConfig) -> list[EvalItem]:
                 rows = read_records(path)
             where = path
         else:
-            name = config.source or DEFAULT_DATASETS["wmt"][0]
-            rows = load_hf_dataset(name, config.dataset_config or pair, config.split or "test")
+            name = (config.source or DEFAULT_DATASETS["wmt"][0]).replace("{lang}", lang)
+            # A hub dataset has one config per pair; a local dataset folder (one per pair via {lang}) has none.
+            per_pair_config = None if Path(name).is_dir() else pair
+            rows = load_hf_dataset(name, config.dataset_config or per_pair_config, config.split or "test")
             where = name
         for number, row in enumerate(rows, start=1):
             here = f"{where}: record {number}"

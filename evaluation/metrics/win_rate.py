@@ -48,10 +48,11 @@ def length_controlled_win_rate(preferences: Sequence[float], model_lengths: Sequ
                                baseline_lengths: Sequence[int], *, difficulty: Sequence[float] | None = None,
                                n_failed: int = 0, samples: int = 1000, seed: int = 0) -> Metric:
     """AlpacaEval-2-style LC win rate (%) with a bootstrap 95% interval (items resampled, model refitted)."""
+    sizes = {len(preferences), len(model_lengths), len(baseline_lengths)} | ({len(difficulty)} if difficulty is not None else set())
+    if len(sizes) != 1:
+        raise ValueError("preferences, lengths and difficulty must be aligned (one value per item)")
     preference = np.clip(np.asarray(preferences, dtype=float), 0.0, 1.0)
     delta = np.asarray(model_lengths, dtype=float) - np.asarray(baseline_lengths, dtype=float)
-    if not (preference.size == delta.size and (difficulty is None or len(difficulty) == delta.size)):
-        raise ValueError("preferences, lengths and difficulty must be aligned (one value per item)")
     if preference.size == 0:
         return Metric(None, None, 0, n_failed, "%")
     difficulty_array = None if difficulty is None else np.asarray(difficulty, dtype=float)

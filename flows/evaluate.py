@@ -1,0 +1,70 @@
+"""The `evaluate` flow: generate on each benchmark with the model under test, judge, score, compare, report.
+
+    toa evaluate --config C --model URI [--run-id R]
+
+Results land in runs/<R>/eval/<benchmark>/ (outputs, judgments, scores.json, report.md, comparison.png) and in
+the Prefect UI as artifacts. Without --model the run's own trained model is evaluated (models/dpo, else sft).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from infra.manifest import Manifest, manifest_key
+from infra.registry import new_run_id
+from infra.store import open_store
+from tasks.evaluation import evaluate_base_model, evaluate_benchmark, evaluation_report, run_config
+
+
+def default_model(store: Any, run_id: str) -> str:
+    """The run's final policy: models/dpo when published, else models/sft."""
+    for stage in ("dpo", "sft"):
+        if store.list(f"runs/{run_id}/models/{stage}/"):
+            return f"runs/{run_id}/models/{stage}"
+    raise FileNotFoundError(f"run '{run_id}' has no trained model under {store.uri(f'runs/{run_id}/models/')}; "
+                            f"pass --model (a model folder, store location or endpoint)")
+
+
+def synthesis_reward(store: Any, run_id: str, config_reward: dict[str, Any]) -> dict[str, Any] | None:
+    """The reward model that guided this run's synthesis: the manifest's record, else the config's `reward`."""
+    if store.exists(manifest_key(run_id)):
+        recorded = (store.read_json(manifest_key(run_id)).get("config") or {}).get("reward")
+        if recorded:
+            return recorded
+    return config_reward
+
+
+@flow(name="evaluate", flow_run_name="evaluate-{run_id}")
+def evaluate(config: str | dict[str, Any], run_id: str | None = None, model: str | None = None) -> dict[str, Any]:
+    """Evaluate `model` (default: the run's trained model) on every benchmark of `evaluation.benchmarks`.
+
+    Returns {"run_id", "model", "benchmarks": {name: {"scores", "report", "plot", "headline", "circular"}}}.
+    """
+    logger = get_run_logger()
+    cfg = run_config(config)
+    store = open_store(cfg.store)
+    if run_id is None:
+        parts = (model or "").split("/")
+        run_id = parts[1] if len(parts) > 2 and parts[0] == "runs" else new_run_id(f"{cfg.name}-eval")
+    model = model or default_model(store, run_id)
+    reward = synthesis_reward(store, run_id, cfg.reward.model_dump(mode="json"))
+    manifest = Manifest.open(store, run_id, config=cfg.model_dump(mode="json"))
+    manifest.start_stage("evaluate")
+    results: dict[str, Any] = {}
+    try:
+        for benchmark in cfg.evaluation.benchmarks:
+            logger.info("evaluating %s on %s", model, benchmark.name)
+            result = evaluate_benchmark(config, benchmark.name, model, run_id, reward)
+            base_key = evaluate_base_model(config, benchmark.name, reward)
+            result.update(evaluation_report(config, run_id, benchmark.name, base_key))
+            results[benchmark.name] = result
+    except Exception as error:
+        manifest.fail_stage("evaluate", error)
+        raise
+    counts = {f"{name}.{metric}": value for name, result in results.items()
+              for metric, value in result["headline"].items() if value is not None}
+    manifest.finish_stage("evaluate", counts=counts, outputs=[r["scores"] for r in results.values()])
+    model_uri = store.uri(model) if model.startswith("runs/") else model
+    manifest.add_lineage("evaluate", inputs=[model_uri], outputs=[r["scores"] for r in results.values()])
+    return {"run_id": run_id, "model": model, "benchmarks": results}

@@ -1,0 +1,93 @@
+"""Prefect tasks of the evaluate flow: evaluate one benchmark, evaluate the base model (cached), report.
+
+Thin on purpose: the work lives in evaluation/. Tasks take the config (path or mapping) and small strings, and
+return store URIs and headline numbers, never outputs or datasets.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from evaluation.config import BenchmarkConfig
+from evaluation.generation import resolve_model_under_test
+from evaluation.report import comparison_png, comparison_rows, markdown_report
+from evaluation.runner import SCORES_FILE, evaluate_sync
+from evaluation.scores import base_cache_prefix, eval_prefix, previous_scores
+from infra.store import open_store
+from tasks.artifacts import artifact_key, publish_markdown, publish_png, publish_table
+from toaflow.config import RunConfig, load_config, parse_config
+
+
+def run_config(config: str | dict[str, Any]) -> RunConfig:
+    """The run config from a YAML path or an already loaded mapping."""
+    return parse_config(config, source="<config>") if isinstance(config, dict) else load_config(config)
+
+
+def _benchmark(cfg: RunConfig, name: str) -> BenchmarkConfig:
+    for benchmark in cfg.evaluation.benchmarks:
+        if benchmark.name == name:
+            return benchmark
+    raise ValueError(f"no benchmark named '{name}' in evaluation.benchmarks")
+
+
+def _headline(scores: dict[str, Any]) -> dict[str, Any]:
+    return {name: round(m["value"], 3) if m.get("value") is not None else None for name, m in scores["metrics"].items()}
+
+
+# Not retried by Prefect: the judges and model clients retry their own requests; a re-run of the flow reuses the
+# outputs already in the store.
+@task(name="evaluate-benchmark", task_run_name="evaluate-{benchmark}", retries=0)
+def evaluate_benchmark(config: str | dict[str, Any], benchmark: str, model: str, run_id: str,
+                       synthesis_reward: dict[str, Any] | None) -> dict[str, Any]:
+    """Generate, judge and score `model` on one benchmark into runs/<run_id>/eval/<benchmark>/."""
+    cfg = run_config(config)
+    store = open_store(cfg.store)
+    model_under_test = resolve_model_under_test(model, cfg.evaluation.generation, store)
+    prefix = eval_prefix(run_id, benchmark)
+    scores = evaluate_sync(store, prefix, _benchmark(cfg, benchmark), cfg.evaluation, model_under_test,
+                           run_id=run_id, synthesis_reward=synthesis_reward)
+    logger = get_run_logger()
+    logger.info("%s: %s", benchmark, _headline(scores))
+    if scores["circularity"]["circular"]:
+        logger.warning("%s: circular evaluation: %s", benchmark, "; ".join(scores["circularity"]["reasons"]))
+    return {"scores": store.uri(f"{prefix}/{SCORES_FILE}"), "headline": _headline(scores),
+            "circular": scores["circularity"]["circular"]}
+
+
+@task(name="evaluate-base-model", task_run_name="evaluate-base-{benchmark}", retries=0)
+def evaluate_base_model(config: str | dict[str, Any], benchmark: str,
+                        synthesis_reward: dict[str, Any] | None) -> str | None:
+    """The base model's scores on this benchmark (cached across runs under eval_cache/base/); its key or None."""
+    cfg = run_config(config)
+    if not cfg.evaluation.base_model:
+        return None
+    store = open_store(cfg.store)
+    bench = _benchmark(cfg, benchmark)
+    prefix = base_cache_prefix(cfg.evaluation, bench)
+    key = f"{prefix}/{SCORES_FILE}"
+    if store.exists(key):
+        get_run_logger().info("base model scores for %s reused from %s", benchmark, store.uri(key))
+        return key
+    model_under_test = resolve_model_under_test(cfg.evaluation.base_model, cfg.evaluation.generation, store)
+    evaluate_sync(store, prefix, bench, cfg.evaluation, model_under_test, run_id=None, synthesis_reward=synthesis_reward)
+    return key
+
+
+@task(name="evaluation-report", task_run_name="report-{benchmark}")
+def evaluation_report(config: str | dict[str, Any], run_id: str, benchmark: str, base_key: str | None) -> dict[str, str]:
+    """Markdown report + PNG (this run vs the previous evaluated run vs the base model) + Prefect table."""
+    store = open_store(run_config(config).store)
+    current = store.read_json(f"{eval_prefix(run_id, benchmark)}/{SCORES_FILE}")
+    previous = previous_scores(store, run_id, benchmark)
+    base = store.read_json(base_key) if base_key else None
+    prefix = eval_prefix(run_id, benchmark)
+    markdown = markdown_report(current, previous, base)
+    publish_markdown(store, f"{prefix}/report.md", markdown, title=f"Evaluation {benchmark}, run {run_id}",
+                     artifact=artifact_key("eval-report", run_id, benchmark))
+    png_uri = publish_png(store, f"{prefix}/comparison.png", comparison_png(current, previous, base),
+                          title=f"Evaluation {benchmark}: this run vs previous vs base",
+                          artifact=artifact_key("eval-plot", run_id, benchmark))
+    publish_table(store, f"{prefix}/comparison.json", comparison_rows(current, previous, base),
+                  title=f"Evaluation {benchmark}, run {run_id}", artifact=artifact_key("eval", run_id, benchmark))
+    return {"report": store.uri(f"{prefix}/report.md"), "plot": png_uri}
