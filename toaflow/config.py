@@ -14,10 +14,23 @@ from pydantic import Field, ValidationError, model_validator
 from evaluation.config import EvaluationConfig
 from infra.config import ServersConfig, StoreConfig
 from toa_core.config import ModelConfig, RewardConfig, SearchConfig, Section
+from toa_core.ingest import IngestConfig
+from toa_core.ranking import RankingConfig
+from training.config import TrainingConfig
 
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file, the key and what to do."""
+
+
+class SynthesisConfig(Section):
+    """The synthesis flow: where prompts come from, how they are sharded, how candidates become datasets."""
+    prompts: IngestConfig | None = Field(None, description="the prompt source; `toa synthesize --prompts` overrides it")
+    ranking: RankingConfig = Field(default_factory=RankingConfig)
+    shard_size: int = Field(256, ge=1, description="prompts per shard (one Prefect task, one parquet file)")
+    parallel_shards: int = Field(1, ge=1, le=8, description="shards sampled at once in one flow run")
+    shard_retries: int = Field(2, ge=0, description="task-level retries of a failed shard (it resumes from checkpoints)")
+    shard_retry_delay_s: float = Field(10.0, ge=0)
 
 
 class RunConfig(Section):
@@ -28,6 +41,8 @@ class RunConfig(Section):
     models: list[ModelConfig] = Field(..., min_length=1, description="the agents, in tie-break order")
     reward: RewardConfig
     search: SearchConfig = Field(default_factory=SearchConfig)
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @model_validator(mode="after")

@@ -1,0 +1,62 @@
+"""Bring a run's models to life: managed servers (when the config asks) and the agent and reward clients.
+
+    with model_servers(cfg, run_id) as endpoints:          # in the flow: servers live for the whole run
+        ...
+        async with open_backends(cfg, endpoints) as (agents, reward):   # in each task's event loop
+            ...
+
+Servers are started once per flow run; clients are per event loop (an HTTP client cannot cross loops).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, AsyncIterator, Iterator
+
+from toa_core.backends.factory import aclose_all, build_agents, build_reward
+
+if TYPE_CHECKING:
+    from toaflow.config import RunConfig
+
+
+def server_log_dir(run_id: str) -> Path:
+    """Local folder for server logs of a run (uploaded to the run folder when the servers stop)."""
+    root = Path(os.environ.get("TOAFLOW_WORKDIR", Path(tempfile.gettempdir()) / "toaflow"))
+    path = root / "runs" / run_id / "servers"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def model_servers(cfg: "RunConfig", run_id: str) -> Iterator[dict[str, list[str]]]:
+    """Start the servers named in `servers` when `servers.managed` is true; yield {server name: [base URLs]}.
+
+    Stops only the processes it started, and copies their logs into `runs/<run_id>/servers/` in the store.
+    """
+    if not cfg.servers.managed or not cfg.servers.servers:
+        yield {}
+        return
+    from infra.servers import managed_servers
+    from infra.store import open_store
+
+    log_dir = server_log_dir(run_id)
+    try:
+        with managed_servers(cfg.servers, log_dir) as endpoints:
+            yield {name: (urls if isinstance(urls, list) else [urls]) for name, urls in endpoints.items()}
+    finally:
+        with contextlib.suppress(Exception):  # logs are a courtesy; never mask the run's own error
+            open_store(cfg.store).upload_dir(log_dir, f"runs/{run_id}/servers")
+
+
+@contextlib.asynccontextmanager
+async def open_backends(cfg: "RunConfig", endpoints: dict[str, list[str]] | None = None
+                        ) -> AsyncIterator[tuple[list, object]]:
+    """Build the agents (in configured order) and the batched reward model for the current event loop."""
+    agents = build_agents(cfg.models, endpoints_override=endpoints or None)
+    reward = build_reward(cfg.reward, endpoints_override=endpoints or None)
+    try:
+        yield agents, reward
+    finally:
+        await aclose_all(agents, reward)

@@ -1,0 +1,245 @@
+"""Prefect tasks of the synthesis flow: ingest -> plan shards -> sample each shard -> rank -> report.
+
+Every task takes the validated RunConfig and a run id, reads its inputs from the store and returns store URIs
+(never big objects). Resume is built in:
+- the prompt table and the shard plan are written once per run id and reused by any rerun;
+- a shard is complete when `samples/shard-NNNNN.parquet` exists (published atomically, so never half-written);
+- inside a shard every finished prompt is checkpointed at once (`checkpoints/shard-NNNNN/<prompt_id>.parquet`),
+  so a process killed mid-shard loses only the generations in flight.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from infra.store import Store, fetch_source, open_store
+from toa_core.candidate_table import (candidates_to_table, parquet_bytes_to_table, table_to_parquet_bytes,
+                                      trees_to_jsonl)
+from toa_core.engine import run_search
+from toa_core.ingest import IngestError, load_prompts, read_prompts, write_prompts
+from toa_core.records import Prompt, PromptResult
+from toa_core.strategies import SearchContext
+from toaflow.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+# -- where things live in a run folder -------------------------------------------------------------------
+
+def run_key(run_id: str, *parts: str) -> str:
+    return "/".join(("runs", run_id) + parts)
+
+
+def shard_key(run_id: str, index: int) -> str:
+    return run_key(run_id, "samples", f"shard-{index:05d}.parquet")
+
+
+def tree_key(run_id: str, index: int) -> str:
+    return run_key(run_id, "trees", f"shard-{index:05d}.jsonl")
+
+
+def checkpoint_prefix(run_id: str, index: int) -> str:
+    return run_key(run_id, "checkpoints", f"shard-{index:05d}")
+
+
+# -- ingest ----------------------------------------------------------------------------------------------
+
+@task(name="ingest-prompts", cache_policy=NO_CACHE)
+def ingest_prompts(cfg: RunConfig, run_id: str) -> dict[str, Any]:
+    """Load, validate and normalise the prompt source into `prompts/part-*.parquet` (once per run id).
+
+    Bad rows go to `quarantine.jsonl` with their reason and source line; with `strict: true` the first few
+    problems are raised before any sampling starts.
+    """
+    store = open_store(cfg.store)
+    if store.list(run_key(run_id, "prompts") + "/"):
+        prompts = read_prompts(store, run_id)
+        log.info("prompts already ingested for run %s (%d prompts); reusing them", run_id, len(prompts))
+        return {"prompts": len(prompts), "reused": True}
+    ingest_cfg = cfg.synthesis.prompts
+    if ingest_cfg is None:
+        raise IngestError("synthesis.prompts is not set: name a prompt source (file, folder, s3:// URI or dataset)")
+    local = None
+    if "://" in ingest_cfg.source or ingest_cfg.format not in ("hf_dataset",):
+        try:
+            local = fetch_source(ingest_cfg.source, cfg.store)
+        except FileNotFoundError:
+            if ingest_cfg.format in ("auto", "hf_dataset") and "://" not in ingest_cfg.source:
+                local = None  # not a local path: let ingestion try it as a dataset name
+            else:
+                raise
+    report = load_prompts(ingest_cfg, local)
+    if report.quarantined:
+        store.write_text(run_key(run_id, "quarantine.jsonl"),
+                         "".join(_json_line(row) for row in report.quarantined))
+        log.warning("%d bad prompt rows quarantined in %s", len(report.quarantined),
+                    store.uri(run_key(run_id, "quarantine.jsonl")))
+    if not report.prompts:
+        raise IngestError(f"{ingest_cfg.source}: no usable prompts ({report.summary()}); "
+                          f"see {store.uri(run_key(run_id, 'quarantine.jsonl'))} for the reasons")
+    write_prompts(store, run_id, report.prompts)
+    return {**report.summary(), "reused": False}
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(row, ensure_ascii=False, default=str) + "\n"
+
+
+@task(name="plan-shards", cache_policy=NO_CACHE)
+def plan_shards(cfg: RunConfig, run_id: str, exclude_prompt_ids: list[str] | None = None) -> list[list[str]]:
+    """Split the run's prompts into shards of `synthesis.shard_size` (the plan is stored and reused on rerun)."""
+    store = open_store(cfg.store)
+    plan_key = run_key(run_id, "shards.json")
+    if store.exists(plan_key):
+        return store.read_json(plan_key)
+    excluded = set(exclude_prompt_ids or ())
+    ids = [p.prompt_id for p in read_prompts(store, run_id) if p.prompt_id not in excluded]
+    size = cfg.synthesis.shard_size
+    plan = [ids[start:start + size] for start in range(0, len(ids), size)]
+    store.write_json(plan_key, plan)
+    return plan
+
+
+# -- sampling --------------------------------------------------------------------------------------------
+
+@dataclass
+class ShardOutcome:
+    index: int
+    uri: str
+    prompts: int
+    candidates: int
+    errors: int
+    retries: int
+    resumed_prompts: int
+    skipped: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def sample_shard(cfg: RunConfig, run_id: str, index: int, prompt_ids: list[str],
+                 endpoints: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Search every prompt of one shard, checkpointing each finished prompt; publish the shard when complete."""
+    store = open_store(cfg.store)
+    final_key = shard_key(run_id, index)
+    if store.exists(final_key):
+        return ShardOutcome(index, store.uri(final_key), len(prompt_ids), 0, 0, 0, 0, skipped=True).as_dict()
+    wanted = set(prompt_ids)
+    prompts = [p for p in read_prompts(store, run_id) if p.prompt_id in wanted]
+    prefix = checkpoint_prefix(run_id, index)
+    finished = {key.rsplit("/", 1)[-1].removesuffix(".parquet") for key in store.list(prefix + "/")
+                if key.endswith(".parquet")}
+    pending = [p for p in prompts if p.prompt_id not in finished]
+    log.info("shard %05d: %d prompts, %d already checkpointed, %d to search",
+             index, len(prompts), len(finished & wanted), len(pending))
+    retries = asyncio.run(_search_with_checkpoints(cfg, store, prefix, pending, endpoints or {}, index))
+    outcome = _publish_shard(store, run_id, index, prompt_ids, prefix)
+    outcome.retries, outcome.resumed_prompts = retries, len(finished & wanted)
+    return outcome.as_dict()
+
+
+async def _search_with_checkpoints(cfg: RunConfig, store: Store, prefix: str, prompts: list[Prompt],
+                                   endpoints: dict[str, list[str]], shard_index: int) -> int:
+    """Run the engine over `prompts`, writing each result to the store as soon as its search ends."""
+    from tqdm import tqdm
+
+    from infra.runtime import open_backends
+
+    if not prompts:
+        return 0
+    retries = 0
+    bar = tqdm(total=len(prompts), desc=f"shard {shard_index:05d}", unit="prompt", disable=not sys.stderr.isatty())
+
+    async def checkpoint(result: PromptResult) -> None:
+        nonlocal retries
+        retries += result.retries
+        table = candidates_to_table(result.candidates)
+        if result.tree is not None:
+            await asyncio.to_thread(store.write_text, f"{prefix}/{result.prompt.prompt_id}.tree.jsonl",
+                                    trees_to_jsonl([(result.prompt.prompt_id, result.tree)]))
+        # The parquet file is the "prompt finished" marker, so it is written last.
+        await asyncio.to_thread(store.write_bytes, f"{prefix}/{result.prompt.prompt_id}.parquet",
+                                table_to_parquet_bytes(table))
+        bar.update(1)
+
+    try:
+        async with open_backends(cfg, endpoints) as (agents, reward):
+            ctx = SearchContext(agents=agents, reward=reward, search=cfg.search)
+            await run_search(prompts, ctx, on_result=checkpoint)
+    finally:
+        bar.close()
+    return retries
+
+
+def _publish_shard(store: Store, run_id: str, index: int, prompt_ids: list[str], prefix: str) -> ShardOutcome:
+    """Merge a shard's checkpoints into one parquet file (in plan order), publish it, then drop the checkpoints."""
+    tables, trees = [], []
+    for prompt_id in prompt_ids:
+        tables.append(parquet_bytes_to_table(store.read_bytes(f"{prefix}/{prompt_id}.parquet")))
+        tree_file = f"{prefix}/{prompt_id}.tree.jsonl"
+        if store.exists(tree_file):
+            trees.append(store.read_text(tree_file))
+    table = pa.concat_tables(tables) if tables else candidates_to_table([])
+    if trees:
+        store.write_text(tree_key(run_id, index), "".join(trees))
+    uri = store.write_bytes(shard_key(run_id, index), table_to_parquet_bytes(table))
+    for key in store.list(prefix + "/"):
+        store.delete(key)
+    errors = table.num_rows - table.column("error").null_count
+    return ShardOutcome(index, uri, len(prompt_ids), table.num_rows, errors, 0, 0, skipped=False)
+
+
+sample_shard_task = task(sample_shard, name="sample-shard", cache_policy=NO_CACHE, tags=["gpu"])
+
+
+# -- ranking and report ----------------------------------------------------------------------------------
+
+@task(name="rank-candidates", cache_policy=NO_CACHE)
+def rank_candidates(cfg: RunConfig, run_id: str, shard_uris: list[str]) -> dict[str, Any]:
+    """Rank every shard's candidates into SFT and DPO datasets (`datasets/{sft,dpo}/{train,test}.parquet`)."""
+    import tempfile
+    from pathlib import Path
+
+    from toa_core.ranking import build_datasets, write_datasets
+
+    store = open_store(cfg.store)
+    with tempfile.TemporaryDirectory(prefix="toaflow-rank-") as scratch:
+        local_shards = [store.download_file(store.key_of(uri), Path(scratch) / f"{i:05d}.parquet")
+                        for i, uri in enumerate(shard_uris)]
+        *tables, stats = build_datasets([str(p) for p in local_shards], read_prompts(store, run_id),
+                                        cfg.synthesis.ranking, run_id)
+    datasets = write_datasets(store, run_id, *tables, stats=stats)
+    return {"datasets": datasets, "counts": stats.to_dict()}
+
+
+@task(name="report-synthesis", cache_policy=NO_CACHE)
+def report_synthesis(cfg: RunConfig, run_id: str, ingest: dict[str, Any], shards: list[dict[str, Any]],
+                     ranking: dict[str, Any]) -> str:
+    """Per-model table, markdown summary and reward-distribution PNG: in `reports/` and as Prefect artifacts."""
+    from tasks.artifacts import figure_png, publish_markdown, publish_png, publish_table
+    from tasks.synthesis_report import per_model_table, reward_distribution_figure, summary_markdown
+
+    store = open_store(cfg.store)
+    samples = pa.concat_tables([parquet_bytes_to_table(store.read_bytes(store.key_of(s["uri"]))) for s in shards]) \
+        if shards else candidates_to_table([])
+    model_rows = per_model_table(samples)
+    publish_table(store, run_key(run_id, "reports", "synthesis_models.json"), model_rows,
+                  title=f"models in synthesis run {run_id}", artifact=f"synthesis-models-{run_id}")
+    publish_png(store, run_key(run_id, "reports", "reward_distribution.png"),
+                figure_png(reward_distribution_figure(samples)),
+                title="reward by model and by tree depth", artifact=f"synthesis-rewards-{run_id}")
+    datasets = {name: uri for name, uri in ranking["datasets"].items() if name != "stats"}
+    markdown = summary_markdown(run_id, store.uri(run_key(run_id) + "/"), ingest, shards, ranking["counts"],
+                                model_rows, datasets)
+    key = run_key(run_id, "reports", "synthesis.md")
+    publish_markdown(store, key, markdown, title=f"synthesis run {run_id}", artifact=f"synthesis-summary-{run_id}")
+    return store.uri(key)
