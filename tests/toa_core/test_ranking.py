@@ -1,0 +1,213 @@
+"""Ranking candidates into SFT/DPO datasets: rules, splits, files, and acceptance by datasets and TRL."""
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from infra.store import LocalStore
+from toa_core.ranking import (
+    DPO_SCHEMA, SFT_SCHEMA, RankingConfig, RankingError, build_datasets, dataset_key, split_test_prompts,
+    write_datasets,
+)
+from toa_core.records import CANDIDATE_COLUMNS, Candidate, Prompt
+
+
+def candidate(prompt_id, index, reward, text=None, error=None, model="m1", strategy="toa"):
+    return Candidate(
+        prompt_id=prompt_id, candidate_id=f"{prompt_id}-c{index:03d}", parent_id=None, kind="fresh", model=model,
+        depth=1, text=None if error else (text if text is not None else f"answer {index} to {prompt_id}"),
+        reward=None if error else reward, reward_norm=None if error else reward, prompt_tokens=5,
+        completion_tokens=7, latency_s=0.1, finish_reason=None if error else "stop", strategy=strategy, seed=0,
+        error=error,
+    ).to_row()
+
+
+def table(rows):
+    return pa.Table.from_pylist(rows).select(list(CANDIDATE_COLUMNS))
+
+
+def prompts_for(*prompt_ids):
+    return {pid: [{"role": "user", "content": f"question {pid}"}] for pid in prompt_ids}
+
+
+def build(rows, prompt_ids=None, **options):
+    prompt_ids = prompt_ids or sorted({r["prompt_id"] for r in rows})
+    options.setdefault("test_fraction", 0.0)
+    return build_datasets([table(rows)], prompts_for(*prompt_ids), RankingConfig(**options), "run-x")
+
+
+def test_best_is_sft_target_and_kth_best_is_rejected():
+    rows = [candidate("p1", i, reward=float(i)) for i in range(40)]  # reward 39 is best, 10 is the 30th best
+    sft, sft_test, dpo, dpo_test, stats = build(rows)
+    assert sft.schema == SFT_SCHEMA and dpo.schema == DPO_SCHEMA
+    assert sft_test.num_rows == 0 and dpo_test.num_rows == 0
+    row = sft.to_pylist()[0]
+    assert row["messages"] == [{"role": "user", "content": "question p1"},
+                               {"role": "assistant", "content": "answer 39 to p1"}]
+    assert (row["prompt_id"], row["candidate_id"], row["reward"], row["model"], row["strategy"], row["run_id"]) == \
+        ("p1", "p1-c039", 39.0, "m1", "toa", "run-x")
+    pair = dpo.to_pylist()[0]
+    assert pair["prompt"] == [{"role": "user", "content": "question p1"}]
+    assert pair["chosen"] == [{"role": "assistant", "content": "answer 39 to p1"}]
+    assert pair["rejected"] == [{"role": "assistant", "content": "answer 10 to p1"}]
+    assert (pair["chosen_rank"], pair["rejected_rank"], pair["chosen_reward"], pair["rejected_reward"]) == (1, 30, 39.0, 10.0)
+    assert (pair["chosen_candidate_id"], pair["rejected_candidate_id"]) == ("p1-c039", "p1-c010")
+    assert stats.dpo_pairs_at_rank == 1 and stats.prompts == 1
+
+
+def test_rank_is_configurable():
+    rows = [candidate("p1", i, reward=float(i)) for i in range(10)]
+    _, _, dpo, _, _ = build(rows, dpo_rejected_rank=3)
+    assert dpo.to_pylist()[0]["rejected_reward"] == 7.0  # 9, 8, 7: the third best
+
+
+def test_short_prompts_pair_with_worst_or_are_skipped():
+    rows = [candidate("p1", i, reward=float(i)) for i in range(5)] + [candidate("p2", 0, reward=1.0)]
+    _, _, dpo, _, stats = build(rows, short_policy="worst")
+    assert [(r["prompt_id"], r["rejected_reward"], r["rejected_rank"]) for r in dpo.to_pylist()] == [("p1", 0.0, 5)]
+    assert stats.dpo_pairs_worst == 1 and stats.dpo_skipped_single == 1
+    sft, _, dpo, _, stats = build(rows, short_policy="skip")
+    assert dpo.num_rows == 0 and stats.dpo_skipped_short == 1 and stats.dpo_skipped_single == 1
+    assert sft.num_rows == 2  # SFT needs only a best answer
+
+
+def test_ties_break_by_candidate_id_and_are_deterministic():
+    rows = [candidate("p1", i, reward=5.0 if i in (3, 7) else float(i % 3)) for i in range(8)]
+    for shuffled in (rows, rows[::-1], rows[2:] + rows[:2]):
+        sft, _, dpo, _, _ = build(shuffled, dpo_rejected_rank=3)
+        assert sft.to_pylist()[0]["candidate_id"] == "p1-c003"  # equal best rewards: the smaller id wins
+        # order: c003(5) c007(5) c002(2) c005(2) c001(1) c004(1) c000(0) c006(0): third best is c002
+        assert dpo.to_pylist()[0]["rejected_candidate_id"] == "p1-c002"
+
+
+def test_margins_and_identical_texts_drop_pairs():
+    tie = [candidate("tie", i, reward=1.0) for i in range(3)]
+    close = [candidate("close", 0, reward=1.0), candidate("close", 1, reward=0.95)]
+    wide = [candidate("wide", 0, reward=1.0), candidate("wide", 1, reward=0.0)]
+    same = [candidate("same", 0, reward=2.0, text="same words "), candidate("same", 1, reward=1.0, text=" same words")]
+    rows = tie + close + wide + same
+    _, _, dpo, _, stats = build(rows, dpo_rejected_rank=2)
+    assert sorted(dpo["prompt_id"].to_pylist()) == ["close", "wide"]  # 0.0: only exact ties go
+    assert stats.dpo_dropped_margin == 1 and stats.dpo_dropped_identical == 1
+    _, _, dpo, _, stats = build(rows, dpo_rejected_rank=2, min_margin=0.1)
+    assert dpo["prompt_id"].to_pylist() == ["wide"] and stats.dpo_dropped_margin == 2
+
+
+def test_failed_unscored_blank_and_unknown_candidates_never_enter():
+    rows = [
+        candidate("p1", 0, reward=None, error="timeout after 3 attempts"),
+        candidate("p1", 1, reward=0.5),
+        candidate("p1", 2, reward=None),  # no error but never scored
+        candidate("p1", 3, reward=float("nan")),
+        candidate("p1", 4, reward=9.0, text="   "),  # blank text, whatever its reward
+        candidate("p1", 5, reward=0.1),
+        candidate("ghost", 0, reward=3.0),  # prompt not among the prompts
+    ]
+    rows[0]["reward"] = 100.0  # a failed generation with a (bogus) reward is still excluded
+    sft, _, dpo, _, stats = build(rows, prompt_ids=["p1"], dpo_rejected_rank=2)
+    assert sft["candidate_id"].to_pylist() == ["p1-c001"]
+    assert dpo.to_pylist()[0]["rejected_candidate_id"] == "p1-c005"
+    assert (stats.candidates, stats.candidates_failed, stats.candidates_unscored, stats.candidates_blank,
+            stats.candidates_unknown_prompt) == (7, 1, 2, 1, 1)
+
+
+def test_prompt_with_only_failures_has_no_rows():
+    rows = [candidate("bad", i, reward=None, error="boom") for i in range(3)] + [candidate("ok", 0, reward=1.0)]
+    sft, _, _, _, stats = build(rows)
+    assert sft["prompt_id"].to_pylist() == ["ok"] and stats.prompts == 1
+
+
+def test_split_is_seeded_disjoint_and_shared_by_sft_and_dpo():
+    prompt_ids = [f"p{i:03d}" for i in range(200)]
+    rows = [candidate(pid, i, reward=float(i)) for pid in prompt_ids for i in range(3)]
+    outputs = build(rows, prompt_ids, test_fraction=0.1, seed=1, dpo_rejected_rank=2)
+    sft_train, sft_test, dpo_train, dpo_test, stats = outputs
+    train_ids, test_ids = set(sft_train["prompt_id"].to_pylist()), set(sft_test["prompt_id"].to_pylist())
+    assert not train_ids & test_ids and train_ids | test_ids == set(prompt_ids)
+    assert set(dpo_test["prompt_id"].to_pylist()) == test_ids and set(dpo_train["prompt_id"].to_pylist()) == train_ids
+    assert 5 <= len(test_ids) <= 40 and stats.prompts_test == len(test_ids)
+    again = build(rows[::-1], prompt_ids, test_fraction=0.1, seed=1, dpo_rejected_rank=2)
+    assert all(a.equals(b) for a, b in zip(outputs[:4], again[:4]))
+    other_seed = set(build(rows, prompt_ids, test_fraction=0.1, seed=2)[1]["prompt_id"].to_pylist())
+    assert other_seed != test_ids
+    # a prompt keeps its side when other prompts come and go (incremental runs)
+    fewer = split_test_prompts(prompt_ids[:100], 0.1, 1)
+    assert fewer == {pid for pid in test_ids if pid in set(prompt_ids[:100])}
+
+
+def test_tiny_sets_still_get_a_test_prompt():
+    assert len(split_test_prompts(["a", "b", "c"], 0.01, 0)) == 1
+    assert split_test_prompts(["a"], 0.01, 0) == set()
+    assert split_test_prompts(["a", "b"], 0.0, 0) == set()
+
+
+def test_parquet_shards_and_prompt_objects(tmp_path):
+    rows = [candidate(pid, i, reward=float(i)) for pid in ("a", "b") for i in range(4)]
+    pq.write_table(table(rows[:5]), tmp_path / "shard-0.parquet")
+    pq.write_table(table(rows[5:]), tmp_path / "shard-1.parquet")
+    prompts = [Prompt(prompt_id=pid, messages=[{"role": "user", "content": pid}]) for pid in ("a", "b")]
+    sft, _, dpo, _, _ = build_datasets([tmp_path / "shard-0.parquet", str(tmp_path / "shard-1.parquet")], prompts,
+                                       RankingConfig(dpo_rejected_rank=4, test_fraction=0), "r")
+    assert sft["candidate_id"].to_pylist() == ["a-c003", "b-c003"]
+    assert dpo["rejected_candidate_id"].to_pylist() == ["a-c000", "b-c000"]  # b's rows span both shards
+    with pytest.raises(RankingError, match="lacks candidate column"):
+        pq.write_table(pa.table({"prompt_id": ["a"]}), tmp_path / "bad.parquet")
+        build_datasets([tmp_path / "bad.parquet"], prompts, RankingConfig(), "r")
+
+
+def test_no_candidates_gives_empty_tables():
+    sft, sft_test, dpo, dpo_test, stats = build_datasets([], prompts_for("a"), RankingConfig(), "r")
+    assert sft.num_rows == dpo.num_rows == sft_test.num_rows == dpo_test.num_rows == 0
+    assert sft.schema == SFT_SCHEMA and stats.candidates == 0
+
+
+@pytest.fixture
+def written(tmp_path):
+    prompt_ids = [f"p{i}" for i in range(12)]
+    rows = [candidate(pid, i, reward=float(i), model=f"m{i % 2}") for pid in prompt_ids for i in range(4)]
+    outputs = build(rows, prompt_ids, test_fraction=0.2, dpo_rejected_rank=3)
+    store = LocalStore(tmp_path / "artifacts")
+    uris = write_datasets(store, "run-x", *outputs)
+    return store, uris, outputs
+
+
+def test_write_and_load_with_datasets(written):
+    from datasets import load_dataset
+
+    store, uris, (sft_train, sft_test, dpo_train, dpo_test, stats) = written
+    assert set(uris) == {"sft/train", "sft/test", "dpo/train", "dpo/test", "stats"}
+    assert uris["sft/train"] == store.uri(dataset_key("run-x", "sft", "train"))
+    assert store.read_json("runs/run-x/datasets/stats.json")["sft_train"] == sft_train.num_rows
+    sft = load_dataset("parquet", data_files={"train": uris["sft/train"], "test": uris["sft/test"]})
+    assert sft["train"].num_rows == sft_train.num_rows and sft["test"].num_rows == sft_test.num_rows > 0
+    assert sft["train"][0]["messages"][-1]["role"] == "assistant"
+    dpo = load_dataset("parquet", data_files={"train": uris["dpo/train"], "test": uris["dpo/test"]})
+    assert dpo["train"][0]["chosen"][0]["role"] == "assistant" and isinstance(dpo["train"][0]["prompt"], list)
+    assert dpo["train"].num_rows + dpo["test"].num_rows == 12
+
+
+@pytest.mark.timeout(300)
+def test_trl_trains_on_the_datasets(written, tiny_llama_dir, tmp_path):
+    """TRL's SFTTrainer and DPOTrainer accept the files unchanged and take a training step on each."""
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+
+    _, uris, _ = written
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    common = dict(max_steps=1, per_device_train_batch_size=2, bf16=False, use_cpu=True, report_to=[],
+                  save_strategy="no", logging_steps=1, max_length=128, dataloader_num_workers=0,
+                  activation_checkpointing=False)
+
+    sft_data = load_dataset("parquet", data_files=uris["sft/train"], split="train")
+    sft = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+                     args=SFTConfig(output_dir=str(tmp_path / "sft"), **common),
+                     train_dataset=sft_data, processing_class=tokenizer)
+    assert sft.train().global_step == 1
+
+    dpo_data = load_dataset("parquet", data_files=uris["dpo/train"], split="train")
+    dpo = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_llama_dir),
+                     args=DPOConfig(output_dir=str(tmp_path / "dpo"), **common),
+                     train_dataset=dpo_data, processing_class=tokenizer)
+    assert dpo.train().global_step == 1

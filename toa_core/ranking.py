@@ -1,0 +1,362 @@
+"""Rank scored candidates into TRL-ready SFT and DPO datasets.
+
+Per prompt, the usable candidates (no error, a finite reward, non-blank text) are ordered by raw reward,
+best first; equal rewards are ordered by candidate_id, so the ranking is the same on every run.
+- SFT: the best candidate (rank 1) becomes the assistant turn: `messages` = prompt messages + [assistant].
+- DPO: chosen = rank 1, rejected = rank `dpo_rejected_rank` (k, 1-based).
+  The paper's README says the rejected response is "the 30th-ranked", while its model names say `ni=30`,
+  which would be the 31st best if that index is 0-based. We read the README: k=30 means the 30th best
+  (29 candidates rank between chosen and rejected). A prompt with fewer than k usable candidates gets the
+  worst one as rejected (`short_policy: worst`) or no pair (`skip`); one usable candidate never gives a pair.
+  A pair is dropped when chosen and rejected have the same text (after trimming whitespace) or when the
+  reward margin chosen - rejected is not above `min_margin` (so the default 0.0 drops exact ties only).
+- Train/test split by prompt: a prompt is in test when a seeded hash of its id falls below `test_fraction`,
+  so the same prompt is never on both sides, SFT and DPO agree, and a prompt keeps its side across runs. When
+  the hash puts no prompt in test although `test_fraction > 0` and there are two prompts or more, the prompt
+  with the smallest hash goes to test (trainers need a non-empty eval set).
+
+Scale: the work per candidate is done with pyarrow compute (filter, sort, take); Python touches only the
+selected rows (at most two per prompt). Texts are read in a second pass only for the selected rows, shard by
+shard, so memory holds the key columns of all candidates plus one shard's texts at a time.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from toa_core.config import Section
+from toa_core.records import Message, Prompt
+
+MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
+MESSAGES_TYPE = pa.list_(MESSAGE_TYPE)
+
+SFT_SCHEMA = pa.schema([
+    ("messages", MESSAGES_TYPE),
+    ("prompt_id", pa.string()),
+    ("candidate_id", pa.string()),
+    ("model", pa.string()),
+    ("reward", pa.float64()),
+    ("strategy", pa.string()),
+    ("run_id", pa.string()),
+])
+DPO_SCHEMA = pa.schema([
+    ("prompt", MESSAGES_TYPE),
+    ("chosen", MESSAGES_TYPE),
+    ("rejected", MESSAGES_TYPE),
+    ("prompt_id", pa.string()),
+    ("chosen_candidate_id", pa.string()),
+    ("rejected_candidate_id", pa.string()),
+    ("chosen_model", pa.string()),
+    ("rejected_model", pa.string()),
+    ("chosen_reward", pa.float64()),
+    ("rejected_reward", pa.float64()),
+    ("chosen_rank", pa.int32()),
+    ("rejected_rank", pa.int32()),
+    ("strategy", pa.string()),
+    ("run_id", pa.string()),
+])
+_KEY_COLUMNS = ["prompt_id", "candidate_id", "model", "reward", "strategy"]
+
+CandidateSource = Union[pa.Table, str, Path]
+
+
+class RankingError(ValueError):
+    """Candidates cannot be ranked (missing columns, unreadable shard); the message names the source."""
+
+
+class RankingConfig(Section):
+    """How scored candidates become SFT targets and DPO pairs (see toa_core.ranking for the exact rules)."""
+    dpo_rejected_rank: int = Field(30, ge=2, description="1-based rank of the rejected response (30 = 30th best)")
+    short_policy: Literal["worst", "skip"] = Field(
+        "worst", description="fewer than dpo_rejected_rank usable candidates: pair with the worst, or no pair")
+    min_margin: float = Field(0.0, ge=0, description="keep a pair only if chosen_reward - rejected_reward > this")
+    test_fraction: float = Field(0.01, ge=0, lt=1, description="share of prompts held out (SFT and DPO alike)")
+    seed: int = Field(0, description="seed of the train/test split")
+
+
+@dataclass
+class RankingStats:
+    """What ranking kept and dropped, and why (written next to the datasets and into the manifest)."""
+    candidates: int = 0
+    candidates_failed: int = 0  # error set
+    candidates_unscored: int = 0  # no error but no finite reward
+    candidates_blank: int = 0  # scored but empty text
+    candidates_unknown_prompt: int = 0  # prompt_id not among the prompts given
+    prompts: int = 0  # prompts with at least one usable candidate
+    prompts_train: int = 0
+    prompts_test: int = 0
+    sft_train: int = 0
+    sft_test: int = 0
+    dpo_pairs_at_rank: int = 0  # rejected is the k-th best
+    dpo_pairs_worst: int = 0  # fewer than k usable: rejected is the worst
+    dpo_skipped_short: int = 0  # fewer than k usable and short_policy skip
+    dpo_skipped_single: int = 0  # only one usable candidate
+    dpo_dropped_identical: int = 0
+    dpo_dropped_margin: int = 0
+    dpo_train: int = 0
+    dpo_test: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def build_datasets(
+    candidates: Iterable[CandidateSource],
+    prompts: Mapping[str, list[Message]] | Sequence[Prompt],
+    cfg: RankingConfig,
+    run_id: str,
+) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table, RankingStats]:
+    """Rank candidate rows (tables or parquet paths) into (sft_train, sft_test, dpo_train, dpo_test, stats).
+
+    `prompts` maps prompt_id to the prompt's messages (or is a list of Prompt). Tables follow SFT_SCHEMA and
+    DPO_SCHEMA, sorted by prompt_id.
+    """
+    prompt_messages = _prompt_map(prompts)
+    sources = list(candidates)
+    stats = RankingStats()
+
+    keys = _usable_keys(sources, prompt_messages, stats)
+    keys = keys.sort_by([("prompt_id", "ascending"), ("reward", "descending"), ("candidate_id", "ascending")])
+
+    pid = keys["prompt_id"].combine_chunks()
+    n = len(pid)
+    if n:
+        change = pc.not_equal(pid.slice(1), pid.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+        starts = np.concatenate([[0], np.flatnonzero(change) + 1]).astype(np.int64)
+    else:
+        starts = np.zeros(0, dtype=np.int64)
+    sizes = np.diff(np.append(starts, n))
+    stats.prompts = len(starts)
+
+    # -- DPO pair selection (positions in the sorted key table) --
+    k = cfg.dpo_rejected_rank
+    at_rank = sizes >= k
+    worst = (~at_rank) & (sizes >= 2) & (cfg.short_policy == "worst")
+    stats.dpo_skipped_single = int(np.sum(sizes < 2))
+    stats.dpo_skipped_short = int(np.sum((sizes >= 2) & (sizes < k))) if cfg.short_policy == "skip" else 0
+    paired = at_rank | worst
+    rejected_rank = np.where(at_rank, k, sizes)
+    rewards = keys["reward"].to_numpy()
+    chosen_pos = starts[paired]
+    rejected_pos = starts[paired] + rejected_rank[paired] - 1
+    margin_ok = (rewards[chosen_pos] - rewards[rejected_pos]) > cfg.min_margin
+    stats.dpo_dropped_margin = int(np.sum(~margin_ok))
+    pair_at_rank = at_rank[paired][margin_ok]
+    chosen_pos, rejected_pos = chosen_pos[margin_ok], rejected_pos[margin_ok]
+    pair_rejected_rank = rejected_rank[paired][margin_ok]
+
+    # -- texts for the selected rows only --
+    texts = _texts_at(sources, keys, np.concatenate([starts, rejected_pos]))  # one read of each shard
+    best_texts, rejected_texts = texts[:len(starts)], texts[len(starts):]
+    position_of_start = {int(p): i for i, p in enumerate(starts)}
+    chosen_texts = [best_texts[position_of_start[int(p)]] for p in chosen_pos]
+    identical = np.array([c.strip() == r.strip() for c, r in zip(chosen_texts, rejected_texts)], dtype=bool)
+    stats.dpo_dropped_identical = int(np.sum(identical))
+    keep = ~identical
+    chosen_pos, rejected_pos = chosen_pos[keep], rejected_pos[keep]
+    pair_rejected_rank, pair_at_rank = pair_rejected_rank[keep], pair_at_rank[keep]
+    chosen_texts = [t for t, kept in zip(chosen_texts, keep) if kept]
+    rejected_texts = [t for t, kept in zip(rejected_texts, keep) if kept]
+    stats.dpo_pairs_at_rank = int(np.sum(pair_at_rank))
+    stats.dpo_pairs_worst = int(np.sum(~pair_at_rank))
+
+    # -- split by prompt --
+    prompt_ids = pid.take(pa.array(starts)).to_pylist()
+    test_ids = split_test_prompts(prompt_ids, cfg.test_fraction, cfg.seed)
+    stats.prompts_test = len(test_ids)
+    stats.prompts_train = len(prompt_ids) - len(test_ids)
+
+    sft = _sft_table(keys, starts, best_texts, prompt_messages, run_id)
+    dpo = _dpo_table(keys, chosen_pos, rejected_pos, pair_rejected_rank, chosen_texts, rejected_texts,
+                     prompt_messages, run_id)
+    sft_train, sft_test = _split(sft, test_ids)
+    dpo_train, dpo_test = _split(dpo, test_ids)
+    stats.sft_train, stats.sft_test = sft_train.num_rows, sft_test.num_rows
+    stats.dpo_train, stats.dpo_test = dpo_train.num_rows, dpo_test.num_rows
+    return sft_train, sft_test, dpo_train, dpo_test, stats
+
+
+def split_test_prompts(prompt_ids: Sequence[str], test_fraction: float, seed: int) -> set[str]:
+    """The prompt ids held out for test: those whose seeded hash falls below `test_fraction` (see module doc)."""
+    if test_fraction <= 0 or not prompt_ids:
+        return set()
+    scores = {pid: int.from_bytes(hashlib.sha256(f"{seed}:{pid}".encode()).digest()[:8], "big") / 2.0 ** 64
+              for pid in prompt_ids}
+    test = {pid for pid, score in scores.items() if score < test_fraction}
+    if not test and len(scores) >= 2:
+        test = {min(scores, key=scores.get)}
+    return test
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pass 1: the key columns of usable candidates
+
+
+def _prompt_map(prompts: Mapping[str, list[Message]] | Sequence[Prompt]) -> dict[str, list[Message]]:
+    if isinstance(prompts, Mapping):
+        return dict(prompts)
+    return {p.prompt_id: p.messages for p in prompts}
+
+
+def _read_source(source: CandidateSource, columns: list[str]) -> pa.Table:
+    if isinstance(source, pa.Table):
+        missing = [c for c in columns if c not in source.column_names]
+        if missing:
+            raise RankingError(f"candidate table lacks column(s) {missing}; expected the candidate row layout "
+                               "(toa_core.records.CANDIDATE_COLUMNS)")
+        return source.select(columns)
+    try:
+        schema = pq.read_schema(source)
+    except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise RankingError(f"{source}: not a readable parquet file ({error})") from None
+    missing = [c for c in columns if c not in schema.names]
+    if missing:
+        raise RankingError(f"{source}: lacks candidate column(s) {missing}")
+    return pq.read_table(source, columns=columns)
+
+
+def _usable_keys(sources: list[CandidateSource], prompt_messages: dict[str, list[Message]],
+                 stats: RankingStats) -> pa.Table:
+    """Key columns (plus source and row index) of every candidate that may enter a dataset."""
+    known = pa.array(list(prompt_messages), pa.string())
+    parts = []
+    for index, source in enumerate(sources):
+        table = _read_source(source, _KEY_COLUMNS + ["text", "error"])
+        table = table.append_column("source_index", pa.array(np.full(table.num_rows, index, dtype=np.int32)))
+        table = table.append_column("row_index", pa.array(np.arange(table.num_rows, dtype=np.int64)))
+        stats.candidates += table.num_rows
+        failed = pc.is_valid(table["error"])
+        reward = pc.cast(table["reward"], pa.float64())
+        scored = pc.and_(pc.is_valid(reward), pc.invert(pc.fill_null(pc.is_nan(reward), True)))
+        scored = pc.and_(scored, pc.invert(pc.fill_null(pc.is_inf(reward), True)))
+        has_text = pc.fill_null(pc.match_substring_regex(table["text"], r"\S"), False)
+        ok = pc.invert(failed)
+        stats.candidates_failed += pc.sum(pc.cast(failed, pa.int64())).as_py() or 0
+        stats.candidates_unscored += pc.sum(pc.cast(pc.and_(ok, pc.invert(scored)), pa.int64())).as_py() or 0
+        ok = pc.and_(ok, scored)
+        stats.candidates_blank += pc.sum(pc.cast(pc.and_(ok, pc.invert(has_text)), pa.int64())).as_py() or 0
+        ok = pc.and_(ok, has_text)
+        table = table.set_column(table.schema.get_field_index("reward"), "reward", reward)
+        table = table.filter(ok).drop_columns(["text", "error"])  # texts are read again for selected rows only
+        known_prompt = pc.is_in(table["prompt_id"], value_set=known)
+        stats.candidates_unknown_prompt += table.num_rows - (pc.sum(pc.cast(known_prompt, pa.int64())).as_py() or 0)
+        parts.append(table.filter(known_prompt))
+    if not parts:
+        schema = pa.schema([("prompt_id", pa.string()), ("candidate_id", pa.string()), ("model", pa.string()),
+                            ("reward", pa.float64()), ("strategy", pa.string()), ("source_index", pa.int32()),
+                            ("row_index", pa.int64())])
+        return schema.empty_table()
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pass 2: texts of the selected rows
+
+
+def _texts_at(sources: list[CandidateSource], keys: pa.Table, positions: np.ndarray) -> list[str]:
+    """The candidate texts at `positions` of the sorted key table, read source by source."""
+    if len(positions) == 0:
+        return []
+    positions_arr = pa.array(positions.astype(np.int64))
+    source_index = keys["source_index"].take(positions_arr).to_numpy()
+    row_index = keys["row_index"].take(positions_arr).to_numpy()
+    texts: list[Any] = [None] * len(positions)
+    for index in np.unique(source_index):
+        wanted = np.flatnonzero(source_index == index)
+        column = _read_source(sources[int(index)], ["text"])["text"]
+        taken = column.take(pa.array(row_index[wanted])).to_pylist()
+        for slot, text in zip(wanted, taken):
+            texts[slot] = text
+    return texts
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Output tables
+
+
+def _assistant(texts: list[str]) -> pa.Array:
+    return pa.array([[{"role": "assistant", "content": t}] for t in texts], MESSAGES_TYPE)
+
+
+def _sft_table(keys: pa.Table, starts: np.ndarray, texts: list[str], prompt_messages: dict[str, list[Message]],
+               run_id: str) -> pa.Table:
+    best = keys.take(pa.array(starts))
+    messages = [prompt_messages[pid] + [{"role": "assistant", "content": text}]
+                for pid, text in zip(best["prompt_id"].to_pylist(), texts)]
+    return pa.table({
+        "messages": pa.array(messages, MESSAGES_TYPE),
+        "prompt_id": best["prompt_id"],
+        "candidate_id": best["candidate_id"],
+        "model": best["model"],
+        "reward": best["reward"],
+        "strategy": best["strategy"],
+        "run_id": pa.array([run_id] * best.num_rows, pa.string()),
+    }, schema=SFT_SCHEMA)
+
+
+def _dpo_table(keys: pa.Table, chosen_pos: np.ndarray, rejected_pos: np.ndarray, rejected_rank: np.ndarray,
+               chosen_texts: list[str], rejected_texts: list[str], prompt_messages: dict[str, list[Message]],
+               run_id: str) -> pa.Table:
+    chosen = keys.take(pa.array(chosen_pos.astype(np.int64)))
+    rejected = keys.take(pa.array(rejected_pos.astype(np.int64)))
+    prompt_ids = chosen["prompt_id"].to_pylist()
+    return pa.table({
+        "prompt": pa.array([prompt_messages[pid] for pid in prompt_ids], MESSAGES_TYPE),
+        "chosen": _assistant(chosen_texts),
+        "rejected": _assistant(rejected_texts),
+        "prompt_id": chosen["prompt_id"],
+        "chosen_candidate_id": chosen["candidate_id"],
+        "rejected_candidate_id": rejected["candidate_id"],
+        "chosen_model": chosen["model"],
+        "rejected_model": rejected["model"],
+        "chosen_reward": chosen["reward"],
+        "rejected_reward": rejected["reward"],
+        "chosen_rank": pa.array(np.ones(len(prompt_ids), dtype=np.int32)),
+        "rejected_rank": pa.array(rejected_rank.astype(np.int32)),
+        "strategy": chosen["strategy"],
+        "run_id": pa.array([run_id] * len(prompt_ids), pa.string()),
+    }, schema=DPO_SCHEMA)
+
+
+def _split(table: pa.Table, test_ids: set[str]) -> tuple[pa.Table, pa.Table]:
+    in_test = pc.is_in(table["prompt_id"], value_set=pa.array(sorted(test_ids), pa.string()))
+    return table.filter(pc.invert(in_test)), table.filter(in_test)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def dataset_key(run_id: str, kind: str, split: str) -> str:
+    """runs/<run_id>/datasets/{sft,dpo}/{train,test}.parquet"""
+    return f"runs/{run_id}/datasets/{kind}/{split}.parquet"
+
+
+def write_datasets(store: Any, run_id: str, sft_train: pa.Table, sft_test: pa.Table, dpo_train: pa.Table,
+                   dpo_test: pa.Table, stats: RankingStats | None = None) -> dict[str, str]:
+    """Write the four datasets (and stats.json) through `store` (an infra.store.Store or anything with
+    `write_bytes(key, data) -> uri`); returns {"sft/train": uri, ...}. Each file is published atomically."""
+    uris = {}
+    for kind, split, table in (("sft", "train", sft_train), ("sft", "test", sft_test),
+                               ("dpo", "train", dpo_train), ("dpo", "test", dpo_test)):
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        uris[f"{kind}/{split}"] = store.write_bytes(dataset_key(run_id, kind, split), buffer.getvalue())
+    if stats is not None:
+        uris["stats"] = store.write_bytes(f"runs/{run_id}/datasets/stats.json",
+                                          (json.dumps(stats.to_dict(), indent=2) + "\n").encode())
+    return uris
