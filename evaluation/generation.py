@@ -171,9 +171,9 @@ def resolve_model_under_test(uri: str, generation: GenerationConfig, store: Any 
 
 def build_chat_model(config: ModelConfig) -> ChatModel:
     """The same client the synthesis uses (toa_core.backends.factory)."""
-    from toa_core.backends import factory
+    from toa_core.backends.factory import build_agents
 
-    return factory.build_chat_model(config)
+    return build_agents([config])[0]
 
 
 async def generate_outputs(model: ChatModel, items: Sequence[EvalItem], generation: GenerationConfig) -> list[dict[str, Any]]:

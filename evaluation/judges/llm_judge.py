@@ -158,10 +158,11 @@ def parse_verdict_text(text: str | None) -> Verdict:
                  "B>A": (1.0, False), "B>>A": (1.0, True), "A": (0.0, False), "B": (1.0, False)}
         prob, strong = table[verdict]
         return Verdict(prob, "text", strong)
-    leading = _LEADING.match(text.strip())
-    if leading and not re.match(r"^\s*a\s+[a-z]", text.strip()):  # "A" the letter, not "a good answer..."
-        return Verdict(1.0 if leading.group(1).upper() == "B" else 0.0, "text")
     named = {m.upper() for m in _NAMED.findall(text)}
+    leading = _LEADING.match(text.strip())
+    # "A" the letter, not "a good answer..."; and a reply that goes on to name the other answer is ambiguous.
+    if leading and not re.match(r"^\s*a\s+[a-z]", text.strip()) and named <= {leading.group(1).upper()}:
+        return Verdict(1.0 if leading.group(1).upper() == "B" else 0.0, "text")
     if len(named) == 1:
         return Verdict(1.0 if named.pop() == "B" else 0.0, "text")
     if _TIE.search(text):

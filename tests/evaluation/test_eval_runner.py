@@ -1,0 +1,136 @@
+"""Judging and scoring one benchmark end to end with scripted models: files written, metrics, failures, guard."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from evaluation.circularity import check_circularity
+from evaluation.config import BenchmarkConfig, EvaluationConfig, JudgesConfig
+from evaluation.generation import ModelUnderTest
+from evaluation.judges.reward_judge import judge_with_reward
+from evaluation.report import comparison_png, markdown_report
+from evaluation.runner import evaluate_model_on_benchmark
+from evaluation.scores import gate_table, load_scores, previous_scores
+from infra.promotion import decide_promotion
+from infra.store import open_store
+from tests.evaluation.fake_judge import FakeJudge, completion
+from tests.evaluation.scripted import LengthReward, ScriptedChatModel
+from toa_core.config import ModelConfig, RewardConfig
+
+TINY_REWARD = {"kind": "hf_classifier", "model": "builtin:tiny-reward"}
+
+
+def solver(prompt: str) -> str:
+    """Answers math with a boxed number (right for 'quarter of' problems only), translations by echo, chat long."""
+    if "\\boxed" in prompt:
+        return "Working... \\boxed{46}" if "quarter" in prompt else "I think it is \\boxed{0}"
+    if "Translate" in prompt:
+        return "The weather is good today."
+    return "A thorough answer. " * 30
+
+
+def model_under_test() -> ModelUnderTest:
+    return ModelUnderTest(ModelConfig(name="model_under_test", backend="transformers", model="scripted"), "scripted-v1")
+
+
+def run(store, config: EvaluationConfig, run_id: str, chat_model, reward=None, judge=None, synthesis=TINY_REWARD):
+    return asyncio.run(evaluate_model_on_benchmark(
+        store, f"runs/{run_id}/eval/{config.benchmarks[0].name}", config.benchmarks[0], config, model_under_test(),
+        run_id=run_id, synthesis_reward=synthesis, chat_model=chat_model, reward_model=reward, judge_client=judge))
+
+
+def test_reward_judge_records_failures_instead_of_zero():
+    rows = [{"item_id": "a", "messages": [], "output": "long answer here", "baseline": "short"},
+            {"item_id": "b", "messages": [], "output": "x", "baseline": "BROKEN baseline"},
+            {"item_id": "c", "messages": [], "output": "same", "baseline": "same"},
+            {"item_id": "d", "messages": [], "output": "no baseline", "baseline": None}]
+    judgments = asyncio.run(judge_with_reward(LengthReward(fail_on="BROKEN"), rows, batch_size=3))
+    by_id = {j["item_id"]: j for j in judgments}
+    assert by_id["a"]["preference"] == 1.0
+    assert by_id["b"]["preference"] is None and by_id["b"]["reward_model"] == 0.01
+    assert by_id["b"]["reward_baseline"] is None and "RewardError" in by_id["b"]["error"]
+    assert by_id["c"]["preference"] == 0.5
+    assert by_id["d"]["preference"] is None and by_id["d"]["reward_model"] == pytest.approx(0.11)
+
+
+def test_mini_benchmark_scored_with_every_judge(tmp_path):
+    store = open_store(str(tmp_path / "store"))
+    config = EvaluationConfig(benchmarks=[BenchmarkConfig(name="mini", kind="toaflow_mini")],
+                              judges={"reward": TINY_REWARD}, bootstrap_samples=100)
+    chat = ScriptedChatModel(solver, fail_on="capital of Australia")
+
+    def script(body):  # a judge that prefers whichever answer is longer
+        text = body["messages"][0]["content"]
+        a, b = text.split("### Answer A", 1)[1].split("### Answer B", 1)
+        return 200, completion("A" if len(a) > len(b) else "B")
+
+    with FakeJudge(script) as fake:
+        from evaluation.judges.llm_judge import HttpJudgeClient
+        config = config.model_copy(update={"judges": JudgesConfig(reward=RewardConfig(**TINY_REWARD),
+                                                                  llm_judge={"endpoint": fake.endpoint, "model": "j"})})
+        judge = HttpJudgeClient(config.judges.llm_judge)
+        scores = run(store, config, "r1", chat, reward=LengthReward(), judge=judge)
+        asyncio.run(judge.aclose())
+
+    prefix = "runs/r1/eval/mini"
+    assert {k.rsplit("/", 1)[1] for k in store.list(prefix + "/")} >= {
+        "outputs.jsonl", "judgments.jsonl", "scores.json", "model_outputs.json"}
+    metrics = scores["metrics"]
+    # 30 chat items, one failed generation: excluded and counted
+    assert metrics["rm_win_rate"]["n"] == 29 and metrics["rm_win_rate"]["n_failed"] == 1
+    assert metrics["rm_win_rate"]["value"] > 90                 # the long answers beat the baseline on length
+    assert metrics["judge_win_rate"]["value"] > 90
+    assert metrics["judge_lc_win_rate"]["value"] < metrics["judge_win_rate"]["value"]
+    assert 0 <= metrics["judge_bt_score"]["ci_low"] <= metrics["judge_bt_score"]["value"]
+    assert metrics["math_accuracy"]["value"] == pytest.approx(100 / 8) and metrics["math_accuracy"]["n"] == 8
+    assert metrics["bleu"]["n"] == 10 and metrics["chrf"]["value"] > 0
+    assert "bleu_de_en" in metrics
+    assert scores["diagnostics"]["generation_failures"] == 1
+    assert scores["diagnostics"]["llm_judge"]["games"] == 58
+    assert scores["circularity"]["circular"] is True             # same tiny reward guided synthesis
+    outputs = [json.loads(line) for line in store.read_text(f"{prefix}/outputs.jsonl").splitlines()]
+    failed = [row for row in outputs if row["error"]]
+    assert len(failed) == 1 and failed[0]["output"] is None
+    assert "api_key" not in json.dumps(scores["judges"]) or scores["judges"]["llm_judge"]["api_key_env"] is None
+
+    # The promotion gate reads these numbers as they are.
+    table = gate_table(load_scores(store, "r1"))
+    assert table["mini.math_accuracy"]["n"] == 8
+    decision = decide_promotion(table, table, ["mini.rm_win_rate", "mini.bleu"])
+    assert decision.promote
+
+
+def test_outputs_are_reused_on_a_rerun_and_previous_run_is_found(tmp_path):
+    store = open_store(str(tmp_path / "store"))
+    config = EvaluationConfig(benchmarks=[BenchmarkConfig(name="mini", kind="toaflow_mini", limit=6)],
+                              bootstrap_samples=50)
+    first = ScriptedChatModel(solver)
+    run(store, config, "r1", first)
+    assert first.calls == 6
+    again = ScriptedChatModel(solver)
+    run(store, config, "r1", again)
+    assert again.calls == 0                                       # same model, same items: reused
+    run(store, config, "r2", ScriptedChatModel(solver))
+    previous = previous_scores(store, "r2", "mini")
+    assert previous["run_id"] == "r1"
+    assert previous_scores(store, "r3", "mini")["run_id"] in ("r1", "r2")
+    current = load_scores(store, "r2")["mini"]
+    report = markdown_report(current, previous, None)
+    assert "| math_accuracy |" in report and "Previous evaluated run: `r1`" in report
+    png = comparison_png(current, previous, current)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_circularity_guard():
+    same = JudgesConfig(reward=RewardConfig(kind="hf_classifier", model="/models/Skywork-Reward/"))
+    assert check_circularity(same, {"kind": "http", "model": "skywork-reward", "endpoints": ["http://x/v1"]})["circular"]
+    other = JudgesConfig(reward=RewardConfig(kind="hf_classifier", model="ArmoRM"))
+    assert not check_circularity(other, RewardConfig(kind="hf_classifier", model="Skywork-Reward"))["circular"]
+    judge = JudgesConfig(llm_judge={"endpoint": "http://j/v1", "model": "SmolLM2"})
+    verdict = check_circularity(judge, RewardConfig(kind="llm_judge", model="builtin:smollm2"))
+    assert verdict["circular"] and "LLM judge" in verdict["reasons"][0]
+    kiwi = JudgesConfig(comet_kiwi_model="Unbabel/wmt22-cometkiwi-da")
+    assert check_circularity(kiwi, RewardConfig(kind="plugin", callable="toa_core.rewards.comet:kiwi"))["circular"]
+    assert check_circularity(JudgesConfig(), None)["circular"] is False
