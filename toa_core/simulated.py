@@ -34,6 +34,12 @@ def read_qualities(text: str) -> list[float]:
     return [float(q) for q in _QUALITY_MARK.findall(text)]
 
 
+def hidden_quality(text: str | None) -> float | None:
+    """The ground-truth quality a simulated response carries (its last marker), or None."""
+    qualities = read_qualities(text) if text else []
+    return qualities[-1] if qualities else None
+
+
 def _stable_seed(*parts: object) -> int:
     digest = hashlib.sha256("\x1f".join(map(str, parts)).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big")

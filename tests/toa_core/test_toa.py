@@ -289,3 +289,18 @@ def test_render_tree_indents_by_depth():
     deepest = next(line for line in lines if cid(4) in line)
     assert deepest.startswith("  " * 6) and "by A" in deepest
     assert math.isfinite(result.best.reward)
+
+
+def test_ucb_score_uses_the_global_play_count_and_initial_visit():
+    from toa_core.strategies.toa import _Tree
+
+    tree = _Tree(n_models=2, width=4, topk_child=1, alpha=0.5)
+    arm = tree.root_arms[0]
+    assert tree.score(arm, t=7) == math.inf  # never backed up
+    tree.backup(arm, 0.8)
+    tree.backup(arm, 0.6)
+    # visits = 1 (initial) + 2 backups; t is the play count passed in, not the parent's visits (3 here).
+    assert tree.score(arm, t=7) == pytest.approx(0.7 + 0.5 * math.sqrt(2 * math.log(7) / 3))
+    failed_only = tree.root_arms[1]
+    failed_only.visits += 1  # what a failed play does
+    assert tree.score(failed_only, t=7) == pytest.approx(0.5 * math.sqrt(2 * math.log(7) / 2))

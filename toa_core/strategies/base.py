@@ -46,7 +46,7 @@ def stable_sigmoid(x: float) -> float:
 @dataclass
 class SearchContext:
     """The resources a strategy works with. One context is shared by all prompts of a run (it holds no per-prompt
-    state); `open(prompt, strategy)` starts the per-prompt bookkeeping.
+    state); `start(prompt, strategy)` starts the per-prompt bookkeeping.
 
     agents: the chat models in configured order (that order is the deterministic tie-break everywhere).
     templates: defaults to the packaged templates with `search.prompts` overrides, for `search.task`.
@@ -86,7 +86,7 @@ class SearchContext:
                 return agent
         raise ValueError(f"search.model '{name}' is not one of the configured models: {', '.join(self.agent_names)}")
 
-    def open(self, prompt: Prompt, strategy: str,
+    def start(self, prompt: Prompt, strategy: str,
              normalize: Callable[[float], float] | None = None) -> "PromptSession":
         """Start one prompt's search. `normalize` maps a raw reward to `reward_norm` (identity by default)."""
         return PromptSession(self, prompt, strategy, normalize or (lambda reward: reward))

@@ -21,7 +21,7 @@ class EnsembleStrategy(Strategy):
     name = "ensemble"
 
     async def run(self, prompt: Prompt, ctx: SearchContext) -> PromptResult:
-        session = ctx.open(prompt, self.name)
+        session = ctx.start(prompt, self.name)
         order = [agent for agent, count in zip(ctx.agents, per_model_counts(ctx.search.budget, len(ctx.agents)))
                  for _ in range(count)]
         random.Random(derive_seed(ctx.seed, prompt.prompt_id, self.name)).shuffle(order)

@@ -25,7 +25,7 @@ class MoAStrategy(Strategy):
     name = "moa"
 
     async def run(self, prompt: Prompt, ctx: SearchContext) -> PromptResult:
-        session = ctx.open(prompt, self.name)
+        session = ctx.start(prompt, self.name)
         k, layers, budget = len(ctx.agents), ctx.search.moa_layers, ctx.search.budget
         per_stack = k * layers
         stacks = [self._stack(session, ctx, stack, min(per_stack, budget - stack * per_stack))

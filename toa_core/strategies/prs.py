@@ -16,7 +16,7 @@ class PRSStrategy(Strategy):
     name = "prs"
 
     async def run(self, prompt: Prompt, ctx: SearchContext) -> PromptResult:
-        session = ctx.open(prompt, self.name)
+        session = ctx.start(prompt, self.name)
         agent = ctx.agent()
         n_fresh = ctx.search.budget // 2
         fresh_messages = ctx.templates.fresh_messages(prompt)

@@ -14,7 +14,7 @@ class RandomSamplingStrategy(Strategy):
     name = "random"
 
     async def run(self, prompt: Prompt, ctx: SearchContext) -> PromptResult:
-        session = ctx.open(prompt, self.name)
+        session = ctx.start(prompt, self.name)
         agent = ctx.agent()
         messages = ctx.templates.fresh_messages(prompt)
         await asyncio.gather(*(session.generate_and_score(agent, messages, "fresh", None, 1)

@@ -20,7 +20,7 @@ class SeqRefineStrategy(Strategy):
     name = "seq_refine"
 
     async def run(self, prompt: Prompt, ctx: SearchContext) -> PromptResult:
-        session = ctx.open(prompt, self.name)
+        session = ctx.start(prompt, self.name)
         k, budget = len(ctx.agents), ctx.search.budget
         chains = []
         for chain in range(-(-budget // k)):

@@ -192,7 +192,7 @@ class TOAStrategy(Strategy):
     async def run(self, prompt: Prompt, ctx: SearchContext) -> PromptResult:
         search = ctx.search
         tau = search.tau
-        session = ctx.open(prompt, self.name, normalize=lambda reward: stable_sigmoid(reward / tau))
+        session = ctx.start(prompt, self.name, normalize=lambda reward: stable_sigmoid(reward / tau))
         names = ctx.agent_names
         tree = _Tree(len(ctx.agents), search.effective_width(len(ctx.agents)), search.topk_child, search.alpha)
         failures = [0] * len(ctx.agents)
