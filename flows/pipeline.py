@@ -16,6 +16,7 @@ from evaluation.scores import gate_table, load_scores
 from flows.evaluate import evaluate
 from flows.synthesize import synthesize
 from flows.train import train
+from infra.manifest import Manifest
 from infra.registry import new_run_id
 from infra.store import open_store
 from tasks.pipeline import accumulate, current_latest, previously_synthesized, promotion_gate, record_prompts
@@ -44,20 +45,37 @@ def pipeline(config: str = "configs/demo.yaml", run_id: str | None = None, incre
         logger.info("incremental: %d prompts synthesized by earlier runs are skipped",
                     previously_synthesized(cfg.store, run_id))
     synthesize(config=config, run_id=run_id, incremental=incremental)
-    record_prompts(cfg.store, run_id)
+    new_prompts = record_prompts(cfg.store, run_id)
+    result: dict[str, Any] = {"run_id": run_id, "run_uri": store.uri(f"runs/{run_id}/"), "data_run_id": None,
+                              "new_prompts": new_prompts, "scores": {}, "promotion": None,
+                              "flow_run_id": flow_run.get_id()}
+    if incremental and new_prompts == 0 and current_latest(cfg.store) is not None:
+        # Same data as the model already promoted: training again would only spend GPU hours.
+        logger.warning("no new prompts were synthesized; training, evaluation and promotion are skipped")
+        result["skipped"] = "no new prompts since the last run"
+        return result
 
+    manifest = Manifest.load(store, run_id)  # synthesize created it
     accumulated = accumulate(cfg.store, run_id) if incremental else None
     data_run_id = accumulated["data_run_id"] if accumulated else run_id
+    if accumulated:
+        manifest.add_lineage("accumulate", inputs=[store.uri(f"runs/{run}/datasets/") for run in accumulated["runs"]],
+                             outputs=[store.uri(f"runs/{data_run_id}/datasets/")])
     train(config=config, run_id=run_id, data_run_id=data_run_id)
     evaluate(config=config, run_id=run_id)
 
     scores = gate_table(load_scores(store, run_id))  # {"<benchmark>.<metric>": {value, ci_low, ci_high, n, ...}}
-    result: dict[str, Any] = {"run_id": run_id, "run_uri": store.uri(f"runs/{run_id}/"), "data_run_id": data_run_id,
-                              "scores": scores, "promotion": None, "flow_run_id": flow_run.get_id()}
-    if promote:
+    result.update(data_run_id=data_run_id, scores=scores)
+    if promote and manifest.stage_finished("promote"):
+        result["promotion"] = store.read_json(f"runs/{run_id}/promotion.json")  # a resumed run: decided already
+    elif promote:
         compared_with = current_latest(cfg.store)
         current_scores = gate_table(load_scores(store, compared_with)) if compared_with else None
         gate = cfg.evaluation.gate
-        result["promotion"] = promotion_gate(cfg.store, run_id, scores, current_scores, compared_with,
-                                             list(gate.metrics), gate.max_regression, result["flow_run_id"])
+        manifest.start_stage("promote")
+        record = promotion_gate(cfg.store, run_id, scores, current_scores, compared_with, list(gate.metrics),
+                                gate.max_regression, result["flow_run_id"])
+        manifest.finish_stage("promote", counts={"promoted": int(record["promoted"])},
+                              outputs=[store.uri(f"runs/{run_id}/promotion.json")])
+        result["promotion"] = record
     return result

@@ -71,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(result, dict):
         raise UserError(f"the pipeline returned {type(result).__name__}, not its summary")
     print(f"run folder: {result['run_uri']}")
+    if result.get("skipped"):
+        print(f"skipped training and evaluation: {result['skipped']}")
+        print(ui_hint(result.get("flow_run_id")))
+        return 0
     print("scores:")
     print("\n".join(format_scores(result["scores"])))
     promotion = result.get("promotion")

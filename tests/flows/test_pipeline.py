@@ -1,0 +1,144 @@
+"""The pipeline flow's wiring: incremental prompts, accumulated training data, the promotion gate, resume.
+
+The three stage flows are replaced by small stand-ins that write what the real ones write (samples, datasets,
+scores.json), so these tests check the pipeline itself in seconds. The real flows run end to end in
+test_deployments.py.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from prefect import flow
+
+import flows.pipeline as pipeline_module
+from infra.incremental import synthesized_prompt_ids
+from infra.manifest import Manifest
+from infra.registry import latest_run_id, promotion_history
+from infra.store import open_store
+
+
+class StageStubs:
+    """Stand-ins for synthesize/train/evaluate; the test sets the prompt source and the next scores."""
+
+    def __init__(self, store_root: Path):
+        self.store = open_store(str(store_root))
+        self.source: list[str] = []
+        self.next_win_rate = 0.5
+        self.trained: list[tuple[str, str, int]] = []  # (run_id, data_run_id, sft rows seen)
+
+    def write_parquet(self, key: str, columns: dict) -> None:
+        buffer = io.BytesIO()
+        pq.write_table(pa.table(columns), buffer)
+        self.store.write_bytes(key, buffer.getvalue())
+
+    def install(self, monkeypatch) -> None:
+        stubs = self
+
+        @flow(name="synthesize")
+        def synthesize(config: str, run_id: str, incremental: bool = False) -> dict:
+            seen = synthesized_prompt_ids(stubs.store, exclude_runs=[run_id]) if incremental else set()
+            new = [p for p in stubs.source if p not in seen]
+            Manifest.open(stubs.store, run_id)  # the real flow creates the run's manifest (or resumes it)
+            if new:
+                stubs.write_parquet(f"runs/{run_id}/samples/shard-00000.parquet",
+                                    {"prompt_id": new, "error": [None] * len(new)})
+                stubs.write_parquet(f"runs/{run_id}/datasets/sft/train.parquet", {
+                    "prompt_id": new,
+                    "messages": [[{"role": "user", "content": p}, {"role": "assistant", "content": f"{p} ({run_id})"}]
+                                 for p in new]})
+            return {"run_id": run_id}
+
+        @flow(name="train")
+        def train(config: str, run_id: str, data_run_id: str | None = None) -> dict:
+            key = f"runs/{data_run_id or run_id}/datasets/sft/train.parquet"
+            rows = pq.read_table(io.BytesIO(stubs.store.read_bytes(key))).num_rows
+            stubs.trained.append((run_id, data_run_id, rows))
+            stubs.store.write_json(f"runs/{run_id}/models/dpo/metrics.json", {"rows": rows})
+            return {}
+
+        @flow(name="evaluate")
+        def evaluate(config: str, run_id: str) -> dict:
+            value = stubs.next_win_rate
+            stubs.store.write_json(f"runs/{run_id}/eval/mini/scores.json", {"metrics": {
+                "rm_win_rate": {"value": value, "ci_low": value - 0.05, "ci_high": value + 0.05, "n": 40,
+                                "higher_is_better": True},
+                "mean_reward": {"value": 1.0, "ci_low": 0.9, "ci_high": 1.1, "n": 40, "higher_is_better": True}}})
+            return {}
+
+        monkeypatch.setattr(pipeline_module, "synthesize", synthesize)
+        monkeypatch.setattr(pipeline_module, "train", train)
+        monkeypatch.setattr(pipeline_module, "evaluate", evaluate)
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch, prefect_harness):
+    root = tmp_path / "artifacts"
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "pipe",
+        "store": {"root": str(root)},
+        "models": [{"name": "a", "backend": "transformers", "model": "builtin:tiny-llama"}],
+        "reward": {"kind": "hf_classifier", "model": "builtin:tiny-reward"},
+        "evaluation": {"gate": {"metrics": ["mini.rm_win_rate"]}},
+    }))
+    stubs = StageStubs(root)
+    stubs.install(monkeypatch)
+    return str(config), stubs
+
+
+def test_nightly_runs_are_incremental_accumulate_gate_and_resume(setup):
+    config, stubs = setup
+    run = pipeline_module.pipeline
+
+    # Night 1: everything is new; the first model is promoted without comparison.
+    stubs.source = ["p1", "p2"]
+    first = run(config=config, run_id="night-1")
+    assert first["promotion"]["promoted"] and "first run" in first["promotion"]["reason"]
+    assert first["data_run_id"] == "night-1" and first["new_prompts"] == 2
+    assert stubs.trained[-1] == ("night-1", "night-1", 2)
+    assert first["scores"]["mini.rm_win_rate"]["value"] == 0.5
+
+    # Night 2: one new prompt; only it is sampled, training sees all three; a better score is promoted.
+    stubs.source = ["p1", "p2", "p3"]
+    stubs.next_win_rate = 0.7
+    second = run(config=config, run_id="night-2")
+    assert second["new_prompts"] == 1
+    assert stubs.trained[-1] == ("night-2", "night-2-accumulated", 3)
+    assert second["promotion"]["promoted"] and latest_run_id(stubs.store) == "night-2"
+    assert stubs.store.read_json("runs/night-2-accumulated/lineage.json")["from_runs"] == ["night-1", "night-2"]
+
+    # Night 3: a regression beyond the interval is blocked; `latest` stays and the record names the metric.
+    stubs.source = ["p1", "p2", "p3", "p4"]
+    stubs.next_win_rate = 0.4
+    third = run(config=config, run_id="night-3")
+    assert stubs.trained[-1] == ("night-3", "night-3-accumulated", 4)
+    assert not third["promotion"]["promoted"]
+    assert third["promotion"]["blocking_metrics"] == ["mini.rm_win_rate"]
+    assert "mini.rm_win_rate" in third["promotion"]["reason"]
+    assert latest_run_id(stubs.store) == "night-2"
+    assert [(r["run_id"], r["promoted"]) for r in promotion_history(stubs.store)] == [
+        ("night-1", True), ("night-2", True), ("night-3", False)]
+    manifest = stubs.store.read_json("runs/night-3/manifest.json")
+    assert manifest["stages"]["promote"]["counts"] == {"promoted": 0}
+
+    # Resuming night 3 does not decide again (one record per run).
+    again = run(config=config, run_id="night-3")
+    assert again["promotion"]["decided_at"] == third["promotion"]["decided_at"]
+    assert len(promotion_history(stubs.store, "night-3")) == 1
+
+    # Night 4: nothing new in the source -> nothing to train on that the live model has not seen.
+    fourth = run(config=config, run_id="night-4")
+    assert fourth["new_prompts"] == 0 and fourth["skipped"]
+    assert stubs.trained[-1][0] == "night-3"
+
+    # Full mode samples every prompt again and trains on this run's data only; no-promote leaves `latest`.
+    full = run(config=config, run_id="manual-full", incremental=False, promote=False)
+    assert full["new_prompts"] == 4 and full["data_run_id"] == "manual-full"
+    assert stubs.trained[-1] == ("manual-full", "manual-full", 4)
+    assert full["promotion"] is None and latest_run_id(stubs.store) == "night-2"
+
