@@ -387,6 +387,8 @@ class S3Store(Store):
                 last: BaseException = error
             except Exception as error:  # noqa: BLE001 - classified right below
                 if not _is_connection_error(error):
+                    if _is_transfer_error(error):  # upload_file wraps S3's answer: name the store
+                        raise StoreError(f"{operation} '{key}' on {self._describe()} failed: {_short(error)}") from error
                     raise
                 last = error
             if attempt == retry.max_attempts:
@@ -481,6 +483,12 @@ def _is_connection_error(error: BaseException) -> bool:
         return "Could not connect" in str(error) or "Connection" in str(error)
     cause = error.__cause__ or error.__context__
     return cause is not None and cause is not error and isinstance(cause, (BotoConnectionError, ConnectionError))
+
+
+def _is_transfer_error(error: BaseException) -> bool:
+    from boto3.exceptions import S3UploadFailedError
+
+    return isinstance(error, S3UploadFailedError)
 
 
 def _short(error: BaseException, limit: int = 300) -> str:

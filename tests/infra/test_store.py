@@ -195,10 +195,11 @@ def test_s3_failed_multipart_upload_leaves_no_object(s3_store_config, tmp_path):
             raise ValueError("simulated failure in the middle of the upload")
 
     store._client.meta.events.register("before-parameter-build.s3.UploadPart", fail_second_part)
-    with pytest.raises(Exception, match="simulated failure"):
+    with pytest.raises(ValueError, match="simulated failure"):
         store.upload_file(source, "models/big.bin")
     assert 2 in parts
     assert not store.exists("models/big.bin")
+    assert not store._client.list_multipart_uploads(Bucket=store.bucket).get("Uploads")  # aborted, no debris
     store._client.meta.events.unregister("before-parameter-build.s3.UploadPart", fail_second_part)
     store.upload_file(source, "models/big.bin")  # multipart (2 parts) succeeds as a whole
     assert store.read_bytes("models/big.bin") == source.read_bytes()
@@ -245,6 +246,8 @@ def test_s3_missing_bucket_is_named(s3_server):
     store = open_store(StoreConfig(root="s3://no-such-bucket-here/p", endpoint_url=s3_server, retry=fast_retry()))
     with pytest.raises(StoreError, match="no-such-bucket-here.*does not exist; create it"):
         store.write_text("a.txt", "x")
+    with pytest.raises(StoreError, match=f"upload 'b.txt' on bucket 'no-such-bucket-here' at {s3_server}.*NoSuchBucket"):
+        store.upload_file(__file__, "b.txt")
 
 
 def test_s3_concurrent_readers_see_whole_objects(s3_store_config):
