@@ -1,0 +1,76 @@
+"""The scaling flow: every strategy at every budget on the same prompts, then the paper's scaling figure.
+
+    toa scaling --config configs/demo.yaml --budgets 4,8,12 --strategies toa,random,ensemble,prs,seq_refine,moa --limit 4
+
+Searches that a larger budget contains are not repeated (toa_core.scaling.REUSE says which strategies allow it).
+Re-running a run id resumes the sweep. Results land in `runs/<run_id>/scaling/` and as Prefect artifacts.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from infra.manifest import Manifest
+from infra.registry import new_run_id
+from infra.runtime import model_servers
+from infra.store import open_store
+from tasks.artifacts import ProgressReporter
+from tasks.scaling import report_scaling, scaling_key, search_strategy
+from tasks.synthesis import ingest_prompts, run_key
+from toa_core.scaling import parse_budgets, parse_strategies
+from toaflow.config import load_config
+
+DEFAULT_STRATEGIES = ["toa", "random", "ensemble", "prs", "seq_refine", "moa"]
+
+
+@flow(name="scaling")
+def scaling(config: str = "configs/demo.yaml", budgets: list[int] | str = "16,40,80,160",
+            strategies: list[str] | str = ",".join(DEFAULT_STRATEGIES), limit: int | None = None,
+            run_id: str | None = None, prompts: str | None = None, bootstrap_samples: int = 1000) -> dict[str, Any]:
+    """Run every strategy at every budget on the same prompts and draw reward-vs-compute curves.
+
+    Args:
+        config: Run config YAML (models, reward, search settings, synthesis.prompts for the prompt source).
+        budgets: Generations per prompt, e.g. "16,40,80,160" (or a list).
+        strategies: Comma-separated strategies (or a list): toa, random, ensemble, prs, seq_refine, moa.
+        limit: Use a seeded random sample of at most this many prompts (the paper used 200 AlpacaEval prompts).
+        run_id: Run id to create or resume; empty = a new id.
+        prompts: Prompt source overriding `synthesis.prompts.source`.
+        bootstrap_samples: Resamples behind each 95% interval.
+    """
+    logger = get_run_logger()
+    budget_list = parse_budgets(budgets)
+    strategy_list = parse_strategies(strategies)
+    overrides: dict[str, Any] = {}
+    if limit is not None:
+        overrides["synthesis.prompts.limit"] = limit
+    if prompts is not None:
+        overrides["synthesis.prompts.source"] = prompts
+    cfg = load_config(config, overrides)
+    run_id = run_id or new_run_id(f"scaling-{cfg.name}")
+    store = open_store(cfg.store)
+    manifest = Manifest.open(store, run_id, config=cfg.model_dump(mode="json"), seeds={"search": cfg.search.seed})
+    logger.info("scaling run %s: strategies %s at budgets %s -> %s", run_id, strategy_list, budget_list,
+                store.uri(scaling_key(run_id) + "/"))
+
+    manifest.start_stage("ingest")
+    ingest = ingest_prompts(cfg, run_id)
+    manifest.finish_stage("ingest", counts={k: v for k, v in ingest.items() if isinstance(v, int)})
+
+    manifest.start_stage("scaling")
+    progress = ProgressReporter(len(strategy_list), artifact=f"scaling-progress-{run_id}",
+                                description=f"strategies of scaling run {run_id} finished")
+    runs: dict[str, dict[int, str]] = {}
+    generations = 0
+    with model_servers(cfg, run_id) as endpoints:
+        for strategy in strategy_list:
+            outcome = search_strategy(cfg, run_id, strategy, budget_list, endpoints)
+            runs[strategy] = outcome["runs"]
+            generations += outcome["generations"]
+            progress.advance()
+    report = report_scaling(cfg, run_id, strategy_list, budget_list, runs, bootstrap_samples)
+    manifest.add_lineage("scaling", [store.uri(run_key(run_id, "prompts") + "/")],
+                         [uri for by_budget in runs.values() for uri in by_budget.values()])
+    manifest.finish_stage("scaling", counts={"generations_new": generations, "curve_points": len(report["rows"])})
+    return {"run_id": run_id, "run_uri": store.uri(run_key(run_id) + "/"), **report}
