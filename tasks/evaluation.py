@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from evaluation.config import BenchmarkConfig
 from evaluation.generation import resolve_model_under_test
@@ -37,7 +38,7 @@ def _headline(scores: dict[str, Any]) -> dict[str, Any]:
 
 # Not retried by Prefect: the judges and model clients retry their own requests; a re-run of the flow reuses the
 # outputs already in the store.
-@task(name="evaluate-benchmark", task_run_name="evaluate-{benchmark}", retries=0)
+@task(name="evaluate-benchmark", task_run_name="evaluate-{benchmark}", retries=0, cache_policy=NO_CACHE)
 def evaluate_benchmark(config: str | dict[str, Any], benchmark: str, model: str, run_id: str,
                        synthesis_reward: dict[str, Any] | None) -> dict[str, Any]:
     """Generate, judge and score `model` on one benchmark into runs/<run_id>/eval/<benchmark>/."""
@@ -55,7 +56,7 @@ def evaluate_benchmark(config: str | dict[str, Any], benchmark: str, model: str,
             "circular": scores["circularity"]["circular"]}
 
 
-@task(name="evaluate-base-model", task_run_name="evaluate-base-{benchmark}", retries=0)
+@task(name="evaluate-base-model", task_run_name="evaluate-base-{benchmark}", retries=0, cache_policy=NO_CACHE)
 def evaluate_base_model(config: str | dict[str, Any], benchmark: str,
                         synthesis_reward: dict[str, Any] | None) -> str | None:
     """The base model's scores on this benchmark (cached across runs under eval_cache/base/); its key or None."""
@@ -74,7 +75,7 @@ def evaluate_base_model(config: str | dict[str, Any], benchmark: str,
     return key
 
 
-@task(name="evaluation-report", task_run_name="report-{benchmark}")
+@task(name="evaluation-report", task_run_name="report-{benchmark}", cache_policy=NO_CACHE)
 def evaluation_report(config: str | dict[str, Any], run_id: str, benchmark: str, base_key: str | None) -> dict[str, str]:
     """Markdown report + PNG (this run vs the previous evaluated run vs the base model) + Prefect table."""
     store = open_store(run_config(config).store)
