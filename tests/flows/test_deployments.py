@@ -1,0 +1,141 @@
+"""Deployments end to end: a real Prefect server on loopback, `toa deploy`, a process worker, and the pipeline
+deployment triggered from the CLI on the tiny config, as an operator would do it (docs/operations.md)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import timezone
+from pathlib import Path
+
+import pytest
+import yaml
+
+from infra.registry import latest_run_id, promotion_history
+from infra.store import open_store
+from tests.fixtures.prefect import PREFECT_BIN, prefect_cli_env, start_worker, stop_process
+
+REPO = Path(__file__).resolve().parents[2]
+TOA = Path(sys.executable).with_name("toa")
+SCHEDULE_TIMEOUT_S = 120.0
+
+
+def client_for(api_url: str):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    class Client:
+        def __enter__(self):
+            self._settings = temporary_settings({PREFECT_API_URL: api_url})
+            self._settings.__enter__()
+            self._client = get_client(sync_client=True)
+            return self._client.__enter__()
+
+        def __exit__(self, *exc):
+            self._client.__exit__(*exc)
+            self._settings.__exit__(*exc)
+
+    return Client()
+
+
+def scheduled_runs(client, deployment_id):
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowRunFilter,
+                                                FlowRunFilterState, FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+
+    return client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))))
+
+
+def test_prefect_yaml_declares_the_operations_contract():
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    by_name = {(d["entrypoint"].rpartition(":")[2], d["name"]): d for d in spec["deployments"]}
+    assert set(by_name) == {("synthesize", "on-demand"), ("train", "on-demand"), ("evaluate", "on-demand"),
+                            ("pipeline", "nightly")}
+    nightly = by_name[("pipeline", "nightly")]
+    assert nightly["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    assert nightly["schedules"][0]["cron"] and nightly["schedules"][0]["timezone"] == "UTC"
+    assert {d["work_pool"]["name"] for d in spec["deployments"]} == {"toa-cpu", "toa-gpu"}
+    for deployment in spec["deployments"]:
+        module = deployment["entrypoint"].partition(":")[0]
+        assert (REPO / module).is_file(), deployment["entrypoint"]
+        assert deployment["enforce_parameter_schema"] is True
+
+
+@pytest.mark.timeout(1200)
+def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, prefect_server_home, tmp_path):
+    env = prefect_cli_env(prefect_server, prefect_server_home)
+    store_root = tmp_path / "artifacts"
+    config = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    config["store"] = {"root": str(store_root)}
+    config["synthesis"]["prompts"]["limit"] = 4
+    config["evaluation"]["gate"] = {"metrics": []}
+    config_path = tmp_path / "tiny-deployed.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    deploy = subprocess.run([str(TOA), "deploy", "--gpu-slots", "2"], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=900)
+    assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+
+    with client_for(prefect_server) as client:
+        nightly = client.read_deployment_by_name("pipeline/nightly")
+        assert nightly.work_pool_name == "toa-gpu"
+        assert nightly.global_concurrency_limit.limit == 1
+        assert nightly.concurrency_options.collision_strategy == "CANCEL_NEW"
+        assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+        assert nightly.schedules[0].schedule.timezone == "UTC"
+        properties = nightly.parameter_openapi_schema["properties"]
+        assert "Run config YAML" in properties["config"]["description"]  # the UI form explains each field
+        assert properties["incremental"]["type"] == "boolean"
+        for name in ("synthesize/on-demand", "train/on-demand", "evaluate/on-demand"):
+            client.read_deployment_by_name(name)
+        assert client.read_work_pool("toa-cpu").type == "process"
+        assert client.read_global_concurrency_limit_by_name("gpu").limit == 2
+
+        # The server's scheduler turns the cron schedule into future runs within seconds of the deployment.
+        deadline = time.monotonic() + SCHEDULE_TIMEOUT_S
+        future = scheduled_runs(client, nightly.id)
+        while not future and time.monotonic() < deadline:
+            time.sleep(1.0)
+            future = scheduled_runs(client, nightly.id)
+        assert future, "the nightly schedule produced no scheduled runs"
+        starts = [run.expected_start_time.astimezone(timezone.utc) for run in future]
+        assert all((start.hour, start.minute) == (2, 0) for start in starts), starts
+        # Pause the schedule so a nightly run that happens to fall due cannot race the manual one.
+        client.pause_deployment(nightly.id)
+        for run in scheduled_runs(client, nightly.id):
+            client.delete_flow_run(run.id)
+
+    worker = start_worker(prefect_server, prefect_server_home, "toa-gpu", tmp_path / "worker.log")
+    try:
+        triggered = subprocess.run(
+            [str(PREFECT_BIN), "deployment", "run", "pipeline/nightly", "-p", f"config={config_path}",
+             "-p", "run_id=deployed-1", "--watch", "--watch-timeout", "900"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=960)
+    finally:
+        stop_process(worker)
+    worker_log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert triggered.returncode == 0, triggered.stdout[-3000:] + triggered.stderr[-2000:] + worker_log[-6000:]
+    assert "Completed" in triggered.stdout
+
+    store = open_store(str(store_root))
+    assert latest_run_id(store) == "deployed-1"
+    assert promotion_history(store)[0]["reason"].startswith("first run")
+    assert store.list("runs/deployed-1/datasets/sft/") and store.list("runs/deployed-1/models/dpo/")
+    assert store.list("runs/deployed-1/eval/mini/")
+    assert store.list("index/prompts/") == ["index/prompts/deployed-1.parquet"]
+
+    # GPU tasks share the "gpu" limit that `toa deploy --gpu-slots 2` created: with both slots held, a third
+    # request cannot get one (it times out instead of running on an occupied GPU).
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.gpu import gpu_slot
+
+    with temporary_settings({PREFECT_API_URL: prefect_server}):
+        with gpu_slot("holds both", slots=2):
+            with pytest.raises(TimeoutError):
+                with gpu_slot("must wait", timeout_s=1.0):
+                    pass
+        with gpu_slot("free again", slots=2):
+            pass
