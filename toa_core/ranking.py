@@ -92,6 +92,7 @@ class RankingStats:
     candidates_unscored: int = 0  # no error but no finite reward
     candidates_blank: int = 0  # scored but empty text
     candidates_unknown_prompt: int = 0  # prompt_id not among the prompts given
+    candidates_repeated: int = 0  # same prompt_id and candidate_id seen again (e.g. a shard given twice)
     prompts: int = 0  # prompts with at least one usable candidate
     prompts_train: int = 0
     prompts_test: int = 0
@@ -131,6 +132,7 @@ def build_datasets(
 
     keys = _usable_keys(sources, prompt_messages, stats)
     keys = keys.sort_by([("prompt_id", "ascending"), ("reward", "descending"), ("candidate_id", "ascending")])
+    keys = _drop_repeated_candidates(keys, stats)
 
     pid = keys["prompt_id"].combine_chunks()
     n = len(pid)
@@ -261,6 +263,18 @@ def _usable_keys(sources: list[CandidateSource], prompt_messages: dict[str, list
                             ("row_index", pa.int64())])
         return schema.empty_table()
     return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _drop_repeated_candidates(keys: pa.Table, stats: RankingStats) -> pa.Table:
+    """Keep one row per (prompt_id, candidate_id); in the sorted table repeats of a candidate are adjacent
+    unless their rewards differ, in which case the first (highest) one is kept."""
+    if keys.num_rows < 2 or len(pc.unique(keys["candidate_id"])) == keys.num_rows:
+        return keys  # the usual case: candidate ids are unique across the run
+    positions = keys.select(["prompt_id", "candidate_id"]).append_column(
+        "position", pa.array(np.arange(keys.num_rows, dtype=np.int64)))
+    first = positions.group_by(["prompt_id", "candidate_id"]).aggregate([("position", "min")])["position_min"]
+    stats.candidates_repeated = keys.num_rows - len(first)
+    return keys.take(pa.array(np.sort(first.to_numpy())))  # keeps the sorted order
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -211,3 +211,19 @@ def test_trl_trains_on_the_datasets(written, tiny_llama_dir, tmp_path):
                      args=DPOConfig(output_dir=str(tmp_path / "dpo"), **common),
                      train_dataset=dpo_data, processing_class=tokenizer)
     assert dpo.train().global_step == 1
+
+
+def test_a_candidate_given_twice_counts_once():
+    rows = [candidate("p1", i, reward=float(i)) for i in range(4)]
+    sft, _, dpo, _, stats = build_datasets([table(rows), table(rows[2:])], prompts_for("p1"),
+                                           RankingConfig(dpo_rejected_rank=3, test_fraction=0), "r")
+    assert dpo.to_pylist()[0]["rejected_candidate_id"] == "p1-c001"  # 3, 2, 1: not 3, 3, 2
+    assert stats.candidates_repeated == 2 and stats.candidates == 6
+
+
+def test_candidate_ids_may_repeat_across_prompts():
+    rows = [candidate(pid, i, reward=float(i)) for pid in ("a", "b") for i in range(3)]
+    for row in rows:
+        row["candidate_id"] = row["candidate_id"].split("-")[1]  # "c000" in both prompts
+    sft, _, _, _, stats = build(rows)
+    assert sft["prompt_id"].to_pylist() == ["a", "b"] and stats.candidates_repeated == 0
