@@ -53,20 +53,41 @@ def _cache_root() -> Path:
     return cache_root()
 
 
-def _download_from_store(store: Any, prefix: str) -> Path | None:
-    """Download store folder `prefix` into the cache (once per content marker); None when the prefix is empty."""
-    keys = store.list(prefix.rstrip("/") + "/")
+def _download_files(store: Any, prefix: str, keys: list[str], dest: Path) -> Path:
+    """Download the files directly under `prefix` (not checkpoints/ or other subfolders) into `dest`."""
+    for key in keys:
+        name = key[len(prefix) + 1:]
+        if "/" not in name and not name.startswith("_"):
+            store.download_file(key, dest / name)
+    return dest
+
+
+def _download_from_store(store: Any, prefix: str, generation: GenerationConfig) -> ModelUnderTest | None:
+    """Fetch the model folder at store `prefix`; None when nothing is stored there.
+
+    A training output with merged weights (models/<stage>/merged/) is used as is. An adapter is downloaded to a
+    temporary folder and merged (the merge is cached by content). Full weights are kept under
+    $TOAFLOW_CACHE/eval-models/<hash of the store URI and file list>/ so a re-run skips the download."""
+    label = prefix.rstrip("/")
+    keys = store.list(label + "/")
     if not keys:
         return None
-    digest = hashlib.sha256((store.uri(prefix) + "|" + "|".join(keys)).encode()).hexdigest()[:16]
+    if store.exists(f"{label}/merged/config.json"):
+        merged = _download_from_store(store, f"{label}/merged", generation)
+        return ModelUnderTest(merged.config, label) if merged else None
+    if f"{label}/adapter_config.json" in keys:
+        with tempfile.TemporaryDirectory(prefix="toaflow-adapter-") as tmp:
+            folder = _download_files(store, label, keys, Path(tmp) / "adapter")
+            return _local_model(folder, generation, label)
+    digest = hashlib.sha256((store.uri(label) + "|" + "|".join(keys)).encode()).hexdigest()[:16]
     target = _cache_root() / "eval-models" / digest
-    if not (target / MERGED_MARKER).is_file() and not (target / "_DOWNLOADED").is_file():
+    if not (target / "_DOWNLOADED").is_file():
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=_ensure(target.parent)))
-        store.download_dir(prefix.rstrip("/"), staging)
+        _download_files(store, label, keys, staging)
         (staging / "_DOWNLOADED").write_text("ok")
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
-    return target
+    return _local_model(target, generation, label)
 
 
 def _ensure(path: Path) -> Path:
@@ -124,7 +145,9 @@ def merge_adapter(folder: Path, base_override: str | None = None) -> Path:
 
 
 def _local_model(folder: Path, generation: GenerationConfig, label: str) -> ModelUnderTest:
-    if (folder / "adapter_config.json").is_file():
+    if (folder / "merged" / "config.json").is_file():  # the training flow published merged weights too
+        folder = folder / "merged"
+    elif (folder / "adapter_config.json").is_file():
         folder = merge_adapter(folder, generation.base_model)
     elif not (folder / "config.json").is_file():
         raise ModelSourceError(f"{folder}: neither a LoRA adapter (adapter_config.json) nor HF weights (config.json)")
@@ -159,10 +182,13 @@ def resolve_model_under_test(uri: str, generation: GenerationConfig, store: Any 
             try:
                 key = store.key_of(uri)
             except Exception as error:  # noqa: BLE001 - StoreError: the URI is outside this store
-                raise ModelSourceError(f"'{uri}' is not inside the run's store ({store.uri('')}): {error}") from None
-        downloaded = _download_from_store(store, key)
+                raise ModelSourceError(f"'{uri}' is not inside the run's store ({store!r}): {error}") from None
+        in_local_store = Path(store.uri(key))
+        if "://" not in store.uri(key) and in_local_store.is_dir():  # a local store: use the folder where it is
+            return _local_model(in_local_store, generation, key)
+        downloaded = _download_from_store(store, key, generation)
         if downloaded is not None:
-            return _local_model(downloaded, generation, key)
+            return downloaded
     if "/" in uri and not uri.startswith(("runs/", ".", "/")) and uri.count("/") == 1:
         return ModelUnderTest(ModelConfig(name="model_under_test", backend="transformers", model=uri), uri)  # a hub id in the HF cache
     raise ModelSourceError(f"'{uri}': no such folder or store location; pass runs/<id>/models/dpo, a local model "

@@ -34,6 +34,9 @@ def write_adapter(tiny_llama_dir, out):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    import torch
+
+    torch.manual_seed(0)  # the same adapter every session: its merge is cached by content, not re-done per run
     model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir))
     peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
                                                   init_lora_weights=False))
