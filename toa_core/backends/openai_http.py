@@ -82,14 +82,24 @@ class EndpointPool:
     _client: httpx.AsyncClient | None = field(default=None, init=False, repr=False)
     _semaphores: dict[str, asyncio.Semaphore] = field(default_factory=dict, init=False, repr=False)
     _next: int = field(default=0, init=False, repr=False)
+    _users: int = field(default=0, init=False, repr=False)
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.endpoints:
             raise ValueError("an endpoint pool needs at least one base URL")
-        self._semaphores = {url: asyncio.Semaphore(self.max_concurrency) for url in self.endpoints}
+
+    def _bind_loop(self) -> None:
+        """Connections and semaphores belong to one event loop: start fresh when used from a new one."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            self._client = None  # the old loop's connections are unusable (it is closed or elsewhere)
+            self._semaphores = {url: asyncio.Semaphore(self.max_concurrency) for url in self.endpoints}
 
     @property
     def client(self) -> httpx.AsyncClient:
+        self._bind_loop()
         if self._client is None:
             size = self.max_concurrency * len(self.endpoints)
             self._client = httpx.AsyncClient(
@@ -105,12 +115,24 @@ class EndpointPool:
         return index
 
     def semaphore(self, endpoint: str) -> asyncio.Semaphore:
+        self._bind_loop()
         return self._semaphores[endpoint]
+
+    def acquire(self) -> "EndpointPool":
+        """Register one more user; the pool's client closes when the last user releases it."""
+        self._users += 1
+        return self
+
+    async def release(self) -> None:
+        self._users -= 1
+        if self._users <= 0:
+            await self.aclose()
 
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            await client.aclose()
+            if asyncio.get_running_loop() is self._loop:
+                await client.aclose()
 
 
 class OpenAIChatModel:
@@ -121,8 +143,8 @@ class OpenAIChatModel:
         self.config = config
         self.name = config.name
         urls = list(endpoints if endpoints is not None else config.endpoints)
-        self._pool = pool or EndpointPool(urls, config.max_concurrency, config.retry)
-        self._owns_pool = pool is None
+        self._pool = (pool or EndpointPool(urls, config.max_concurrency, config.retry)).acquire()
+        self._closed = False
         self._rng = rng or random.Random()
         self._api_key = _read_api_key(config)
         self._warned_no_usage = False
@@ -191,7 +213,8 @@ class OpenAIChatModel:
         async with self._pool.semaphore(endpoint):
             try:
                 response = await asyncio.wait_for(
-                    self._pool.client.post(chat_url(endpoint), json=body, headers=headers), timeout=deadline)
+                    self._pool.client.post(chat_url(endpoint), json=body, headers=headers, timeout=httpx.Timeout(
+                        retry.read_timeout_s, connect=retry.connect_timeout_s)), timeout=deadline)
             except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
                 raise _Retryable(f"timeout from {endpoint} ({type(exc).__name__})") from None
             except httpx.TransportError as exc:  # connect errors, resets, bodies cut short
@@ -238,8 +261,10 @@ class OpenAIChatModel:
         return text
 
     async def aclose(self) -> None:
-        if self._owns_pool:
-            await self._pool.aclose()
+        """Release the endpoint pool (its connections close with its last agent). Idempotent."""
+        if not self._closed:
+            self._closed = True
+            await self._pool.release()
 
 
 def estimate_tokens_from_chars(n_chars: int) -> int:

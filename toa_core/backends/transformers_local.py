@@ -1,0 +1,145 @@
+"""In-process generation with transformers, for CPU runs and tests.
+
+One loaded model per folder is shared by every agent that names it (cached by resolved path). `generate` runs in a
+worker thread (the event loop keeps serving other trees) under a per-model lock: torch already uses every core for
+one forward pass, so running two generations on one model at once would only thrash.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toa_core.backends.assets import resolve_model
+from toa_core.config import ModelConfig
+from toa_core.interfaces import SamplingParams
+from toa_core.records import Generation, Message
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedCausalLM:
+    """A model + tokenizer loaded once, with the lock that serialises their use."""
+    path: Path
+    model: Any = None
+    tokenizer: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    users: int = 0
+
+    def ensure_loaded(self) -> None:
+        """Load on first use (called with `lock` held, in a worker thread)."""
+        if self.model is not None:
+            return
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"  # batched decoding continues from the right edge
+        model = AutoModelForCausalLM.from_pretrained(self.path)
+        model.eval()
+        self.model = model
+
+
+_LOADED: dict[Path, LoadedCausalLM] = {}
+_LOADED_GUARD = threading.Lock()
+
+
+def shared_causal_lm(path: Path) -> LoadedCausalLM:
+    """The process-wide LoadedCausalLM for `path` (not loaded until first used)."""
+    key = Path(path).resolve()
+    with _LOADED_GUARD:
+        entry = _LOADED.get(key)
+        if entry is None:
+            entry = _LOADED[key] = LoadedCausalLM(key)
+        entry.users += 1
+        return entry
+
+
+def _release(entry: LoadedCausalLM) -> None:
+    with _LOADED_GUARD:
+        entry.users -= 1
+        if entry.users <= 0:  # last agent gone: free the weights
+            _LOADED.pop(entry.path, None)
+
+
+class TransformersChatModel:
+    """A ChatModel that generates in process with `model.generate` and the tokenizer's chat template."""
+
+    def __init__(self, config: ModelConfig):
+        self.config = config
+        self.name = config.name
+        self.path = resolve_model(config.model)  # bad specs fail here, at build time, with a clear message
+        self._shared = shared_causal_lm(self.path)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"TransformersChatModel(name={self.name!r}, path={str(self.path)!r})"
+
+    async def generate(self, messages: list[Message], params: SamplingParams) -> Generation:
+        """Generate in a worker thread. Never raises: a failure returns Generation(error=...)."""
+        started = time.monotonic()
+        if self.config.system_prompt and not (messages and messages[0]["role"] == "system"):
+            messages = [{"role": "system", "content": self.config.system_prompt}, *messages]
+        try:
+            generation = await asyncio.to_thread(self._generate_sync, messages, self._effective(params))
+        except Exception as exc:  # a broken model must cost one candidate, not the run
+            log.warning("agent %s: local generation failed: %s", self.name, exc)
+            return Generation(text=None, error=f"{type(exc).__name__}: {exc}", latency_s=time.monotonic() - started)
+        generation.latency_s = time.monotonic() - started
+        return generation
+
+    def _effective(self, params: SamplingParams) -> SamplingParams:
+        c = self.config
+        return SamplingParams(
+            temperature=c.temperature if c.temperature is not None else params.temperature,
+            top_p=c.top_p if c.top_p is not None else params.top_p,
+            max_tokens=c.max_tokens if c.max_tokens is not None else params.max_tokens,
+            seed=params.seed,
+        )
+
+    def _generate_sync(self, messages: list[Message], params: SamplingParams) -> Generation:
+        import torch
+
+        shared = self._shared
+        with shared.lock:
+            shared.ensure_loaded()
+            tokenizer, model = shared.tokenizer, shared.model
+            encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True, return_tensors="pt")
+            prompt_len = encoded["input_ids"].shape[1]
+            sampling = params.temperature > 0
+            kwargs: dict[str, Any] = {"max_new_tokens": params.max_tokens, "do_sample": sampling,
+                                      "pad_token_id": tokenizer.pad_token_id}
+            if sampling:
+                kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+            else:  # greedy: neutralise sampling defaults a generation_config.json may carry
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)  # under the lock: the global RNG is ours for this call
+            with torch.inference_mode():
+                output = model.generate(**encoded, **kwargs)
+        new_tokens = output[0, prompt_len:].tolist()
+        eos_ids = _eos_ids(model, tokenizer)
+        stopped = bool(new_tokens) and new_tokens[-1] in eos_ids
+        text = tokenizer.decode(new_tokens, skip_special_tokens=True)
+        return Generation(text=text, prompt_tokens=prompt_len, completion_tokens=len(new_tokens),
+                          finish_reason="stop" if stopped or len(new_tokens) < params.max_tokens else "length")
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            _release(self._shared)
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids

@@ -1,0 +1,100 @@
+"""An HF sequence-classification reward model run in process.
+
+Heads:
+- ``logits``: the score is ``logits[:, 0]`` (Skywork-Reward style, and any num_labels=1 classifier).
+- ``score``: the score is ``output.score`` (ArmoRM style; its modelling code needs ``trust_remote_code: true``).
+
+Each (messages, response) pair is rendered with the reward model's own chat template as the conversation
+``[*messages, {"role": "assistant", "content": response}]``, truncated to ``max_length`` tokens (the end of the
+response is cut; the question is kept), and scored in padded batches of ``batch_size``.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from toa_core.backends.assets import resolve_model
+from toa_core.interfaces import RewardError
+from toa_core.records import Message
+
+
+class HFClassifierReward:
+    """RewardModel over AutoModelForSequenceClassification (see module docstring for heads)."""
+
+    def __init__(self, model: str | Path, *, head: Literal["logits", "score"] = "logits",
+                 trust_remote_code: bool = False, max_length: int = 4096, batch_size: int = 16,
+                 name: str | None = None):
+        self.path = resolve_model(str(model))
+        self.name = name or f"hf:{self.path.name}"
+        self.head = head
+        self.trust_remote_code = trust_remote_code
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.forward_calls = 0  # batched forward passes run (observability and tests)
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._tokenizer: Any = None
+
+    def __repr__(self) -> str:
+        return f"HFClassifierReward(path={str(self.path)!r}, head={self.head!r})"
+
+    def _ensure_loaded(self) -> None:
+        if self._model is not None:
+            return
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id  # batched scoring finds the last real token by it
+        tokenizer.padding_side = "right"
+        tokenizer.truncation_side = "right"
+        model.eval()
+        self._tokenizer, self._model = tokenizer, model
+
+    def render(self, messages: list[Message], response: str) -> str:
+        conversation = [{"role": m["role"], "content": m["content"]} for m in messages]
+        conversation.append({"role": "assistant", "content": response})
+        return self._tokenizer.apply_chat_template(conversation, tokenize=False)
+
+    def _score_sync(self, pairs: Sequence[tuple[list[Message], str]]) -> list[float]:
+        import torch
+
+        with self._lock:
+            self._ensure_loaded()
+            scores: list[float] = []
+            for start in range(0, len(pairs), self.batch_size):
+                chunk = pairs[start:start + self.batch_size]
+                texts = [self.render(messages, response) for messages, response in chunk]
+                # The template already wrote BOS and the turn markers: do not add special tokens twice.
+                encoded = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                          add_special_tokens=False, return_tensors="pt")
+                with torch.inference_mode():
+                    output = self._model(**encoded)
+                self.forward_calls += 1
+                values = output.score if self.head == "score" else output.logits[:, 0]
+                scores.extend(float(v) for v in values.float().reshape(len(chunk), -1)[:, 0])
+        return scores
+
+    async def score(self, messages: list[Message], response: str) -> float:
+        return (await self.score_batch([(messages, response)]))[0]
+
+    async def score_batch(self, pairs: Sequence[tuple[list[Message], str]]) -> list[float]:
+        """Scores in input order. Raises RewardError if the forward pass fails or yields a non-finite value."""
+        if not pairs:
+            return []
+        try:
+            scores = await asyncio.to_thread(self._score_sync, list(pairs))
+        except Exception as exc:
+            raise RewardError(f"{self.name}: scoring failed: {type(exc).__name__}: {exc}") from exc
+        if not all(math.isfinite(s) for s in scores):
+            raise RewardError(f"{self.name}: non-finite reward in {scores}")
+        return scores
+
+    async def aclose(self) -> None:
+        self._model = self._tokenizer = None

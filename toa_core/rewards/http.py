@@ -1,0 +1,141 @@
+"""A reward model served over HTTP by vLLM's pooling runner (`vllm serve RM --runner pooling`).
+
+Each pair is sent as a chat conversation ``[*messages, {"role": "assistant", "content": response}]``; the server
+applies the reward model's own chat template. Two vLLM APIs:
+
+- ``classify``: ``POST /classify`` ``{"model", "messages", "use_activation": false}`` -> ``data[0].probs[0]``
+  (``use_activation: false`` keeps the raw logit; with activation a 1-label head would return a sigmoid).
+- ``pooling``:  ``POST /pooling`` ``{"model", "messages"}`` -> ``data[0].data``: the last value of the (possibly
+  per-token) output is the score.
+
+Endpoints may be given with or without the trailing ``/v1`` (the pooling routes live at the server root). Pairs of
+one batch run concurrently (vLLM batches them itself), within ``max_concurrency`` per endpoint, with the same
+retry policy as the chat client: backoff with jitter on 408/429/5xx/timeouts/connection errors/bad bodies.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import random
+from typing import Any, Literal, Sequence
+
+import httpx
+
+from toa_core.backends.openai_http import RETRYABLE_STATUS, backoff_delay, parse_retry_after
+from toa_core.config import RetryConfig
+from toa_core.interfaces import RewardError
+from toa_core.records import Message
+
+
+def server_root(endpoint: str) -> str:
+    """`http://h:p/v1` or `http://h:p/` -> `http://h:p`."""
+    root = endpoint.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+def extract_score(api: str, payload: Any) -> float:
+    """The scalar reward from a /classify or /pooling response body (raises ValueError when malformed)."""
+    item = payload["data"][0]
+    values: Any = item["probs"] if api == "classify" else item["data"]
+    while isinstance(values, list):  # per-token outputs nest: the score of the sequence is the last one
+        if not values:
+            raise ValueError("empty score list")
+        values = values[-1] if isinstance(values[-1], list) else values[0]
+    return float(values)
+
+
+class HTTPReward:
+    """RewardModel over a vLLM pooling server (see module docstring)."""
+
+    def __init__(self, endpoints: list[str], model: str, *, api: Literal["classify", "pooling"] = "classify",
+                 api_key_env: str | None = None, retry: RetryConfig | None = None, max_concurrency: int = 64,
+                 name: str | None = None):
+        if not endpoints:
+            raise ValueError("http reward needs at least one endpoint")
+        self.endpoints = [server_root(e) for e in endpoints]
+        self.model = model
+        self.api = api
+        self.retry = retry or RetryConfig()
+        self.name = name or f"http:{model}"
+        self._api_key = os.environ.get(api_key_env) if api_key_env else None
+        if api_key_env and not self._api_key:
+            raise ValueError(f"reward: api_key_env names ${api_key_env}, which is not set")
+        self.max_concurrency = max_concurrency
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._next = 0
+        self._rng = random.Random()
+
+    def __repr__(self) -> str:
+        return f"HTTPReward(endpoints={self.endpoints!r}, model={self.model!r}, api={self.api!r})"
+
+    def _bind_loop(self) -> httpx.AsyncClient:
+        """The client and semaphores of the running event loop (a new loop gets fresh ones)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop or self._client is None:
+            self._loop = loop
+            size = self.max_concurrency * len(self.endpoints)
+            self._client = httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                timeout=httpx.Timeout(self.retry.read_timeout_s, connect=self.retry.connect_timeout_s))
+            self._semaphores = {e: asyncio.Semaphore(self.max_concurrency) for e in self.endpoints}
+        return self._client
+
+    def request_body(self, messages: list[Message], response: str) -> dict[str, Any]:
+        conversation = [{"role": m["role"], "content": m["content"]} for m in messages]
+        conversation.append({"role": "assistant", "content": response})
+        body: dict[str, Any] = {"model": self.model, "messages": conversation}
+        if self.api == "classify":
+            body["use_activation"] = False
+        return body
+
+    async def score(self, messages: list[Message], response: str) -> float:
+        body = self.request_body(messages, response)
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        client = self._bind_loop()
+        start, self._next = self._next, (self._next + 1) % len(self.endpoints)
+        last = "no attempt made"
+        for attempt in range(self.retry.max_attempts):
+            endpoint = self.endpoints[(start + attempt) % len(self.endpoints)]
+            wait_s: float | None = None
+            try:
+                async with self._semaphores[endpoint]:
+                    reply = await asyncio.wait_for(
+                        client.post(f"{endpoint}/{self.api}", json=body, headers=headers),
+                        timeout=self.retry.connect_timeout_s + self.retry.read_timeout_s)
+                if reply.status_code == 200:
+                    value = extract_score(self.api, reply.json())
+                    if not math.isfinite(value):
+                        raise RewardError(f"{self.name}: non-finite score {value} from {endpoint}")
+                    return value
+                message = self._scrub(reply.text[:300])
+                if reply.status_code not in RETRYABLE_STATUS and reply.status_code < 500:
+                    raise RewardError(f"{self.name}: HTTP {reply.status_code} from {endpoint}/{self.api}: {message}")
+                last = f"HTTP {reply.status_code} from {endpoint}: {message}"
+                if reply.status_code == 429:
+                    wait_s = parse_retry_after(reply.headers.get("retry-after"))
+            except RewardError:
+                raise
+            except (asyncio.TimeoutError, httpx.TimeoutException):
+                last = f"timeout from {endpoint}"
+            except httpx.TransportError as exc:
+                last = f"connection error from {endpoint}: {type(exc).__name__}"
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                last = f"malformed response from {endpoint}: {type(exc).__name__}: {exc}"
+            if attempt + 1 < self.retry.max_attempts:
+                delay = backoff_delay(attempt, self.retry, self._rng)
+                await asyncio.sleep(max(delay, min(wait_s or 0.0, self.retry.backoff_max_s)))
+        raise RewardError(f"{self.name}: gave up after {self.retry.max_attempts} attempts: {self._scrub(last)}")
+
+    async def score_batch(self, pairs: Sequence[tuple[list[Message], str]]) -> list[float]:
+        return list(await asyncio.gather(*[self.score(messages, response) for messages, response in pairs]))
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    async def aclose(self) -> None:
+        if self._client is not None and asyncio.get_running_loop() is self._loop:
+            await self._client.aclose()
+        self._client = None

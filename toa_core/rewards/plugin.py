@@ -1,0 +1,66 @@
+"""A reward function supplied by the user as ``"package.module:callable"``.
+
+The callable takes ``(messages, response)`` and returns a number, synchronously or as an awaitable. Sync callables
+run in a worker thread so a slow one does not stall the event loop. It may raise: the error becomes a RewardError.
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import math
+from typing import Any, Callable, Sequence
+
+from toa_core.interfaces import RewardError
+from toa_core.records import Message
+
+
+def load_callable(spec: str) -> Callable[..., Any]:
+    """Import ``module:attr`` (attr may be dotted, e.g. ``module:Class.method``); errors name the spec and the fix."""
+    module_name, sep, attr_path = spec.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise ValueError(f"plugin reward {spec!r}: expected 'package.module:function'")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"plugin reward {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+    for part in attr_path.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"plugin reward {spec!r}: module {module_name!r} has no attribute {attr_path!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"plugin reward {spec!r}: {attr_path!r} is not callable")
+    return target
+
+
+class PluginReward:
+    """RewardModel calling a user function per pair (pairs of one batch run concurrently)."""
+
+    def __init__(self, spec: str, *, name: str | None = None):
+        self.spec = spec
+        self.name = name or f"plugin:{spec}"
+        self._fn = load_callable(spec)
+
+    def __repr__(self) -> str:
+        return f"PluginReward({self.spec!r})"
+
+    async def score(self, messages: list[Message], response: str) -> float:
+        try:
+            if inspect.iscoroutinefunction(self._fn):
+                value = await self._fn(messages, response)
+            else:
+                value = await asyncio.to_thread(self._fn, messages, response)
+                if inspect.isawaitable(value):
+                    value = await value
+            value = float(value)
+        except Exception as exc:
+            raise RewardError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        if not math.isfinite(value):
+            raise RewardError(f"{self.name}: returned a non-finite reward {value}")
+        return value
+
+    async def score_batch(self, pairs: Sequence[tuple[list[Message], str]]) -> list[float]:
+        return list(await asyncio.gather(*[self.score(messages, response) for messages, response in pairs]))
+
+    async def aclose(self) -> None:
+        return None
