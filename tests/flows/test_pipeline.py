@@ -142,3 +142,20 @@ def test_nightly_runs_are_incremental_accumulate_gate_and_resume(setup):
     assert stubs.trained[-1] == ("manual-full", "manual-full", 4)
     assert full["promotion"] is None and latest_run_id(stubs.store) == "night-2"
 
+
+
+def test_toa_pipeline_prints_run_folder_scores_verdict_and_ui(setup, capsys, monkeypatch):
+    from toaflow.cli import main
+
+    config, stubs = setup
+    stubs.source = ["p1"]
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)  # the UI hint for the local database
+    assert main(["pipeline", "--config", config, "--run-id", "cli-1"]) == 0
+    out = capsys.readouterr().out
+    assert f"run folder: {stubs.store.uri('runs/cli-1/')}" in out
+    assert "mini.rm_win_rate: 0.5 [0.45, 0.55] (n=40)" in out
+    assert "promotion: promoted to latest: first run" in out
+    assert "make ui" in out and "http://127.0.0.1:4200/runs/flow-run/" in out
+
+    assert main(["pipeline", "--config", config, "--run-id", "../escape"]) == 2
+    assert "--run-id: invalid run id" in capsys.readouterr().err
