@@ -63,6 +63,18 @@ def test_prefect_yaml_declares_the_operations_contract():
         assert deployment["enforce_parameter_schema"] is True
 
 
+def test_toa_deploy_reports_an_unreachable_server(capsys):
+    from tests.fixtures.prefect import free_port
+    from toaflow.cli import main
+
+    url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    assert main(["deploy", "--api-url", url]) == 2
+    err = capsys.readouterr().err
+    assert f"the Prefect server at {url} is unreachable" in err and "make ui" in err
+    assert main(["deploy", "--api-url", url, "--gpu-slots", "0"]) == 2
+    assert "--gpu-slots must be at least 1" in capsys.readouterr().err
+
+
 @pytest.mark.timeout(1200)
 def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, prefect_server_home, tmp_path):
     env = prefect_cli_env(prefect_server, prefect_server_home)
