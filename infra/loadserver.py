@@ -1,6 +1,7 @@
 """An OpenAI-compatible chat server that behaves like a continuous-batching engine, with fault injection.
 
-It never runs a model. It serves `POST /v1/chat/completions` the way a loaded vLLM replica looks from the outside:
+It never runs a model. It serves `POST /v1/chat/completions` (and vLLM's pooling routes `/classify` and `/pooling`
+for reward clients, scoring a conversation by the word count of its last message) the way a loaded vLLM replica looks from the outside:
 a fixed number of concurrent *slots* (requests beyond them queue), a per-token delay, a configurable response
 length, `usage` in every answer. Faults are injected by rate:
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import signal
@@ -133,6 +135,21 @@ class LoadEngine:
         }
 
 
+    def pool(self, api: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A fake vLLM pooling answer (/classify or /pooling) for reward clients: the score of a conversation is
+        the number of words of its last message (a sigmoid of it for /classify unless use_activation is false)."""
+        last = (body.get("messages") or [{"content": ""}])[-1].get("content", "")
+        score = float(len(str(last).split()))
+        if api == "classify":
+            if body.get("use_activation", True):
+                score = 1 / (1 + math.exp(-score))
+            data = {"index": 0, "label": "LABEL_0", "probs": [score], "num_classes": 1}
+        else:
+            data = {"index": 0, "object": "pooling", "data": [score]}
+        return {"id": f"pool-{self.stats['received']}", "object": "list", "model": body.get("model"),
+                "data": [data], "usage": {"prompt_tokens": 1, "total_tokens": 1}}
+
+
 # ------------------------------------------------------------------------------------------------ HTTP layer
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
@@ -202,17 +219,18 @@ class LoadHTTPServer:
                 writer.write(_response_bytes(200, asdict(engine.settings.faults)))
             except (ValueError, TypeError) as exc:
                 writer.write(_error(400, str(exc), "invalid_request_error"))
-        elif path == "/v1/chat/completions":
+        elif path in ("/v1/chat/completions", "/classify", "/pooling"):
             if method != "POST":
                 writer.write(_error(405, "use POST", "invalid_request_error"))
             else:
-                return await self._chat(headers, body, writer)
+                return await self._chat(headers, body, writer, api=path.rsplit("/", 1)[-1])
         else:
             writer.write(_error(404, f"no route {method} {path}", "not_found"))
         await writer.drain()
         return True
 
-    async def _chat(self, headers: dict[str, str], body: bytes, writer: asyncio.StreamWriter) -> bool:
+    async def _chat(self, headers: dict[str, str], body: bytes, writer: asyncio.StreamWriter,
+                    api: str = "completions") -> bool:
         engine = self.engine
         engine.stats["received"] += 1
         engine.in_flight += 1
@@ -257,7 +275,7 @@ class LoadHTTPServer:
                 return True
             if fault == "slow":
                 await asyncio.sleep(settings.faults.slow_s)
-            answer = await engine.complete(payload)
+            answer = await engine.complete(payload) if api == "completions" else engine.pool(api, payload)
             data = _response_bytes(200, answer)
             if fault == "drop":
                 writer.write(data[: len(data) - len(data) // 3])  # headers and part of the body

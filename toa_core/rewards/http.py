@@ -18,6 +18,7 @@ import asyncio
 import math
 import os
 import random
+import uuid
 from typing import Any, Literal, Sequence
 
 import httpx
@@ -93,7 +94,9 @@ class HTTPReward:
 
     async def score(self, messages: list[Message], response: str) -> float:
         body = self.request_body(messages, response)
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        headers = {"X-Request-Id": uuid.uuid4().hex}  # the same on every retry of this pair
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
         client = self._bind_loop()
         start, self._next = self._next, (self._next + 1) % len(self.endpoints)
         last = "no attempt made"

@@ -82,7 +82,10 @@ class LLMJudgeReward:
         model = AutoModelForCausalLM.from_pretrained(self.path)
         model.eval()
         yes_ids, no_ids = _first_token_ids(tokenizer, YES_WORDS), _first_token_ids(tokenizer, NO_WORDS)
-        if set(yes_ids) & set(no_ids):
+        shared = set(yes_ids) & set(no_ids)  # e.g. a bare space token both " yes" and " no" start with
+        yes_ids = [i for i in yes_ids if i not in shared]
+        no_ids = [i for i in no_ids if i not in shared]
+        if not yes_ids or not no_ids:
             raise RewardError(f"{self.path}: the tokenizer does not separate Yes from No; pick another judge model")
         self._tokenizer, self._model, self._yes_ids, self._no_ids = tokenizer, model, yes_ids, no_ids
 
