@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Iterator
 from toa_core.backends.factory import aclose_all, build_agents, build_reward
 
 if TYPE_CHECKING:
+    from toa_core.backends.factory import ServedEndpoint
     from toaflow.config import RunConfig
 
 
@@ -30,8 +31,8 @@ def server_log_dir(run_id: str) -> Path:
 
 
 @contextlib.contextmanager
-def model_servers(cfg: "RunConfig", run_id: str) -> Iterator[dict[str, list[str]]]:
-    """Start the servers named in `servers` when `servers.managed` is true; yield {server name: [base URLs]}.
+def model_servers(cfg: "RunConfig", run_id: str) -> Iterator[dict[str, "ServedEndpoint"]]:
+    """Start the servers named in `servers` when `servers.managed` is true; yield {server name: endpoint}.
 
     Stops only the processes it started, and copies their logs into `runs/<run_id>/servers/` in the store.
     """
@@ -44,14 +45,14 @@ def model_servers(cfg: "RunConfig", run_id: str) -> Iterator[dict[str, list[str]
     log_dir = server_log_dir(run_id)
     try:
         with managed_servers(cfg.servers, log_dir) as endpoints:
-            yield {name: (urls if isinstance(urls, list) else [urls]) for name, urls in endpoints.items()}
+            yield dict(endpoints)
     finally:
         with contextlib.suppress(Exception):  # logs are a courtesy; never mask the run's own error
             open_store(cfg.store).upload_dir(log_dir, f"runs/{run_id}/servers")
 
 
 @contextlib.asynccontextmanager
-async def open_backends(cfg: "RunConfig", endpoints: dict[str, list[str]] | None = None
+async def open_backends(cfg: "RunConfig", endpoints: dict[str, "ServedEndpoint"] | None = None
                         ) -> AsyncIterator[tuple[list, object]]:
     """Build the agents (in configured order) and the batched reward model for the current event loop."""
     agents = build_agents(cfg.models, endpoints_override=endpoints or None)

@@ -127,7 +127,7 @@ class ShardOutcome:
 
 
 def sample_shard(cfg: RunConfig, run_id: str, index: int, prompt_ids: list[str],
-                 endpoints: dict[str, list[str]] | None = None) -> dict[str, Any]:
+                 endpoints: dict[str, Any] | None = None) -> dict[str, Any]:
     """Search every prompt of one shard, checkpointing each finished prompt; publish the shard when complete."""
     store = open_store(cfg.store)
     final_key = shard_key(run_id, index)
@@ -148,7 +148,7 @@ def sample_shard(cfg: RunConfig, run_id: str, index: int, prompt_ids: list[str],
 
 
 async def _search_with_checkpoints(cfg: RunConfig, store: Store, prefix: str, prompts: list[Prompt],
-                                   endpoints: dict[str, list[str]], shard_index: int) -> int:
+                                   endpoints: dict[str, Any], shard_index: int) -> int:
     """Run the engine over `prompts`, writing each result to the store as soon as its search ends."""
     from tqdm import tqdm
 

@@ -1,0 +1,140 @@
+"""The synthesis flow end to end on tiny models: datasets and manifest in the store, resume without new
+generations, shard publishing, the S3 path against a real S3-compatible server, and `toa sample`."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from infra.store import open_store
+from toa_core.backends.transformers_local import TransformersChatModel
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_config(tmp_path: Path, **changes) -> Path:
+    """configs/tiny.yaml with a private store root (and any top-level section replaced)."""
+    data = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    data["store"] = {"root": str(tmp_path / "store")}
+    data["synthesis"]["prompts"]["source"] = str(REPO / "data" / "prompts" / "mixed_instructions.jsonl")
+    for key, value in changes.items():
+        data[key] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def count_generations(monkeypatch):
+    """Counts completion requests made by the in-process backend."""
+    calls = {"n": 0}
+    original = TransformersChatModel.generate
+
+    async def counting(self, messages, params):
+        calls["n"] += 1
+        return await original(self, messages, params)
+
+    monkeypatch.setattr(TransformersChatModel, "generate", counting)
+    return calls
+
+
+def test_synthesize_writes_datasets_and_resumes_without_generating(tmp_path, prefect_harness, count_generations,
+                                                                   tiny_llama_dir, tiny_reward_dir):
+    from flows.synthesize import synthesize
+
+    config = write_config(tmp_path)
+    first = synthesize(config=str(config), run_id="x", limit=8)
+    assert count_generations["n"] == 8 * 12  # exactly the budget per prompt
+    store = open_store(str(tmp_path / "store"))
+    for key in ("runs/x/datasets/sft/train.parquet", "runs/x/datasets/dpo/train.parquet", "runs/x/manifest.json",
+                "runs/x/reports/synthesis.md", "runs/x/reports/reward_distribution.png"):
+        assert store.exists(key), key
+    shards = [k for k in store.list("runs/x/samples/") if k.endswith(".parquet")]
+    assert len(shards) == 2  # 8 prompts / shard_size 4
+    assert not store.list("runs/x/checkpoints/")  # merged into the shards, then removed
+    samples = [pq.read_table(io.BytesIO(store.read_bytes(k))) for k in shards]
+    assert sum(t.num_rows for t in samples) == 96
+    manifest = store.read_json("runs/x/manifest.json")
+    assert manifest["stages"]["rank"]["status"] == "finished"
+    assert first["counts"]["sft_train"] + first["counts"]["sft_test"] == 8
+
+    sft = pq.read_table(io.BytesIO(store.read_bytes("runs/x/datasets/sft/train.parquet")))
+    assert sft.column("messages").to_pylist()[0][-1]["role"] == "assistant"
+
+    count_generations["n"] = 0
+    second = synthesize(config=str(config), run_id="x", limit=8)
+    assert count_generations["n"] == 0  # every shard is complete: not a single new generation request
+    assert second["counts"] == first["counts"]
+
+
+def test_killed_shard_resumes_from_prompt_checkpoints(tmp_path, count_generations, tiny_llama_dir, tiny_reward_dir):
+    """Prompts checkpointed before a crash are not searched again; the shard appears only once complete."""
+    from tasks.synthesis import checkpoint_prefix, ingest_prompts, plan_shards, sample_shard, shard_key
+    from toaflow.config import load_config
+
+    cfg = load_config(write_config(tmp_path), {"synthesis.prompts.limit": 4})
+    ingest_prompts.fn(cfg, "k")
+    [shard] = plan_shards.fn(cfg, "k")
+    store = open_store(cfg.store)
+
+    # Crash after the first two prompts: simulate by sampling a shard made of those two only, then removing
+    # the published file so that only their checkpoints remain (what a killed process leaves behind).
+    sample_shard(cfg, "k", 0, shard[:2])
+    published = store.read_bytes(shard_key("k", 0))
+    store.delete(shard_key("k", 0))
+    table = pq.read_table(io.BytesIO(published))
+    for prompt_id in shard[:2]:
+        rows = table.filter(pc.equal(table["prompt_id"], prompt_id))
+        buffer = io.BytesIO()
+        pq.write_table(rows, buffer)
+        store.write_bytes(f"{checkpoint_prefix('k', 0)}/{prompt_id}.parquet", buffer.getvalue())
+    count_generations["n"] = 0
+    assert not store.exists(shard_key("k", 0))
+
+    outcome = sample_shard(cfg, "k", 0, shard)
+    assert count_generations["n"] == 2 * 12  # only the two unfinished prompts were searched
+    assert outcome["resumed_prompts"] == 2
+    merged = pq.read_table(io.BytesIO(store.read_bytes(shard_key("k", 0))))
+    assert sorted(set(merged.column("prompt_id").to_pylist())) == sorted(shard)
+    assert merged.num_rows == 4 * 12
+
+
+def test_synthesize_on_s3(tmp_path, prefect_harness, s3_store_config, tiny_llama_dir, tiny_reward_dir):
+    from flows.synthesize import synthesize
+
+    store_section = {"root": s3_store_config.root, "endpoint_url": s3_store_config.endpoint_url,
+                     "retry": s3_store_config.retry.model_dump()}
+    config = write_config(tmp_path, store=store_section)
+    result = synthesize(config=str(config), run_id="s3run", limit=4)
+    assert result["run_uri"].startswith("s3://")
+    store = open_store(s3_store_config)
+    assert store.exists("runs/s3run/datasets/dpo/train.parquet")
+    assert json.loads(store.read_text("runs/s3run/manifest.json"))["run_id"] == "s3run"
+
+
+def test_toa_sample_tiny_writes_a_valid_tree(tmp_path, tiny_llama_dir, tiny_reward_dir):
+    out = tmp_path / "tiny.parquet"
+    proc = subprocess.run(
+        [sys.executable, "-m", "toaflow.cli", "sample", "--config", str(write_config(tmp_path)),
+         "--prompts", str(REPO / "data" / "prompts" / "mixed_instructions.jsonl"), "--strategy", "toa",
+         "--budget", "12", "--limit", "3", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == 36
+    ids = {r["candidate_id"] for r in rows}
+    for row in rows:
+        parent = row["parent_id"]
+        assert parent is None or parent in ids
+        if parent is not None:
+            parent_row = next(r for r in rows if r["candidate_id"] == parent)
+            assert parent_row["prompt_id"] == row["prompt_id"]
+            assert row["depth"] == parent_row["depth"] + 1
+        assert row["error"] is None and row["reward"] is not None
