@@ -56,6 +56,9 @@ class CommonTrainingConfig(Section):
     keep_checkpoints: bool = Field(False, description="keep the stored checkpoints after the stage is published")
     work_dir: str | None = Field(None, description="local scratch folder (checkpoints, weights); default a temp folder")
     logging_steps: int = Field(10, ge=1)
+    cpu_threads: int | None = Field(
+        None, ge=1, description="torch threads when training on CPU; None = torch's default (all cores). 1 is much "
+                                "faster for tiny models on a busy machine (no thread spin-waiting)")
     attn_implementation: str | None = Field(None, description="e.g. flash_attention_2 or sdpa; None = transformers' choice")
     trust_remote_code: bool = Field(False, description="run the model repository's own code; off unless set")
     callbacks: list[str] = Field(default_factory=list, description="extra transformers TrainerCallback classes, 'module:Class'")

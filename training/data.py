@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from infra.store import Store
 from training.modeling import TrainingSetupError
 
@@ -29,8 +31,6 @@ def fetch_stage_dataset(store: Store, data_run_id: str, stage: str, local_dir: P
     Raises TrainingSetupError when the train split is missing or empty, or a split lacks a required column
     or holds rows TRL cannot format.
     """
-    from datasets import load_dataset
-
     splits: dict[str, Any] = {"train": None, "test": None}
     for split in SPLITS:
         key = dataset_key(data_run_id, stage, split)
@@ -42,12 +42,18 @@ def fetch_stage_dataset(store: Store, data_run_id: str, stage: str, local_dir: P
             continue  # no test split: training runs without evaluation
         local = store.download_file(key, local_dir / stage / f"{split}.parquet")
         try:
-            dataset = load_dataset("parquet", data_files=str(local), split="train")
-        except Exception as error:  # noqa: BLE001 - pyarrow/datasets raise many types for a broken file
+            metadata = pq.ParquetFile(local).metadata
+        except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a broken file
             raise TrainingSetupError(f"{store.uri(key)} is not a readable parquet file: {error}") from None
-        _check_columns(dataset, stage, store.uri(key))
-        if split == "train" and len(dataset) == 0:
-            raise TrainingSetupError(f"{store.uri(key)} has no rows; the synthesis stage produced no {stage.upper()} data")
+        _check_columns(metadata.schema.to_arrow_schema().names, stage, store.uri(key))
+        if metadata.num_rows == 0:
+            if split == "train":
+                raise TrainingSetupError(
+                    f"{store.uri(key)} has no rows; the synthesis stage produced no {stage.upper()} data")
+            continue  # an empty test split: no evaluation (datasets cannot load an empty parquet file)
+        from datasets import load_dataset  # imported late: a missing dataset is reported without loading torch
+
+        dataset = load_dataset("parquet", data_files=str(local), split="train")
         _check_rows(dataset, stage, store.uri(key))
         dataset = dataset.select_columns(list(REQUIRED_COLUMNS[stage]))
         if split == "train" and max_train_samples is not None:
@@ -56,12 +62,12 @@ def fetch_stage_dataset(store: Store, data_run_id: str, stage: str, local_dir: P
     return splits
 
 
-def _check_columns(dataset: Any, stage: str, where: str) -> None:
-    missing = [c for c in REQUIRED_COLUMNS[stage] if c not in dataset.column_names]
+def _check_columns(columns: list[str], stage: str, where: str) -> None:
+    missing = [c for c in REQUIRED_COLUMNS[stage] if c not in columns]
     if missing:
         raise TrainingSetupError(
             f"{where} lacks column(s) {', '.join(missing)} that {stage.upper()} training needs "
-            f"(has: {', '.join(dataset.column_names) or 'none'}); expected {', '.join(REQUIRED_COLUMNS[stage])} "
+            f"(has: {', '.join(columns) or 'none'}); expected {', '.join(REQUIRED_COLUMNS[stage])} "
             "in TRL's conversational format (lists of {role, content} messages)")
 
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from training.config import StageSettings
 from training.data import fetch_stage_dataset
-from training.modeling import (TrainingSetupError, choose_precision, load_causal_lm, load_tokenizer, lora_config,
-                               resolve_base_model, trainable_parameters)
+from training.modeling import (TrainingSetupError, choose_precision, limit_cpu_threads, load_causal_lm,
+                               load_tokenizer, lora_config, resolve_base_model, trainable_parameters)
 from training.stage import StageRun, download_published, log_line, model_prefix, stage_main, trainer_arguments
 
 STAGE = "dpo"
@@ -30,63 +30,63 @@ STAGE = "dpo"
 
 def run(settings: StageSettings, run_id: str, data_run_id: str | None = None, force: bool = False) -> dict[str, Any]:
     """Train the DPO stage of `run_id` (from its SFT model) and publish it to the store; returns the final metrics."""
-    from transformers import set_seed
-    from trl import DPOConfig, DPOTrainer
-
     cfg, common = settings.training.dpo, settings.training.common
-    stage = StageRun.open(settings, STAGE, run_id, data_run_id)
-    if stage.is_published() and not force:
-        log_line(f"dpo: {stage.store.uri(stage.prefix)} is already published; skipping (pass --force to retrain)")
-        return stage.published_metrics()
+    with StageRun.open(settings, STAGE, run_id, data_run_id) as stage:
+        if stage.is_published() and not force:
+            log_line(f"dpo: {stage.store.uri(stage.prefix)} is already published; skipping (pass --force to retrain)")
+            return stage.published_metrics()
 
-    # 1. Everything that can be wrong is checked before the model is loaded.
-    precision = choose_precision(common)
-    data = fetch_stage_dataset(stage.store, stage.data_run_id, STAGE, stage.workdir / "data", cfg.max_train_samples)
-    start_dir = _starting_point(stage) if cfg.from_sft else None
-    base_dir = resolve_base_model(common.base_model)
-    tokenizer = load_tokenizer(start_dir or base_dir)
-    log_line(f"dpo: {len(data['train'])} train pairs, {len(data['test']) if data['test'] else 0} test pairs; "
-             f"starting from {'the SFT model of run ' + run_id if start_dir else common.base_model}; "
-             f"{'bf16' if precision.bf16 else 'fp32'} on {precision.device}; beta {cfg.beta}")
+        # 1. Everything that can be wrong is checked before the model is loaded.
+        data = fetch_stage_dataset(stage.store, stage.data_run_id, STAGE, stage.workdir / "data", cfg.max_train_samples)
+        precision = choose_precision(common)
+        start_dir = _starting_point(stage) if cfg.from_sft else None
+        base_dir = resolve_base_model(common.base_model)
+        tokenizer = load_tokenizer(start_dir or base_dir)
+        log_line(f"dpo: {len(data['train'])} train pairs, {len(data['test']) if data['test'] else 0} test pairs; "
+                 f"starting from {'the SFT model of run ' + run_id if start_dir else common.base_model}; "
+                 f"{'bf16' if precision.bf16 else 'fp32'} on {precision.device}; beta {cfg.beta}")
 
-    # 2. Policy (and with it the reference), then the trainer. Arguments first (ZeRO-3 sharded loading).
-    args = DPOConfig(
-        **trainer_arguments(cfg, common, precision, stage.trainer_dir, has_eval=data["test"] is not None),
-        beta=cfg.beta,
-        loss_type=[cfg.loss_type],
-    )
-    set_seed(common.seed)
-    model, peft_config, reference = _policy(settings, start_dir, base_dir, precision)
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=data["train"],
-        eval_dataset=data["test"],
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        callbacks=stage.callbacks(),
-    )
-    trainable, total = trainable_parameters(trainer.model)
-    log_line(f"dpo: training {trainable:,} of {total:,} parameters; reference = {reference}")
+        # 2. Policy (and with it the reference), then the trainer. Arguments first (ZeRO-3 sharded loading).
+        from transformers import set_seed
+        from trl import DPOConfig, DPOTrainer
 
-    # 3. Train (resuming from the newest checkpoint in the store, if a previous attempt left one).
-    resume = stage.restore_checkpoint()
-    if resume is not None:
-        log_line(f"dpo: resuming from {resume.name}")
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    eval_metrics = trainer.evaluate() if (cfg.evaluate and data["test"] is not None) else {}
+        args = DPOConfig(
+            **trainer_arguments(cfg, common, precision, stage.trainer_dir, has_eval=data["test"] is not None),
+            beta=cfg.beta,
+            loss_type=[cfg.loss_type],
+        )
+        limit_cpu_threads(common, precision)
+        set_seed(common.seed)
+        model, peft_config, reference = _policy(settings, start_dir, base_dir, precision)
+        trainer = DPOTrainer(
+            model=model,
+            args=args,
+            train_dataset=data["train"],
+            eval_dataset=data["test"],
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            callbacks=stage.callbacks(),
+        )
+        trainable, total = trainable_parameters(trainer.model)
+        log_line(f"dpo: training {trainable:,} of {total:,} parameters; reference = {reference}")
 
-    # 4. Publish.
-    accuracies = [entry["rewards/accuracies"] for entry in trainer.state.log_history if "rewards/accuracies" in entry]
-    metrics = stage.publish(trainer, tokenizer, base_model=common.base_model, resumed_from=resume, extra_metrics={
-        "eval": eval_metrics, "trainable_parameters": trainable, "total_parameters": total,
-        "precision": "bf16" if precision.bf16 else "fp32", "beta": cfg.beta, "reference": reference,
-        "first_reward_accuracy": accuracies[0] if accuracies else None,
-        "final_reward_accuracy": accuracies[-1] if accuracies else None,
-        "train_rows": len(data["train"]),
-    })
-    stage.close(success=True)
-    return metrics
+        # 3. Train (resuming from the newest checkpoint in the store, if a previous attempt left one).
+        resume = stage.restore_checkpoint()
+        if resume is not None:
+            log_line(f"dpo: resuming from {resume.name}")
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        eval_metrics = trainer.evaluate() if (cfg.evaluate and data["test"] is not None) else {}
+
+        # 4. Publish.
+        accuracies = [entry["rewards/accuracies"] for entry in trainer.state.log_history if "rewards/accuracies" in entry]
+        metrics = stage.publish(trainer, tokenizer, base_model=common.base_model, resumed_from=resume, extra_metrics={
+            "eval": eval_metrics, "trainable_parameters": trainable, "total_parameters": total,
+            "precision": "bf16" if precision.bf16 else "fp32", "beta": cfg.beta, "reference": reference,
+            "first_reward_accuracy": accuracies[0] if accuracies else None,
+            "final_reward_accuracy": accuracies[-1] if accuracies else None,
+            "train_rows": len(data["train"]),
+        })
+        return metrics
 
 
 def _starting_point(stage: StageRun):

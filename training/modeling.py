@@ -48,6 +48,14 @@ def choose_precision(common: CommonTrainingConfig) -> Precision:
     return Precision(bf16=bf16, gradient_checkpointing=checkpointing, device="cuda" if has_cuda else "cpu")
 
 
+def limit_cpu_threads(common: CommonTrainingConfig, precision: Precision) -> None:
+    """Apply `training.common.cpu_threads` on CPU (GPU runs leave torch's threads alone)."""
+    if precision.device == "cpu" and common.cpu_threads:
+        import torch
+
+        torch.set_num_threads(common.cpu_threads)
+
+
 def resolve_base_model(spec: str) -> Path:
     """builtin:NAME, a local folder or a hub id -> a local HF folder (built or fetched on demand)."""
     from toa_core.backends.assets import AssetError, resolve_model

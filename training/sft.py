@@ -11,8 +11,8 @@ from typing import Any
 
 from training.config import StageSettings
 from training.data import fetch_stage_dataset
-from training.modeling import (choose_precision, load_causal_lm, load_tokenizer, lora_config, resolve_base_model,
-                               template_marks_assistant, trainable_parameters)
+from training.modeling import (choose_precision, limit_cpu_threads, load_causal_lm, load_tokenizer, lora_config,
+                               resolve_base_model, template_marks_assistant, trainable_parameters)
 from training.stage import StageRun, log_line, stage_main, trainer_arguments
 
 STAGE = "sft"
@@ -20,61 +20,61 @@ STAGE = "sft"
 
 def run(settings: StageSettings, run_id: str, data_run_id: str | None = None, force: bool = False) -> dict[str, Any]:
     """Train the SFT stage of `run_id` and publish it to the store; returns the final metrics."""
-    from transformers import set_seed
-    from trl import SFTConfig, SFTTrainer
-
     cfg, common = settings.training.sft, settings.training.common
-    stage = StageRun.open(settings, STAGE, run_id, data_run_id)
-    if stage.is_published() and not force:
-        log_line(f"sft: {stage.store.uri(stage.prefix)} is already published; skipping (pass --force to retrain)")
-        return stage.published_metrics()
+    with StageRun.open(settings, STAGE, run_id, data_run_id) as stage:
+        if stage.is_published() and not force:
+            log_line(f"sft: {stage.store.uri(stage.prefix)} is already published; skipping (pass --force to retrain)")
+            return stage.published_metrics()
 
-    # 1. Everything that can be wrong is checked before the model is loaded.
-    precision = choose_precision(common)
-    data = fetch_stage_dataset(stage.store, stage.data_run_id, STAGE, stage.workdir / "data", cfg.max_train_samples)
-    base_dir = resolve_base_model(common.base_model)
-    tokenizer = load_tokenizer(base_dir)
-    assistant_only = {"on": True, "off": False, "auto": template_marks_assistant(tokenizer)}[cfg.assistant_only_loss]
-    log_line(f"sft: {len(data['train'])} train rows, {len(data['test']) if data['test'] else 0} test rows; "
-             f"base {common.base_model}; {'full fine-tuning' if common.full_finetune else 'LoRA'}; "
-             f"{'bf16' if precision.bf16 else 'fp32'} on {precision.device}; assistant-only loss {assistant_only}")
+        # 1. Everything that can be wrong is checked before the model is loaded.
+        data = fetch_stage_dataset(stage.store, stage.data_run_id, STAGE, stage.workdir / "data", cfg.max_train_samples)
+        precision = choose_precision(common)
+        base_dir = resolve_base_model(common.base_model)
+        tokenizer = load_tokenizer(base_dir)
+        assistant_only = {"on": True, "off": False, "auto": template_marks_assistant(tokenizer)}[cfg.assistant_only_loss]
+        log_line(f"sft: {len(data['train'])} train rows, {len(data['test']) if data['test'] else 0} test rows; "
+                 f"base {common.base_model}; {'full fine-tuning' if common.full_finetune else 'LoRA'}; "
+                 f"{'bf16' if precision.bf16 else 'fp32'} on {precision.device}; assistant-only loss {assistant_only}")
 
-    # 2. Model and trainer. The arguments come first: under DeepSpeed ZeRO-3 creating them makes
-    #    from_pretrained load the weights already sharded.
-    args = SFTConfig(
-        **trainer_arguments(cfg, common, precision, stage.trainer_dir, has_eval=data["test"] is not None),
-        assistant_only_loss=assistant_only,
-        packing=cfg.packing,
-    )
-    set_seed(common.seed)  # before the model: LoRA weights are initialised randomly
-    model = load_causal_lm(base_dir, common, precision)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=data["train"],
-        eval_dataset=data["test"],
-        processing_class=tokenizer,
-        peft_config=None if common.full_finetune else lora_config(settings.training.lora),
-        callbacks=stage.callbacks(),
-    )
-    trainable, total = trainable_parameters(trainer.model)
-    log_line(f"sft: training {trainable:,} of {total:,} parameters")
+        # 2. Model and trainer. The arguments come first: under DeepSpeed ZeRO-3 creating them makes
+        #    from_pretrained load the weights already sharded.
+        from transformers import set_seed
+        from trl import SFTConfig, SFTTrainer
 
-    # 3. Train (resuming from the newest checkpoint in the store, if a previous attempt left one).
-    resume = stage.restore_checkpoint()
-    if resume is not None:
-        log_line(f"sft: resuming from {resume.name}")
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    eval_metrics = trainer.evaluate() if (cfg.evaluate and data["test"] is not None) else {}
+        args = SFTConfig(
+            **trainer_arguments(cfg, common, precision, stage.trainer_dir, has_eval=data["test"] is not None),
+            assistant_only_loss=assistant_only,
+            packing=cfg.packing,
+        )
+        limit_cpu_threads(common, precision)
+        set_seed(common.seed)  # before the model: LoRA weights are initialised randomly
+        model = load_causal_lm(base_dir, common, precision)
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=data["train"],
+            eval_dataset=data["test"],
+            processing_class=tokenizer,
+            peft_config=None if common.full_finetune else lora_config(settings.training.lora),
+            callbacks=stage.callbacks(),
+        )
+        trainable, total = trainable_parameters(trainer.model)
+        log_line(f"sft: training {trainable:,} of {total:,} parameters")
 
-    # 4. Publish weights, tokenizer, metrics and model card.
-    metrics = stage.publish(trainer, tokenizer, base_model=common.base_model, resumed_from=resume, extra_metrics={
-        "eval": eval_metrics, "trainable_parameters": trainable, "total_parameters": total,
-        "precision": "bf16" if precision.bf16 else "fp32", "assistant_only_loss": assistant_only,
-        "train_rows": len(data["train"]),
-    })
-    stage.close(success=True)
-    return metrics
+        # 3. Train (resuming from the newest checkpoint in the store, if a previous attempt left one).
+        resume = stage.restore_checkpoint()
+        if resume is not None:
+            log_line(f"sft: resuming from {resume.name}")
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        eval_metrics = trainer.evaluate() if (cfg.evaluate and data["test"] is not None) else {}
+
+        # 4. Publish weights, tokenizer, metrics and model card.
+        metrics = stage.publish(trainer, tokenizer, base_model=common.base_model, resumed_from=resume, extra_metrics={
+            "eval": eval_metrics, "trainable_parameters": trainable, "total_parameters": total,
+            "precision": "bf16" if precision.bf16 else "fp32", "assistant_only_loss": assistant_only,
+            "train_rows": len(data["train"]),
+        })
+        return metrics
 
 
 if __name__ == "__main__":

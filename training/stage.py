@@ -6,6 +6,9 @@ A stage writes runs/<run_id>/models/<stage>/ (published with `upload_dir`; its m
     tokenizer files, training_metrics.json (final metrics + the Trainer's log history), README.md (model card)
     merged/                                            (LoRA merged into the base, when merge_adapter is set)
     checkpoints/checkpoint-<step>/                     (while training; removed once the stage is published)
+
+Heavy imports (transformers, trl, peft) happen inside functions, after the inputs are checked, so a stage with a
+bad dataset or config fails in about a second.
 """
 from __future__ import annotations
 
@@ -23,8 +26,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from infra.store import DIR_MARKER, Store, open_store
-from training.checkpoints import (StoreCheckpointSync, checkpoints_prefix, delete_checkpoints,
-                                  restore_latest_checkpoint)
 from training.config import CommonTrainingConfig, StageConfig, StageSettings, TrainingConfigError, load_stage_settings
 from training.modeling import Precision, TrainingSetupError
 
@@ -88,11 +89,15 @@ class StageRun:
     # -- resume --------------------------------------------------------------------------------------------
     def callbacks(self) -> list[Any]:
         """Store sync first, then the user's extra callbacks (`training.common.callbacks`)."""
+        from training.checkpoints import StoreCheckpointSync, checkpoints_prefix
+
         extra = [_import_callback(spec)() for spec in self.settings.training.common.callbacks]
         return [StoreCheckpointSync(self.store, checkpoints_prefix(self.run_id, self.stage)), *extra]
 
     def restore_checkpoint(self) -> Path | None:
         """The newest complete checkpoint from the store, downloaded under trainer_dir; None to start fresh."""
+        from training.checkpoints import checkpoints_prefix, restore_latest_checkpoint
+
         return restore_latest_checkpoint(self.store, checkpoints_prefix(self.run_id, self.stage), self.trainer_dir)
 
     # -- the end -------------------------------------------------------------------------------------------
@@ -102,6 +107,8 @@ class StageRun:
 
         Every process must call this (saving gathers sharded weights); only the main one writes the store.
         """
+        from training.checkpoints import checkpoints_prefix, delete_checkpoints
+
         common = self.settings.training.common
         trainer.save_model(str(self.final_dir))  # gathers ZeRO-3/FSDP shards; a PeftModel saves its adapters
         if not trainer.is_world_process_zero():
@@ -143,9 +150,12 @@ class StageRun:
             "log_history": history,
         }
 
-    def close(self, success: bool) -> None:
-        """Remove the scratch folder after success (a failed stage keeps it for a look)."""
-        if success and self._owns_workdir:
+    def __enter__(self) -> "StageRun":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        """Remove the scratch folder (checkpoints worth keeping are in the store already)."""
+        if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -187,7 +197,7 @@ def trainer_arguments(stage_cfg: StageConfig, common: CommonTrainingConfig, prec
         max_grad_norm=stage_cfg.max_grad_norm,
         bf16=precision.bf16,  # TRL defaults to True, which fails on CPU
         fp16=False,
-        gradient_checkpointing=precision.gradient_checkpointing,
+        activation_checkpointing=precision.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         max_length=common.max_length,
         logging_steps=common.logging_steps,
         logging_first_step=True,

@@ -58,12 +58,12 @@ def write_datasets(store: Store, data_run_id: str, train_rows: int = 32, test_ro
 def tiny_training(**common: Any) -> dict[str, Any]:
     """A `training:` section for the tiny model: a few seconds per stage on 2 cores."""
     return {
-        "common": {"base_model": "builtin:tiny-llama", "max_length": 64, "logging_steps": 1, "save_steps": 5,
-                   "seed": 0, "timeout_s": 300, **common},
+        "common": {"base_model": "builtin:tiny-llama", "max_length": 64, "logging_steps": 1, "save_steps": 4,
+                   "seed": 0, "timeout_s": 300, "cpu_threads": 1, **common},
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "sft": {"learning_rate": 5e-3, "max_steps": 16, "per_device_batch_size": 4, "warmup_ratio": 0.0,
+        "sft": {"learning_rate": 1e-2, "max_steps": 10, "per_device_batch_size": 4, "warmup_ratio": 0.0,
                 "lr_scheduler": "constant"},
-        "dpo": {"learning_rate": 5e-3, "max_steps": 16, "per_device_batch_size": 4, "warmup_ratio": 0.0,
+        "dpo": {"learning_rate": 5e-3, "max_steps": 10, "per_device_batch_size": 4, "warmup_ratio": 0.0,
                 "lr_scheduler": "constant", "beta": 0.1},
     }
 
