@@ -1,7 +1,9 @@
 """Config sections owned by infra: where artifacts live, and which model servers a run manages."""
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from toa_core.config import RetryConfig, Section
 
@@ -16,6 +18,48 @@ class StoreConfig(Section):
     retry: RetryConfig = Field(default_factory=lambda: RetryConfig(max_attempts=6, backoff_initial_s=0.5, backoff_max_s=10.0))
 
 
+class ServerSpec(Section):
+    """One model server a run starts itself (infra.servers). kinds:
+    - vllm:          `vllm serve MODEL` (chat), in vLLM's own environment (`executable` = path to its `vllm`).
+    - vllm_reward:   the same with `--runner pooling`, for a reward model scored over /classify or /pooling.
+    - transformers:  `transformers serve MODEL_DIR --device cpu`, for CPU runs, demos and tests.
+    Agents and the reward model refer to it by `served_by: <name>`.
+    """
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="referenced by ModelConfig/RewardConfig.served_by")
+    kind: Literal["vllm", "vllm_reward", "transformers"] = "vllm"
+    model: str = Field(..., description="HF folder, hub id (vLLM downloads it itself) or builtin:NAME")
+    served_model_name: str | None = Field(None, description="vLLM --served-model-name (default: `model`)")
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535, description="0 = pick a free port")
+    gpus: list[int] | None = Field(None, description="GPU ids for CUDA_VISIBLE_DEVICES (vLLM kinds)")
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=16)
+    executable: str | None = Field(None, description="the `vllm` / `transformers` binary; default: next to this Python, else PATH")
+    extra_args: list[str] = Field(default_factory=list, description="appended verbatim to the command line")
+    api_key_env: str | None = Field(None, description="env var holding the key the server requires (passed as VLLM_API_KEY)")
+    startup_timeout_s: float = Field(900.0, gt=0, description="health-check deadline (vLLM may load and compile for minutes)")
+
+    @model_validator(mode="after")
+    def _gpus_cover_parallelism(self) -> "ServerSpec":
+        if self.gpus is not None and self.kind != "transformers" and len(self.gpus) < self.tensor_parallel_size:
+            raise ValueError(f"server '{self.name}': tensor_parallel_size {self.tensor_parallel_size} "
+                             f"needs at least that many `gpus`, got {self.gpus}")
+        return self
+
+
 class ServersConfig(Section):
     """Model servers a run starts and stops itself (filled in by infra.servers)."""
     managed: bool = Field(False, description="start the servers named here before the run, stop them after")
+    # Added by infra.servers (additive): the servers themselves and the crash policy.
+    servers: list[ServerSpec] = Field(default_factory=list)
+    restart_on_crash: bool = Field(True, description="restart a managed server that exits during the run")
+    max_restarts: int = Field(3, ge=0, description="restarts per server before the run gives up on it")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "ServersConfig":
+        names = [s.name for s in self.servers]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"server names must be unique; repeated: {repeated}")
+        return self

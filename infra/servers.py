@@ -1,0 +1,293 @@
+"""Model servers a run starts, watches and stops itself: `vllm serve` (chat or pooling/reward) on GPU hosts and
+`transformers serve` on CPU.
+
+Each server runs in its own process group (so stopping it also stops the workers it forks), logs to
+`<run_dir>/servers/<name>.log`, and is healthy when `GET /health` answers 200 before its deadline (otherwise the
+error quotes the log tail). A watcher thread restarts a server that exits during the run, on the same port, up to
+`max_restarts` times. Stopping signals only the process groups this module started, by their ids.
+
+    with managed_servers(config.servers, run_dir) as endpoints:   # {name: ServedEndpoint}
+        agents = build_agents(config.models, endpoints)
+
+vLLM lives in its own environment (it pins its own torch and fastapi): point `executable` at that environment's
+`vllm`. Its command line is built by the pure function `server_command` and tested without a GPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+from infra.config import ServerSpec, ServersConfig
+from toa_core.backends.assets import resolve_model
+from toa_core.backends.factory import ServedEndpoint
+
+log = logging.getLogger(__name__)
+
+HEALTH_POLL_S = 0.5
+STOP_GRACE_S = 15.0
+
+
+class ServerError(RuntimeError):
+    """A managed server failed to start, stay up, or stop; the message carries its log tail."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now on `host` (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _default_executable(name: str) -> str:
+    beside_python = Path(sys.executable).parent / name
+    if beside_python.exists():
+        return str(beside_python)
+    found = shutil.which(name)
+    if not found:
+        raise ServerError(f"cannot find the `{name}` executable; set `executable:` in the server spec")
+    return found
+
+
+def model_argument(spec: ServerSpec) -> str:
+    """What the server is told to load: builtins and local folders become paths; hub ids pass through (vLLM
+    downloads them itself on hosts with access; `transformers serve` needs a folder)."""
+    if spec.model.startswith("builtin:") or spec.kind == "transformers" or Path(spec.model).expanduser().exists():
+        return str(resolve_model(spec.model))
+    return spec.model
+
+
+@dataclass(frozen=True)
+class ServerCommand:
+    argv: list[str]
+    env: dict[str, str]  # only the variables this server adds to the inherited environment
+    model_id: str  # the `model` clients must send
+
+
+def server_command(spec: ServerSpec, port: int, model: str | None = None) -> ServerCommand:
+    """The command line, extra environment and served model id for `spec` on `port` (pure; `model` is the
+    already-resolved model argument, see `model_argument`)."""
+    model = model if model is not None else spec.model
+    env: dict[str, str] = {}
+    if spec.kind == "transformers":
+        argv = [spec.executable or _default_executable("transformers"), "serve", model,
+                "--host", spec.host, "--port", str(port), "--device", "cpu"]
+        return ServerCommand(argv + list(spec.extra_args), env, model_id=model)  # requests must name the path
+    served_name = spec.served_model_name or spec.model
+    argv = [spec.executable or "vllm", "serve", model, "--host", spec.host, "--port", str(port),
+            "--served-model-name", served_name,
+            "--tensor-parallel-size", str(spec.tensor_parallel_size),
+            "--gpu-memory-utilization", f"{spec.gpu_memory_utilization:g}"]
+    if spec.max_model_len is not None:
+        argv += ["--max-model-len", str(spec.max_model_len)]
+    if spec.kind == "vllm_reward":
+        argv += ["--runner", "pooling"]
+    if spec.gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpus)
+    if spec.api_key_env:
+        # through the environment, not argv: a command line is visible to every user of the host
+        key = os.environ.get(spec.api_key_env)
+        if not key:
+            raise ServerError(f"server '{spec.name}': api_key_env names ${spec.api_key_env}, which is not set")
+        env["VLLM_API_KEY"] = key
+    return ServerCommand(argv + list(spec.extra_args), env, model_id=served_name)
+
+
+class ManagedServer:
+    """One server process (group) we started: start, wait healthy, watch/restart, stop."""
+
+    def __init__(self, spec: ServerSpec, log_dir: Path, *, max_restarts: int = 3):
+        self.spec = spec
+        self.log_path = Path(log_dir) / f"{spec.name}.log"
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self.port = spec.port or free_port(spec.host)
+        self.process: subprocess.Popen | None = None
+        self.failed: str | None = None  # set by the watcher when restarts are exhausted
+        self._command: ServerCommand | None = None
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ManagedServer({self.spec.name!r}, kind={self.spec.kind!r}, port={self.port}, pid={self.pid})"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def root_url(self) -> str:
+        return f"http://{self.spec.host}:{self.port}"
+
+    @property
+    def endpoint(self) -> ServedEndpoint:
+        """What clients use: base URL ending in /v1 and the model id the server answers to."""
+        assert self._command is not None, "start() first"
+        return ServedEndpoint(base_url=f"{self.root_url}/v1", model_id=self._command.model_id)
+
+    def start(self) -> "ManagedServer":
+        """Launch the process (its own session/process group). Does not wait: see wait_healthy()."""
+        if self._command is None:
+            self._command = server_command(self.spec, self.port, model_argument(self.spec))
+        env = {**os.environ, **self._command.env}
+        if self.spec.kind == "transformers":
+            # `transformers serve` answers 500 on /v1/models unless the hub cache folder exists
+            hf_home = Path(env.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+            (hf_home / "hub").mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.log_path, "ab") as log_file:
+            log_file.write(f"\n=== start {time.strftime('%Y-%m-%dT%H:%M:%S')} (restart {self.restarts}) ===\n".encode())
+            log_file.flush()
+            self.process = subprocess.Popen(self._command.argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+        log.info("server %s: started pid %d on port %d", self.spec.name, self.process.pid, self.port)
+        return self
+
+    def log_tail(self, n_chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n_chars:]
+        except OSError:
+            return "(no log)"
+
+    def is_healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.root_url}/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_healthy(self, timeout_s: float | None = None) -> None:
+        """Poll /health until 200; raise ServerError with the log tail if the process dies or time runs out."""
+        deadline = time.monotonic() + (timeout_s or self.spec.startup_timeout_s)
+        while time.monotonic() < deadline:
+            process = self.process
+            if process is None or _exited_unreaped(process.pid):
+                code = self._reap(process)
+                raise ServerError(f"server '{self.spec.name}' exited with code {code} while starting; "
+                                  f"log {self.log_path}:\n{self.log_tail()}")
+            if self.is_healthy():
+                return
+            time.sleep(HEALTH_POLL_S)
+        raise ServerError(f"server '{self.spec.name}' not healthy within {timeout_s or self.spec.startup_timeout_s:g}s; "
+                          f"log {self.log_path}:\n{self.log_tail()}")
+
+    def watch(self, interval_s: float = 1.0) -> None:
+        """Start a daemon thread that restarts the server (same port) if it exits before stop()."""
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_loop, args=(interval_s,), daemon=True,
+                                             name=f"watch-{self.spec.name}")
+            self._watcher.start()
+
+    def _watch_loop(self, interval_s: float) -> None:
+        while not self._stopping.wait(interval_s):
+            process = self.process
+            if process is None or not _exited_unreaped(process.pid):
+                continue
+            code = self._reap(process)
+            if self.restarts >= self.max_restarts:
+                self.failed = (f"server '{self.spec.name}' exited with code {code} and "
+                               f"{self.restarts} restarts are used up; log {self.log_path}")
+                log.error("%s:\n%s", self.failed, self.log_tail())
+                return
+            self.restarts += 1
+            log.warning("server %s exited with code %s; restart %d/%d", self.spec.name, code,
+                        self.restarts, self.max_restarts)
+            try:
+                self.start()
+                self.wait_healthy()
+            except ServerError as exc:
+                log.error("server %s: restart failed: %s", self.spec.name, exc)
+
+    def _reap(self, process: subprocess.Popen | None) -> int | None:
+        """Sweep what is left of a dead server's process group (it must not hold the port), then reap it."""
+        if process is None:
+            return None
+        with self._lock:
+            self._kill_group(process)
+        return process.returncode
+
+    def stop(self) -> None:
+        """Stop the process group this object started (SIGTERM, then SIGKILL after a grace period)."""
+        self._stopping.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout=STOP_GRACE_S + 10)
+        with self._lock:
+            if self.process is not None:
+                self._kill_group(self.process)
+
+    @staticmethod
+    def _kill_group(process: subprocess.Popen) -> None:
+        """SIGTERM the group, SIGKILL it after the grace period, then reap the leader.
+
+        start_new_session=True made the child a group leader: its group id is its pid, and every process in that
+        group is one it spawned. The leader is reaped only after the final sweep, so its pid (= the group id)
+        cannot be reused by an unrelated process while we still signal the group.
+        """
+        pgid = process.pid
+        if process.returncode is not None:  # already reaped: its pid may belong to someone else now
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and not _exited_unreaped(pgid):
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)  # stragglers in the group, or a leader that ignored SIGTERM
+        process.wait(timeout=30)
+
+
+def _exited_unreaped(pid: int) -> bool:
+    """True once `pid` (our child) has exited; it stays a zombie (not reaped) so its pid is not reused yet."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+class RunningServers(dict):
+    """{name: ServedEndpoint} (what build_agents/build_reward take), plus `.servers` {name: ManagedServer} for
+    pids, restart counts and log paths."""
+
+    def __init__(self, servers: list[ManagedServer] = ()):  # type: ignore[assignment]
+        super().__init__({server.spec.name: server.endpoint for server in servers})
+        self.servers = {server.spec.name: server for server in servers}
+
+    def check(self) -> None:
+        """Raise ServerError if a server died for good (its restarts are used up)."""
+        for server in self.servers.values():
+            if server.failed:
+                raise ServerError(server.failed)
+
+
+@contextlib.contextmanager
+def managed_servers(config: ServersConfig, run_dir: str | Path) -> Iterator[RunningServers]:
+    """Start every server in `config` (when `config.managed`), wait until all are healthy, yield
+    {name: ServedEndpoint} for build_agents/build_reward, and stop them all on exit, whatever happened."""
+    if not config.managed or not config.servers:
+        yield RunningServers()
+        return
+    log_dir = Path(run_dir) / "servers"
+    servers = [ManagedServer(spec, log_dir, max_restarts=config.max_restarts) for spec in config.servers]
+    try:
+        for server in servers:  # launch all first: vLLM start-ups then overlap
+            server.start()
+        for server in servers:
+            server.wait_healthy()
+            if config.restart_on_crash:
+                server.watch()
+        yield RunningServers(servers)
+    finally:
+        for server in servers:
+            server.stop()
