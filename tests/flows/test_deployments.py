@@ -94,7 +94,7 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
         nightly = client.read_deployment_by_name("pipeline/nightly")
         assert nightly.work_pool_name == "toa-gpu"
         assert nightly.global_concurrency_limit.limit == 1
-        assert nightly.global_concurrency_limit.collision_strategy.value == "CANCEL_NEW"
+        assert nightly.concurrency_options.collision_strategy.value == "CANCEL_NEW"
         assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
         assert nightly.schedules[0].schedule.timezone == "UTC"
         properties = nightly.parameter_openapi_schema["properties"]
