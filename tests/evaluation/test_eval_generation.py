@@ -110,3 +110,26 @@ def test_generate_outputs_keeps_failures_and_adds_the_system_prompt():
                                         GenerationConfig(max_tokens=7, system_prompt="Be brief.")))
     assert rows[0]["output"] == "ok" and rows[0]["error"] is None
     assert rows[1]["output"] is None and "503" in rows[1]["error"]
+
+
+def test_openai_compatible_endpoint_answers_through_the_synthesis_client():
+    from evaluation.generation import build_chat_model
+    from tests.evaluation.fake_judge import FakeJudge, completion
+
+    def script(body):
+        assert body["model"] == "policy" and body["max_tokens"] == 16
+        return 200, completion("echo: " + body["messages"][-1]["content"])
+
+    items = [EvalItem(f"i{k}", "chat", [{"role": "user", "content": f"q{k}"}]) for k in range(3)]
+    with FakeJudge(script) as server:
+        generation = GenerationConfig(max_tokens=16)
+        resolved = resolve_model_under_test(f"{server.endpoint}#policy", generation)
+
+        async def go():
+            model = build_chat_model(resolved.config)
+            try:
+                return await generate_outputs(model, items, generation)
+            finally:
+                await model.aclose()
+        rows = asyncio.run(go())
+    assert [row["output"] for row in rows] == ["echo: q0", "echo: q1", "echo: q2"]
