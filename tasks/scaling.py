@@ -30,7 +30,7 @@ from toa_core.engine import run_search
 from toa_core.ingest import read_prompts
 from toa_core.records import Prompt, PromptResult
 from toa_core.scaling import (CURVE_COLUMNS, PROMPT_COLUMNS, REUSE, CurvePoint, planned_runs, prompt_points,
-                              summarize, table_csv)
+                              summarize, table_csv, top_k_for)
 from toa_core.strategies import SearchContext
 from toaflow.config import RunConfig
 
@@ -77,7 +77,7 @@ def search_config_at(cfg: RunConfig, strategy: str, budget: int) -> SearchConfig
 
 @task(name="scaling-search", cache_policy=NO_CACHE, tags=["gpu"])
 def search_strategy(cfg: RunConfig, run_id: str, strategy: str, budgets: list[int],
-                    endpoints: dict[str, list[str]] | None = None) -> dict[str, Any]:
+                    endpoints: dict[str, Any] | None = None) -> dict[str, Any]:
     """Search every prompt of the run with `strategy` at each budget it needs (see toa_core.scaling.REUSE).
 
     Returns {"strategy", "runs": {budget: uri}, "searched": [budgets searched now], "generations": new ones}.
@@ -96,7 +96,7 @@ def search_strategy(cfg: RunConfig, run_id: str, strategy: str, budgets: list[in
 
 
 async def _search_budgets(cfg: RunConfig, store: Store, run_id: str, strategy: str, budgets: list[int],
-                          prompts: list[Prompt], endpoints: dict[str, list[str]]) -> int:
+                          prompts: list[Prompt], endpoints: dict[str, Any]) -> int:
     """One set of backends for all of a strategy's budgets (loading models is the slow part on CPU)."""
     from infra.runtime import open_backends
 
@@ -141,18 +141,19 @@ def report_scaling(cfg: RunConfig, run_id: str, strategies: list[str], budgets: 
     store = open_store(cfg.store)
     prompt_ids = [p.prompt_id for p in read_prompts(store, run_id)]
     model_order = [m.name for m in cfg.models]
+    top_k = top_k_for(budgets)
     points = []
     for strategy in strategies:
         rows_by_run = {int(budget): parquet_bytes_to_table(store.read_bytes(store.key_of(uri))).to_pylist()
                        for budget, uri in runs[strategy].items()}
-        points += prompt_points(strategy, budgets, rows_by_run, prompt_ids, model_order)
-    curve = summarize(points, bootstrap_samples=bootstrap_samples, seed=cfg.search.seed)
+        points += prompt_points(strategy, budgets, rows_by_run, prompt_ids, model_order, top_k=top_k)
+    curve = summarize(points, top_k=top_k, bootstrap_samples=bootstrap_samples, seed=cfg.search.seed)
 
     rows = [point.as_row() for point in curve]
     store.write_text(scaling_key(run_id, "scaling.csv"), table_csv(rows, CURVE_COLUMNS))
     store.write_text(scaling_key(run_id, "per_prompt.csv"), table_csv([p.as_row() for p in points], PROMPT_COLUMNS))
     publish_table(store, scaling_key(run_id, "scaling.json"), rows,
-                  title=f"scaling sweep {run_id}: mean best / top-10 reward per strategy and budget",
+                  title=f"scaling sweep {run_id}: mean best / top-{top_k} reward per strategy and budget",
                   artifact=f"scaling-table-{run_id}")
     title = f"{cfg.name}: {len(prompt_ids)} prompts, reward {cfg.reward.model or cfg.reward.kind}"
     png = publish_png(store, scaling_key(run_id, "scaling.png"), figure_png(scaling_figure(curve, title)),
@@ -164,7 +165,7 @@ def report_scaling(cfg: RunConfig, run_id: str, strategies: list[str], budgets: 
 
 
 def scaling_figure(curve: Sequence[CurvePoint], title: str = ""):
-    """The paper's scaling figure: mean best and mean top-10 reward (rows) against generations and against tokens
+    """The paper's scaling figure: mean best and mean top-k reward (rows) against generations and against tokens
     per prompt (columns), one line per strategy, shaded 95% bootstrap intervals over prompts."""
     import matplotlib
 
@@ -172,8 +173,9 @@ def scaling_figure(curve: Sequence[CurvePoint], title: str = ""):
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(2, 2, figsize=(11, 8), sharey="row")
+    top_k = curve[0].top_k if curve else 10
     metrics = (("mean_best_reward", "best_ci_low", "best_ci_high", "mean best reward"),
-               ("mean_top10_reward", "top10_ci_low", "top10_ci_high", "mean top-10 reward"))
+               ("mean_topk_reward", "topk_ci_low", "topk_ci_high", f"mean top-{top_k} reward"))
     x_axes = (("budget", "generations per prompt"), ("mean_tokens", "tokens per prompt (prompt + completion)"))
     strategies = list(dict.fromkeys(point.strategy for point in curve))
     colors = plt.get_cmap("tab10")
@@ -190,6 +192,8 @@ def scaling_figure(curve: Sequence[CurvePoint], title: str = ""):
                 ax.fill_between(xs, [getattr(p, low) for p in points], [getattr(p, high) for p in points],
                                 color=colors(i), alpha=0.15, linewidth=0)
             ax.set_xlabel(xlabel)
+            if x_field == "budget":
+                ax.set_xticks(sorted({p.budget for p in curve}))
             if col == 0:
                 ax.set_ylabel(ylabel)
             if x_field == "mean_tokens":

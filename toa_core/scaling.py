@@ -45,6 +45,13 @@ assert set(REUSE) == set(STRATEGIES), "every strategy needs a reuse rule"
 TOP_K = 10  # the paper's "average top-10 reward"
 
 
+def top_k_for(budgets: Sequence[int], top_k: int = TOP_K) -> int:
+    """The k of the "mean top-k reward" curve: 10 as in the paper, but never more than the smallest budget, so
+    every point of a sweep averages the same number of responses (a top-10 of 4 candidates would be a top-4, and
+    the curve would fall as the budget grows)."""
+    return max(1, min(top_k, min(budgets)))
+
+
 def parse_budgets(text: str | Iterable[int]) -> list[int]:
     """'16,40,80,160' (or a list of ints) -> sorted unique positive budgets; ValueError names the bad item."""
     items = [part.strip() for part in text.split(",")] if isinstance(text, str) else list(text)
@@ -158,7 +165,7 @@ class PromptPoint:
     budget: int
     prompt_id: str
     best_reward: float | None
-    topk_reward: float | None  # mean of the TOP_K best rewards (all of them when fewer were scored)
+    topk_reward: float | None  # mean of the top_k best rewards (all of them when fewer were scored)
     scored: int
     failed: int
     prompt_tokens: int
@@ -201,10 +208,11 @@ class CurvePoint:
     best_ci_low: float | None
     best_ci_high: float | None
     best_sem: float | None
-    mean_top10_reward: float | None
-    top10_ci_low: float | None
-    top10_ci_high: float | None
-    top10_sem: float | None
+    top_k: int                 # k of the top-k columns (see top_k_for)
+    mean_topk_reward: float | None
+    topk_ci_low: float | None
+    topk_ci_high: float | None
+    topk_sem: float | None
     mean_tokens: float         # prompt + completion tokens per prompt: the compute axis
     mean_completion_tokens: float
 
@@ -235,9 +243,10 @@ def mean_interval(values: Sequence[float], *, samples: int = 1000, confidence: f
     return mean, low, high, sem
 
 
-def summarize(points: Iterable[PromptPoint], *, bootstrap_samples: int = 1000, confidence: float = 0.95,
-              seed: int = 0) -> list[CurvePoint]:
-    """Curve points, one per (strategy, budget), in first-seen strategy order and increasing budget."""
+def summarize(points: Iterable[PromptPoint], *, top_k: int = TOP_K, bootstrap_samples: int = 1000,
+              confidence: float = 0.95, seed: int = 0) -> list[CurvePoint]:
+    """Curve points, one per (strategy, budget), in first-seen strategy order and increasing budget.
+    `top_k` is the k the points' topk_reward was computed with (recorded in every row)."""
     groups: dict[tuple[str, int], list[PromptPoint]] = {}
     order: list[str] = []
     for point in points:
@@ -257,7 +266,8 @@ def summarize(points: Iterable[PromptPoint], *, bootstrap_samples: int = 1000, c
             strategy=strategy, budget=budget, prompts=len(group), prompts_scored=len(best),
             generations_failed=sum(p.failed for p in group),
             mean_best_reward=best_stats[0], best_ci_low=best_stats[1], best_ci_high=best_stats[2], best_sem=best_stats[3],
-            mean_top10_reward=top_stats[0], top10_ci_low=top_stats[1], top10_ci_high=top_stats[2], top10_sem=top_stats[3],
+            top_k=top_k, mean_topk_reward=top_stats[0], topk_ci_low=top_stats[1], topk_ci_high=top_stats[2],
+            topk_sem=top_stats[3],
             mean_tokens=sum(p.tokens for p in group) / len(group),
             mean_completion_tokens=sum(p.completion_tokens for p in group) / len(group),
         ))
@@ -278,7 +288,7 @@ def table_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
 
 
 def prompt_points(strategy: str, budgets: Sequence[int], runs: Mapping[int, Sequence[Mapping[str, Any]]],
-                  prompt_ids: Sequence[str], model_order: Sequence[str]) -> list[PromptPoint]:
+                  prompt_ids: Sequence[str], model_order: Sequence[str], top_k: int = TOP_K) -> list[PromptPoint]:
     """Every (budget, prompt) point of one strategy. `runs` maps each finished run's budget to its candidate rows
     (all prompts); each budget is read from the smallest run that can provide it."""
     by_run: dict[int, dict[str, list[Mapping[str, Any]]]] = {}
@@ -295,5 +305,5 @@ def prompt_points(strategy: str, budgets: Sequence[int], runs: Mapping[int, Sequ
             if not rows:
                 raise ValueError(f"{strategy} run at budget {run_budget} has no candidates for prompt {prompt_id}")
             picked = candidates_at_budget(strategy, rows, budget, model_order)
-            points.append(prompt_point(strategy, budget, prompt_id, picked))
+            points.append(prompt_point(strategy, budget, prompt_id, picked, top_k=top_k))
     return points

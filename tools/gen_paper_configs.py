@@ -75,16 +75,20 @@ def server_specs(agents: list[Agent], extra: list[dict[str, Any]] = ()) -> dict[
     for agent in agents:
         gpus = list(range(next_gpu, next_gpu + agent.gpus))
         next_gpu += agent.gpus
-        specs.append({
+        spec = {
             "name": agent.name,
             "kind": "vllm",
             "model": agent.hub_id,
             "tensor_parallel_size": agent.tensor_parallel,
-            "replicas": agent.replicas,
             "gpus": gpus,
             "gpu_memory_utilization": 0.9,
             "max_model_len": agent.max_model_len,
-        })
+            # The first start downloads the weights (up to ~280 GB for the 8x22B models): give it time.
+            "startup_timeout_s": 3600.0 if agent.tensor_parallel > 1 else 1800.0,
+        }
+        if agent.replicas > 1:  # one server, several engine copies (vLLM data parallel) behind one endpoint
+            spec["extra_args"] = ["--data-parallel-size", str(agent.replicas)]
+        specs.append(spec)
     return {"managed": True, "servers": specs + list(extra)}
 
 
@@ -98,16 +102,18 @@ ARMORM = {"kind": "hf_classifier", "model": "RLHFlow/ArmoRM-Llama3-8B-v0.1", "he
 ARMORM_GPUS = 1  # in process, on the GPU of the machine that runs the sampling tasks
 ARMORM_PAIRS_PER_S = 25.0  # 8B classifier, bf16, ~550-token pairs: ~15k prefill tokens/s on one H100
 
-KIWI_SERVER = {"name": "cometkiwi", "kind": "comet", "model": "Unbabel/wmt22-cometkiwi-da", "replicas": 2, "gpus": [],
-               "tensor_parallel_size": 1}
-KIWI = {"kind": "http", "model": "Unbabel/wmt22-cometkiwi-da", "served_by": "cometkiwi", "api": "classify",
+# COMET-Kiwi is a COMET checkpoint, which neither vLLM nor `transformers serve` can load, so infra.servers has no
+# kind for it: it runs by hand (docs/reproduce.md gives the server, which answers vLLM's /classify protocol) and the
+# reward reads it with kind http at a fixed endpoint.
+KIWI_ENDPOINT = "http://127.0.0.1:8200"
+KIWI = {"kind": "http", "model": "Unbabel/wmt22-cometkiwi-da", "endpoints": [KIWI_ENDPOINT], "api": "classify",
         "batch_size": 64}
 KIWI_GPUS = 2
 KIWI_PAIRS_PER_S = 2 * 400.0  # XLM-R large, ~100-token (src, mt) pairs
 
-MATH_RM_SERVER = {"name": "qwen2.5-math-rm-72b", "kind": "vllm", "model": "Qwen/Qwen2.5-Math-RM-72B",
-                  "tensor_parallel_size": 4, "replicas": 1, "gpus": [], "gpu_memory_utilization": 0.9,
-                  "max_model_len": 8192, "extra_args": ["--runner", "pooling"]}
+MATH_RM_SERVER = {"name": "qwen2.5-math-rm-72b", "kind": "vllm_reward", "model": "Qwen/Qwen2.5-Math-RM-72B",
+                  "tensor_parallel_size": 4, "gpus": [], "gpu_memory_utilization": 0.9, "max_model_len": 8192,
+                  "startup_timeout_s": 3600.0}
 MATH_RM = {"kind": "http", "model": "Qwen/Qwen2.5-Math-RM-72B", "served_by": "qwen2.5-math-rm-72b", "api": "pooling",
            "batch_size": 32}
 MATH_RM_GPUS = 4
@@ -138,6 +144,7 @@ class Experiment:
     reward_servers: list[dict[str, Any]] = field(default_factory=list)
     reward_gpus: int = 0  # GPUs of the reward: its servers' GPUs, or one in-process GPU (ArmoRM)
     reward_pairs_per_s: float = 0.0  # scoring throughput of all of them together, for the cost estimate
+    reward_where: str = "in the sampling process"
     reward_note: str = ""
     ranking: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] | None = None
@@ -191,10 +198,11 @@ EXPERIMENTS = [
         prompts_note="the 8,323 WMT'22 test sentences of cs/de/is/ru/zh->en in one JSONL, "
                      "{id: '<lang>-<n>', instruction: source, reference} (docs/reproduce.md, 'Data')",
         n_prompts=8323, completion_tokens=60,
-        reward=KIWI, reward_servers=[KIWI_SERVER], reward_gpus=KIWI_GPUS,
-        reward_pairs_per_s=KIWI_PAIRS_PER_S,
-        reward_note="COMET-Kiwi (wmt22-cometkiwi-da, reference-free, src + mt) on a managed scoring server "
-                    "over HTTP (kind http); the source is the prompt, the reference is never shown to it",
+        reward=KIWI, reward_gpus=KIWI_GPUS,
+        reward_pairs_per_s=KIWI_PAIRS_PER_S, reward_where="for the by-hand COMET-Kiwi server",
+        reward_note=f"COMET-Kiwi (wmt22-cometkiwi-da, reference-free: source + translation) over HTTP (kind http, "
+                    f"vLLM's /classify protocol) at {KIWI_ENDPOINT}: start that server by hand first "
+                    "(docs/reproduce.md, 'Reward models'); the reference translation is never shown to it",
         ranking={"dpo_rejected_rank": 30, "test_fraction": 0.0},
         evaluation={"benchmarks": [{"name": "wmt22", "kind": "wmt", "source": "data/paper/wmt22/wmt22_{lang}_to_en.jsonl",
                                     "languages": ["cs", "de", "is", "ru", "zh"]}],
@@ -238,7 +246,7 @@ EXPERIMENTS = [
                      "gsm8k_* files",
         n_prompts=500, completion_tokens=600,
         reward=MATH_RM, reward_servers=[MATH_RM_SERVER], reward_gpus=MATH_RM_GPUS,
-        reward_pairs_per_s=MATH_RM_PAIRS_PER_S,
+        reward_pairs_per_s=MATH_RM_PAIRS_PER_S, reward_where="for its managed vLLM pooling server",
         reward_note="Qwen2.5-Math-RM-72B served by vLLM (--runner pooling) and read through /pooling; the system "
                     "message it expects ('reason step by step ... \\boxed{}') is added to every prompt",
         ranking={"dpo_rejected_rank": 30, "test_fraction": 0.0},
@@ -272,7 +280,7 @@ def build(exp: Experiment, stem: str, strategy: str, single: str | None,
     for spec in servers["servers"][len(agents):]:  # reward servers after the policy servers
         spec["gpus"] = list(range(next_gpu, next_gpu + exp.reward_gpus))
         next_gpu += exp.reward_gpus
-    gpus = next_gpu if exp.reward_servers else next_gpu + exp.reward_gpus
+    gpus = next_gpu if exp.reward_servers else next_gpu + exp.reward_gpus  # by-hand or in-process reward GPUs
     search: dict[str, Any] = {
         "strategy": strategy, "budget": BUDGET, "task": exp.task,
         "tau": exp.tau, "alpha": exp.alpha, "width": BUDGET // exp.width_divisor, "topk_child": 1,
@@ -346,8 +354,10 @@ def header(exp: Experiment, stem: str, strategy: str, single: str | None, agents
     lines = [
         f"Paper reproduction: {who}.",
         f"Reproduces: {exp.reproduces}.",
-        f"GPUs: {gpus} x 80 GB (H100/A100): {layout}; reward {exp.reward_gpus} GPU(s)"
-        + ("" if exp.reward_servers else " in the sampling process") + ".",
+        f"GPUs: {gpus} x 80 GB (H100/A100): {layout}; reward {exp.reward_gpus} GPU(s) {exp.reward_where}. "
+        + ("Managed servers are processes on the host that runs the flow, so it needs these GPUs; on 8-GPU "
+           "nodes start the servers by hand and list their endpoints (docs/reproduce.md)."
+           if gpus > 8 and any(a.tensor_parallel > 1 for a in agents) else ""),
         f"Expected cost: ~{gpu_hours:,.0f} GPU-hours (~{wall:,.1f} h wall) for synthesis. Estimate: {how};"
         f" x all {gpus} reserved GPUs. Good to about 2x (tools/gen_paper_configs.py explains the model).",
     ]

@@ -15,7 +15,7 @@ from toa_core.config import SearchConfig
 from toa_core.engine import run_search
 from toa_core.records import Prompt
 from toa_core.scaling import (REUSE, candidates_at_budget, mean_interval, parse_budgets, parse_strategies,
-                              planned_runs, prompt_point, prompt_points, source_run, summarize)
+                              planned_runs, prompt_point, prompt_points, source_run, summarize, top_k_for)
 from toa_core.simulated import SimulatedAgent, SimulatedReward
 from toa_core.strategies import SearchContext
 from toa_core.strategies.ensemble import per_model_counts
@@ -97,15 +97,19 @@ def test_prompt_point_excludes_failures_and_averages_the_top_ten():
 
 def test_summary_means_intervals_and_counts():
     ids = [p.prompt_id for p in PROMPTS]
-    points = prompt_points("random", [2, 8], {8: search_rows("random", 8)}, ids, AGENTS)
-    curve = summarize(points, bootstrap_samples=200, seed=1)
+    k = top_k_for([2, 8])
+    assert k == 2 and top_k_for([64, 768]) == 10  # the paper's top-10, capped by the smallest budget
+    points = prompt_points("random", [2, 8], {8: search_rows("random", 8)}, ids, AGENTS, top_k=k)
+    curve = summarize(points, top_k=k, bootstrap_samples=200, seed=1)
     assert [(c.strategy, c.budget, c.prompts) for c in curve] == [("random", 2, 3), ("random", 8, 3)]
     for c in curve:
         assert c.best_ci_low <= c.mean_best_reward <= c.best_ci_high
-        assert c.mean_top10_reward <= c.mean_best_reward
+        assert c.mean_topk_reward <= c.mean_best_reward
     assert curve[1].mean_best_reward >= curve[0].mean_best_reward  # a prefix can only lose candidates
+    assert curve[1].mean_topk_reward >= curve[0].mean_topk_reward  # same k at every budget: never falls
+    assert all(c.top_k == 2 for c in curve)
     assert curve[1].mean_tokens > curve[0].mean_tokens
-    assert summarize(points, bootstrap_samples=200, seed=1) == curve  # seeded: the same intervals every time
+    assert summarize(points, top_k=k, bootstrap_samples=200, seed=1) == curve  # seeded: the same intervals every time
 
 
 def test_mean_interval_sem_and_degenerate_cases():

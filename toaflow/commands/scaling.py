@@ -47,10 +47,11 @@ def run(args: argparse.Namespace) -> int:
     result = scaling(config=args.config, budgets=budgets, strategies=strategies, limit=args.limit,
                      run_id=args.run_id, prompts=args.prompts, bootstrap_samples=args.bootstrap_samples)
     print(f"run folder: {result['run_uri']}")
-    print(f"{'strategy':<11} {'budget':>6} {'best':>9} {'top-10':>9} {'tokens':>10} {'failed':>6}")
+    top_k = result["rows"][0]["top_k"] if result["rows"] else 10
+    print(f"{'strategy':<11} {'budget':>6} {'best':>9} {'top-' + str(top_k):>9} {'tokens':>10} {'failed':>6}")
     for row in result["rows"]:
         print(f"{row['strategy']:<11} {row['budget']:>6} {_fmt(row['mean_best_reward']):>9} "
-              f"{_fmt(row['mean_top10_reward']):>9} {row['mean_tokens']:>10.0f} {row['generations_failed']:>6}")
+              f"{_fmt(row['mean_topk_reward']):>9} {row['mean_tokens']:>10.0f} {row['generations_failed']:>6}")
     print(f"table: {result['table_csv']}")
     print(f"figure: {result['figure']}")
     return 0
