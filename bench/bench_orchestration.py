@@ -1,0 +1,321 @@
+"""Orchestration efficiency: how close does TOA over many prompts get to the model server's capacity?
+
+Setup: infra/loadserver.py on loopback stands in for a vLLM replica: `slots` requests are processed at once (the
+rest queue), each takes `latency` (= response tokens x per-token delay), so the server's capacity is
+`slots / latency` generations per second. Two drivers run against the same server in the same run:
+
+- toaflow: `toa_core.engine.run_search` with the TOA strategy, three agents (OpenAIChatModel, async httpx, one
+  shared connection pool per endpoint) and a cheap in-process reward, `prompts in flight` trees at once.
+- reference: the reference design, a pool of threads with one blocking request at a time per prompt
+  (httpx sync client + ThreadPoolExecutor), each thread running a TOA-like sequential loop (fresh answers from
+  each model, then refinements of the best so far) with the same cheap reward and the same budget.
+
+Each cell runs in its own child process, so CPU time and peak RSS belong to that driver alone. Reported per cell:
+generations/s divided by server capacity (and by the best any driver can reach with that many prompts in flight,
+min(1, in_flight/slots)), orchestrator CPU ms per generation, peak RSS, and the load server's CPU use (a load
+server near 1 core is itself the bottleneck). The reward is cheap on purpose, so the server is the bottleneck.
+
+    python bench/bench_orchestration.py            # full sweep (see README for the figures)
+    python bench/bench_orchestration.py --quick    # under a minute
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (Stopwatch, emit_result, header, peak_rss_mib, process_cpu_seconds,  # noqa: E402
+                     run_child, table)
+
+AGENTS = 3
+DRIVERS = ("toaflow", "toaflow-sharded", "reference")
+REFINE_TEMPLATE = "Improve this answer to the question.\nQuestion: {question}\nAnswer: {answer}"
+
+
+def _question(i: int) -> str:
+    return f"Question number {i}: explain one idea from chapter {i % 97} in a few sentences."
+
+
+class CheapReward:
+    """A RewardModel that costs (almost) nothing: a seeded draw per call, so the tree has varied rewards.
+
+    The load server returns the same text for every request, so a reward of the text alone would be constant.
+    """
+    name = "cheap-random"
+
+    def __init__(self, seed: int = 0):
+        self._rng = random.Random(seed)
+
+    async def score(self, messages, response: str) -> float:
+        return self._rng.gauss(0.0, 1.0)
+
+    async def score_batch(self, pairs):
+        return [self._rng.gauss(0.0, 1.0) for _ in pairs]
+
+    async def aclose(self) -> None:
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ drivers
+
+class ShardedAsyncClient:
+    """Connections to one server spread over several small httpx.AsyncClients (at most `per_client` each).
+
+    Why: httpcore's pool scans every connection on each request and each response close, and for every idle
+    connection asks the OS whether its socket is readable (a syscall). With hundreds of connections in one pool
+    that scan dominates the orchestrator's CPU (see bench/README.md). Each request goes to the client with the
+    fewest requests in flight, so no client queues while another has a free connection.
+    """
+
+    def __init__(self, size: int, timeout, per_client: int = 4):
+        import httpx
+
+        n_clients = max(1, -(-size // per_client))
+        per = -(-size // n_clients)
+        self._clients = [httpx.AsyncClient(limits=httpx.Limits(max_connections=per, max_keepalive_connections=per),
+                                           timeout=timeout) for _ in range(n_clients)]
+        self._active = [0] * n_clients
+
+    async def post(self, *args, **kwargs):
+        index = min(range(len(self._clients)), key=self._active.__getitem__)
+        self._active[index] += 1
+        try:
+            return await self._clients[index].post(*args, **kwargs)
+        finally:
+            self._active[index] -= 1
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()
+
+
+def _sharded_pool_class():
+    """EndpointPool whose client is a ShardedAsyncClient (the fix measured side by side as `toaflow-sharded`)."""
+    import httpx
+    from toa_core.backends.openai_http import EndpointPool
+
+    class ShardedEndpointPool(EndpointPool):
+        @property
+        def client(self):
+            bind = getattr(self, "_bind_loop", None)
+            if bind is not None:
+                bind()
+            if self._client is None:
+                self._client = ShardedAsyncClient(
+                    self.max_concurrency * len(self.endpoints),
+                    httpx.Timeout(self.retry.read_timeout_s, connect=self.retry.connect_timeout_s))
+            return self._client
+
+    return ShardedEndpointPool
+
+
+async def _toaflow_driver(url: str, in_flight: int, n_prompts: int, budget: int, max_tokens: int,
+                          sharded: bool = False) -> dict:
+    from toa_core.backends.openai_http import EndpointPool, OpenAIChatModel
+    from toa_core.config import ModelConfig, RetryConfig, SearchConfig
+    from toa_core.engine import run_search
+    from toa_core.records import Prompt
+    from toa_core.strategies import SearchContext
+
+    retry = RetryConfig(max_attempts=4, backoff_initial_s=0.05, backoff_max_s=1.0, connect_timeout_s=30,
+                        read_timeout_s=300)
+    # Agents behind one server share its pool: the concurrency limit holds per server, not per agent. The limit
+    # is the number of trees, so the client never holds back a request the server could queue.
+    pool_class = _sharded_pool_class() if sharded else EndpointPool
+    pool = pool_class([url], max_concurrency=in_flight, retry=retry)
+    agents = [OpenAIChatModel(ModelConfig(name=f"agent-{k}", model="load", endpoints=[url],
+                                          max_concurrency=in_flight, retry=retry), pool=pool)
+              for k in range(AGENTS)]
+    search = SearchConfig(strategy="toa", budget=budget, max_tokens=max_tokens, tau=1.0, alpha=0.05,
+                          prompt_concurrency=in_flight)
+    ctx = SearchContext(agents=agents, reward=CheapReward(), search=search)
+    prompts = [Prompt.from_messages([{"role": "user", "content": _question(i)}]) for i in range(n_prompts)]
+    counts = {"generations": 0, "errors": 0}
+
+    def on_result(result) -> None:
+        counts["generations"] += len(result.candidates)
+        counts["errors"] += sum(c.error is not None for c in result.candidates)
+
+    try:
+        await run_search(prompts, ctx, on_result=on_result)
+    finally:
+        await pool.aclose()
+    return counts
+
+
+def _reference_driver(url: str, in_flight: int, n_prompts: int, budget: int, max_tokens: int) -> dict:
+    """Thread per prompt in flight, one blocking request at a time: fresh answers, then refine the best."""
+    import httpx
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = httpx.Client(limits=httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight),
+                          timeout=httpx.Timeout(300, connect=30))
+    lock = __import__("threading").Lock()
+    rng = random.Random(0)
+    counts = {"generations": 0, "errors": 0}
+
+    def complete(messages: list[dict]) -> str | None:
+        body = {"model": "load", "messages": messages, "max_tokens": max_tokens, "temperature": 0.7}
+        for attempt in range(4):
+            try:
+                response = client.post(f"{url}/chat/completions", json=body)
+                if response.status_code == 200:
+                    return response.json()["choices"][0]["message"]["content"]
+            except httpx.HTTPError:
+                pass
+            time.sleep(min(1.0, 0.05 * 2 ** attempt))
+        return None
+
+    def one_prompt(i: int) -> None:
+        question = _question(i)
+        best_text, best_reward = None, float("-inf")
+        for step in range(budget):
+            if best_text is None or step < AGENTS:
+                messages = [{"role": "user", "content": question}]
+            else:
+                messages = [{"role": "user", "content": REFINE_TEMPLATE.format(question=question, answer=best_text)}]
+            text = complete(messages)
+            with lock:
+                counts["generations"] += 1
+                if text is None:
+                    counts["errors"] += 1
+                    continue
+                reward = rng.gauss(0.0, 1.0)
+            if reward > best_reward:
+                best_text, best_reward = text, reward
+
+    try:
+        with ThreadPoolExecutor(max_workers=in_flight) as pool:
+            list(pool.map(one_prompt, range(n_prompts)))
+    finally:
+        client.close()
+    return counts
+
+
+def child(args: argparse.Namespace) -> None:
+    import toa_core.engine  # noqa: F401  (imports outside the measured window, for both drivers alike)
+    import httpx  # noqa: F401
+
+    in_flight = args.in_flight[0]
+    base_rss = peak_rss_mib()
+    with Stopwatch() as sw:
+        if args.child in ("toaflow", "toaflow-sharded"):
+            counts = asyncio.run(_toaflow_driver(args.url, in_flight, args.prompts, args.budget, args.max_tokens,
+                                                 sharded=args.child == "toaflow-sharded"))
+        else:
+            counts = _reference_driver(args.url, in_flight, args.prompts, args.budget, args.max_tokens)
+    emit_result({**counts, "wall_s": sw.wall_s, "cpu_s": sw.cpu_s, "peak_rss_mib": peak_rss_mib(),
+                 "base_rss_mib": base_rss})
+
+
+# ------------------------------------------------------------------------------------------------ sweep
+
+def sweep(args: argparse.Namespace) -> list[dict]:
+    from infra.loadserver import LoadServer
+
+    here = str(Path(__file__).resolve())
+    latency_s = args.latency_ms / 1000
+    cells = []
+    for slots in args.slots:
+        with LoadServer(slots=slots, token_delay_ms=args.latency_ms / args.response_tokens,
+                        response_tokens=args.response_tokens) as server:
+            capacity = slots / latency_s
+            for in_flight in args.in_flight:
+                n_prompts = in_flight * args.rounds
+                for driver in args.drivers:
+                    server_cpu_before = process_cpu_seconds(server.process.pid)
+                    result = run_child([here, "--child", driver, "--url", server.base_url,
+                                        "--in-flight", str(in_flight), "--prompts", str(n_prompts),
+                                        "--budget", str(args.budget), "--max-tokens", str(args.response_tokens)])
+                    server_cpu = process_cpu_seconds(server.process.pid) - server_cpu_before
+                    rate = result["generations"] / result["wall_s"]
+                    bound = min(1.0, in_flight / slots)
+                    cell = {"driver": driver, "slots": slots, "in_flight": in_flight, "prompts": n_prompts,
+                            "capacity": capacity, "rate": rate, "ratio": rate / capacity,
+                            "ratio_of_bound": rate / (capacity * bound),
+                            "cpu_ms_per_gen": 1000 * result["cpu_s"] / max(1, result["generations"]),
+                            "server_cores": server_cpu / result["wall_s"], **result}
+                    cells.append(cell)
+                    print(f"  slots={slots:<4} in_flight={in_flight:<5} {driver:<9} {rate:8.1f} gen/s "
+                          f"= {cell['ratio']:.3f} of capacity, {cell['cpu_ms_per_gen']:.2f} ms CPU/gen, "
+                          f"peak {result['peak_rss_mib']:.0f} MiB, errors {result['errors']}", flush=True)
+    return cells
+
+
+def report(cells: list[dict], args: argparse.Namespace) -> None:
+    by_key = {(c["slots"], c["in_flight"], c["driver"]): c for c in cells}
+    drivers = [d for d in DRIVERS if d in args.drivers]
+    short = {"toaflow": "toa", "toaflow-sharded": "toa_sharded", "reference": "ref"}
+    rows = []
+    for slots in args.slots:
+        for in_flight in args.in_flight:
+            found = [by_key.get((slots, in_flight, d)) for d in drivers]
+            if any(c is None for c in found):
+                continue
+            rows.append([slots, in_flight, found[0]["capacity"], min(1.0, in_flight / slots),
+                         *(c["ratio"] for c in found), *(c["cpu_ms_per_gen"] for c in found),
+                         *(c["peak_rss_mib"] for c in found), *(c["server_cores"] for c in found),
+                         sum(c["errors"] for c in found)])
+    print()
+    print("ratio = achieved generations/s / (slots / latency); bound = min(1, in_flight / slots); "
+          "cpu = orchestrator CPU ms per generation; MiB = peak RSS; srv = load server CPU cores used")
+    print(table(["slots", "in_flight", "capacity/s", "bound",
+                 *(f"{short[d]}/cap" for d in drivers), *(f"{short[d]}_cpu" for d in drivers),
+                 *(f"{short[d]}_MiB" for d in drivers), *(f"{short[d]}_srv" for d in drivers), "errors"], rows))
+    top = max(args.in_flight)
+    parts = []
+    for driver in drivers:
+        at_top = [c for c in cells if c["driver"] == driver and c["in_flight"] == top]
+        if at_top:
+            worst = min(at_top, key=lambda c: c["ratio"])
+            parts.append(f"{driver} {worst['ratio']:.3f} ({worst['cpu_ms_per_gen']:.2f} ms CPU/gen)")
+    best = max((c["ratio"] for c in cells if c["driver"] != "reference" and c["in_flight"] == top), default=0.0)
+    worst_best = min((max(c["ratio"] for c in cells if c["driver"] != "reference" and c["in_flight"] == top
+                          and c["slots"] == slots) for slots in args.slots), default=best)
+    verdict = "MET" if worst_best >= 0.9 else "MISSED"
+    print(f"\nSUMMARY orchestration: share of server capacity at {top} prompts in flight (worst over slots "
+          f"{args.slots}): {', '.join(parts)}; target 0.9 {verdict}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sweep, under a minute")
+    parser.add_argument("--slots", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    parser.add_argument("--in-flight", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    parser.add_argument("--budget", type=int, default=None, help="generations per prompt")
+    parser.add_argument("--rounds", type=int, default=2, help="prompts = rounds x prompts in flight")
+    parser.add_argument("--latency-ms", type=float, default=200.0, help="server time per request in a slot")
+    parser.add_argument("--response-tokens", type=int, default=32)
+    parser.add_argument("--drivers", type=lambda s: s.split(","), default=list(DRIVERS))
+    # child mode (one cell)
+    parser.add_argument("--child", choices=DRIVERS, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--prompts", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--max-tokens", type=int, default=32, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args)
+        return 0
+    if args.quick:
+        args.slots = args.slots or [16]
+        args.in_flight = args.in_flight or [10, 100]
+        args.budget = args.budget or 6
+        args.latency_ms = min(args.latency_ms, 50.0)
+    args.slots = args.slots or [64, 256]
+    args.in_flight = args.in_flight or [10, 100, 1000]
+    args.budget = args.budget or 16
+    header("orchestration efficiency (generations/s over server capacity)", sys.argv)
+    print(f"# latency {args.latency_ms:g} ms/request ({args.response_tokens} tokens), budget {args.budget}, "
+          f"{AGENTS} agents, prompts = {args.rounds} x in flight, load average {os.getloadavg()[0]:.2f}")
+    cells = sweep(args)
+    report(cells, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
