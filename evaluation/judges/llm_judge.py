@@ -90,7 +90,7 @@ class HttpJudgeClient:
             if response.status_code == 400 and "logprobs" in body:
                 # Some servers refuse logprobs outright: drop them for the rest of the run and read text instead.
                 self._logprobs_supported = False
-                body.pop("logprobs"), body.pop("top_logprobs")
+                del body["logprobs"], body["top_logprobs"]
                 last_error = f"HTTP 400 with logprobs: {response.text[:200]}"
                 continue
             if response.status_code in RETRYABLE_STATUS:

@@ -29,6 +29,16 @@ def judge():
         yield fake
 
 
+def artifact_types(*keys: str) -> list[str]:
+    """Types of the Prefect artifacts with these keys (the table, report and plot the flow published)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(keys))))
+    return sorted(a.type for a in artifacts)
+
+
 def write_adapter(tiny_llama_dir, out):
     """What the training flow publishes for a LoRA run: adapter, tokenizer, training_metrics.json."""
     from peft import LoraConfig, get_peft_model
@@ -86,6 +96,7 @@ def test_toa_evaluate_end_to_end(tmp_path, prefect_harness, tiny_llama_dir, tiny
     assert "circular evaluation" in report and "Base model: `builtin:tiny-llama`" in report
     manifest = store.read_json("runs/r1/manifest.json")
     assert manifest["stages"]["evaluate"]["status"] == "finished"
+    assert artifact_types("eval-r1-mini", "eval-report-r1-mini", "eval-plot-r1-mini") == ["markdown", "markdown", "table"]
 
     # Run 2: another model; the report compares with run 1, the base model's scores come from the cache.
     assert main(["evaluate", "--config", str(config_path), "--model", str(tiny_llama_dir), "--run-id", "r2"]) == 0
