@@ -32,10 +32,12 @@ def run(args: argparse.Namespace) -> int:
     from evaluation.generation import ModelSourceError
     from evaluation.judges.translation import CometUnavailable
     from flows.evaluate import evaluate
+    from toa_core.backends.assets import AssetError
+    from toa_core.backends.factory import FactoryError
 
     try:
         result = evaluate(args.config, run_id=args.run_id, model=args.model)
-    except (BenchmarkError, ModelSourceError, CometUnavailable, FileNotFoundError) as error:
+    except (BenchmarkError, ModelSourceError, CometUnavailable, AssetError, FactoryError, FileNotFoundError) as error:
         raise UserError(str(error)) from None
     print(json.dumps(result, indent=2, default=str))
     return 0
