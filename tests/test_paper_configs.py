@@ -199,3 +199,77 @@ def test_export_best_keeps_the_highest_reward_and_never_a_failed_candidate(tmp_p
     assert (best[0]["candidates"], best[0]["failed"]) == (3, 1)
     alpaca = json.loads((tmp_path / "ae.json").read_text())
     assert alpaca[0] == {"instruction": "Translate 0", "output": "high", "generator": "r", "dataset": "toaflow"}
+
+
+COMET_STUB = '''
+class _Out:
+    def __init__(self, scores):
+        self.scores = scores
+
+
+class _Model:
+    def predict(self, data, batch_size, gpus, progress_bar):
+        if any(d["mt"] == "boom" for d in data):
+            raise RuntimeError("stub failure")
+        return _Out([len(d["mt"]) / 100 + (0.5 if d["src"] == "Hallo Welt" else 0.0) for d in data])
+
+
+def download_model(name):
+    return "/stub/" + name
+
+
+def load_from_checkpoint(path):
+    return _Model()
+'''
+
+
+def test_kiwi_server_speaks_the_protocol_of_the_http_reward(tmp_path):
+    """tools/kiwi_server.py (COMET-Kiwi for the WMT configs) scores (source, translation) pairs sent by
+    toa_core.rewards.http; a scoring failure is an error for the client, never a 0.0. COMET is stubbed."""
+    import asyncio
+    import os
+    import subprocess
+    import time
+
+    import httpx
+
+    from tests.fixtures.prefect import free_port, stop_process
+    from toa_core.config import RetryConfig
+    from toa_core.interfaces import RewardError
+    from toa_core.rewards.http import HTTPReward
+
+    (tmp_path / "stub" / "comet").mkdir(parents=True)
+    (tmp_path / "stub" / "comet" / "__init__.py").write_text(COMET_STUB)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "stub"), "HOST": "127.0.0.1", "PORT": str(port)}
+    log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen([sys.executable, str(REPO / "tools" / "kiwi_server.py")], env=env, stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "kiwi server did not come up"
+            time.sleep(0.2)
+
+        async def score():
+            reward = HTTPReward([f"http://127.0.0.1:{port}/v1"], "Unbabel/wmt22-cometkiwi-da", api="classify",
+                                retry=RetryConfig(max_attempts=2, backoff_initial_s=0.01, backoff_max_s=0.02))
+            try:
+                scores = await reward.score_batch([([{"role": "user", "content": "Hallo Welt"}], "Hello world"),
+                                                   ([{"role": "user", "content": "x"}], "abc")])
+                with pytest.raises(RewardError):
+                    await reward.score([{"role": "user", "content": "x"}], "boom")
+                return scores
+            finally:
+                await reward.aclose()
+
+        assert asyncio.run(score()) == pytest.approx([0.61, 0.03])
+    finally:
+        stop_process(server)
+        log.close()

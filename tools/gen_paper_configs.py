@@ -103,12 +103,12 @@ ARMORM_GPUS = 1  # in process, on the GPU of the machine that runs the sampling 
 ARMORM_PAIRS_PER_S = 25.0  # 8B classifier, bf16, ~550-token pairs: ~15k prefill tokens/s on one H100
 
 # COMET-Kiwi is a COMET checkpoint, which neither vLLM nor `transformers serve` can load, so infra.servers has no
-# kind for it: it runs by hand (docs/reproduce.md gives the server, which answers vLLM's /classify protocol) and the
-# reward reads it with kind http at a fixed endpoint.
-KIWI_ENDPOINT = "http://127.0.0.1:8200"
-KIWI = {"kind": "http", "model": "Unbabel/wmt22-cometkiwi-da", "endpoints": [KIWI_ENDPOINT], "api": "classify",
+# kind for it: tools/kiwi_server.py runs by hand and answers vLLM's /classify protocol, which the reward reads with
+# kind http at a fixed endpoint.
+KIWI_ENDPOINTS = ["http://127.0.0.1:8200", "http://127.0.0.1:8201"]  # one server per GPU
+KIWI = {"kind": "http", "model": "Unbabel/wmt22-cometkiwi-da", "endpoints": KIWI_ENDPOINTS, "api": "classify",
         "batch_size": 64}
-KIWI_GPUS = 2
+KIWI_GPUS = len(KIWI_ENDPOINTS)
 KIWI_PAIRS_PER_S = 2 * 400.0  # XLM-R large, ~100-token (src, mt) pairs
 
 MATH_RM_SERVER = {"name": "qwen2.5-math-rm-72b", "kind": "vllm_reward", "model": "Qwen/Qwen2.5-Math-RM-72B",
@@ -201,7 +201,7 @@ EXPERIMENTS = [
         reward=KIWI, reward_gpus=KIWI_GPUS,
         reward_pairs_per_s=KIWI_PAIRS_PER_S, reward_where="for the by-hand COMET-Kiwi server",
         reward_note=f"COMET-Kiwi (wmt22-cometkiwi-da, reference-free: source + translation) over HTTP (kind http, "
-                    f"vLLM's /classify protocol) at {KIWI_ENDPOINT}: start that server by hand first "
+                    f"vLLM's /classify protocol) at {' and '.join(KIWI_ENDPOINTS)}: start tools/kiwi_server.py by hand first "
                     "(docs/reproduce.md, 'Reward models'); the reference translation is never shown to it",
         ranking={"dpo_rejected_rank": 30, "test_fraction": 0.0},
         evaluation={"benchmarks": [{"name": "wmt22", "kind": "wmt", "source": "data/paper/wmt22/wmt22_{lang}_to_en.jsonl",
