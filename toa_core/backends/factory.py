@@ -102,7 +102,7 @@ def build_reward(config: RewardConfig, endpoints_override: Mapping[str, Endpoint
     elif config.kind == "plugin":
         from toa_core.rewards.plugin import PluginReward
 
-        inner = PluginReward(config.callable)
+        inner = PluginReward(config.callable, timeout_s=config.retry.read_timeout_s)
     else:  # pragma: no cover - RewardConfig's Literal rejects anything else
         raise FactoryError(f"unknown reward kind {config.kind!r}")
     return BatchingReward(inner, batch_size=config.batch_size, batch_wait_ms=config.batch_wait_ms,

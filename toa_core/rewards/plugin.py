@@ -1,5 +1,7 @@
 """A reward function supplied by the user as ``"package.module:callable"``.
 
+Each call is bounded by ``timeout_s`` (the reward config's read timeout).
+
 The callable takes ``(messages, response)`` and returns a number, synchronously or as an awaitable. Sync callables
 run in a worker thread so a slow one does not stall the event loop. It may raise: the error becomes a RewardError.
 """
@@ -36,8 +38,9 @@ def load_callable(spec: str) -> Callable[..., Any]:
 class PluginReward:
     """RewardModel calling a user function per pair (pairs of one batch run concurrently)."""
 
-    def __init__(self, spec: str, *, name: str | None = None):
+    def __init__(self, spec: str, *, timeout_s: float = 600.0, name: str | None = None):
         self.spec = spec
+        self.timeout_s = timeout_s
         self.name = name or f"plugin:{spec}"
         self._fn = load_callable(spec)
 
@@ -46,18 +49,20 @@ class PluginReward:
 
     async def score(self, messages: list[Message], response: str) -> float:
         try:
-            if inspect.iscoroutinefunction(self._fn):
-                value = await self._fn(messages, response)
-            else:
-                value = await asyncio.to_thread(self._fn, messages, response)
-                if inspect.isawaitable(value):
-                    value = await value
-            value = float(value)
+            value = float(await asyncio.wait_for(self._call(messages, response), timeout=self.timeout_s))
+        except asyncio.TimeoutError:
+            raise RewardError(f"{self.name}: no result within {self.timeout_s:g}s") from None
         except Exception as exc:
             raise RewardError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         if not math.isfinite(value):
             raise RewardError(f"{self.name}: returned a non-finite reward {value}")
         return value
+
+    async def _call(self, messages: list[Message], response: str) -> object:
+        if inspect.iscoroutinefunction(self._fn):
+            return await self._fn(messages, response)
+        value = await asyncio.to_thread(self._fn, messages, response)
+        return await value if inspect.isawaitable(value) else value
 
     async def score_batch(self, pairs: Sequence[tuple[list[Message], str]]) -> list[float]:
         return list(await asyncio.gather(*[self.score(messages, response) for messages, response in pairs]))

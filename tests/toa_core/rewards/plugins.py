@@ -20,3 +20,7 @@ def broken_reward(messages, response):
 
 def nan_reward(messages, response):
     return float("nan")
+
+
+async def hanging_reward(messages, response):
+    await asyncio.Event().wait()  # never set

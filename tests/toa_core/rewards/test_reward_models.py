@@ -114,6 +114,9 @@ def test_plugins_sync_async_and_failures():
     for broken, message in [("broken_reward", "the plug-in is broken"), ("nan_reward", "non-finite")]:
         with pytest.raises(RewardError, match=message):
             asyncio.run(PluginReward(f"tests.toa_core.rewards.plugins:{broken}").score([], "x"))
+    hanging = PluginReward("tests.toa_core.rewards.plugins:hanging_reward", timeout_s=0.2)
+    with pytest.raises(RewardError, match="no result within 0.2s"):
+        asyncio.run(hanging.score([], "x"))
     with pytest.raises(ValueError, match="has no attribute 'missing'"):
         PluginReward("tests.toa_core.rewards.plugins:missing")
     with pytest.raises(ValueError, match="expected 'package.module:function'"):
