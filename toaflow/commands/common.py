@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 
@@ -19,3 +20,35 @@ def quiet_prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def user_facing_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message already names the file / key / endpoint and the fix: shown without a traceback."""
+    from infra.store import StoreError
+    from toa_core.backends.factory import FactoryError
+    from toa_core.ingest import IngestError
+    from toa_core.ranking import RankingError
+
+    return (IngestError, StoreError, RankingError, FactoryError)
+
+
+class _DropTraceback(logging.Filter):
+    """Prefect logs a failed task's or flow's exception with its traceback; for user-facing errors, drop it."""
+
+    def __init__(self, errors: tuple[type[BaseException], ...]):
+        super().__init__()
+        self.errors = errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self.errors):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def hide_prefect_tracebacks(errors: tuple[type[BaseException], ...]) -> None:
+    """Keep Prefect's one-line failure messages for `errors` but not their tracebacks (see _DropTraceback)."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTraceback) for f in logger.filters):
+            logger.addFilter(_DropTraceback(errors))
