@@ -192,3 +192,16 @@ def test_bad_budgets_are_a_user_error_before_anything_runs(tmp_path, capsys):
 
     assert main(["scaling", "--config", str(tiny_config(tmp_path)), "--budgets", "4,-1"]) == 2
     assert "budget -1 must be at least 1" in capsys.readouterr().err
+
+
+def test_an_explicit_width_keeps_its_share_of_the_budget():
+    """The math configs fix width = floor(N/2) = 80 for N = 160; a scaling point at N = 16 must use 8, not 80."""
+    from tasks.scaling import search_config_at
+    from toaflow.config import load_config
+
+    cfg = load_config(REPO / "configs" / "paper" / "math" / "math500_toa.yaml")
+    assert (cfg.search.width, cfg.search.budget, len(cfg.models)) == (80, 160, 4)
+    assert search_config_at(cfg, "toa", 16).width == 8
+    assert search_config_at(cfg, "toa", 4).width == 4  # never below the number of models
+    at_40 = search_config_at(cfg, "moa", 40)
+    assert (at_40.strategy, at_40.budget, at_40.tau, at_40.alpha) == ("moa", 40, 1.0, 0.1)
