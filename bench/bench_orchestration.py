@@ -303,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.slots = args.slots or [16]
-        args.in_flight = args.in_flight or [10, 100]
-        args.budget = args.budget or 6
+        args.in_flight = args.in_flight or [16, 64]
+        args.budget = args.budget or 4
+        args.rounds = 1
         args.latency_ms = min(args.latency_ms, 50.0)
     args.slots = args.slots or [64, 256]
     args.in_flight = args.in_flight or [10, 100, 1000]

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--judge-pairs", type=int, default=64, help="pairs per measurement (SmolLM2 judge)")
     args = parser.parse_args(argv)
     header("reward scoring (pairs/s, batched across trees vs one at a time)", sys.argv)
-    runs = [("tiny-reward", args.pairs if not args.quick else min(args.pairs, 128))]
+    runs = [("tiny-reward", args.pairs if not args.quick else min(args.pairs, 64))]
     if not args.quick:
         runs.append(("smollm2-judge", args.judge_pairs))
     trees = args.trees if not args.quick else [16]

@@ -1,0 +1,70 @@
+"""Every benchmark runs in --quick mode and reports what it measured, so the benchmarks cannot rot.
+
+These check behaviour (the scripts run, every cell completes without errors, the summary line is printed and the
+numbers in it are sane), never timing.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_bench(name: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / name), "--quick", *args], capture_output=True,
+                            text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    summary = [line for line in result.stdout.splitlines() if line.startswith("SUMMARY ")]
+    assert len(summary) == 1, result.stdout[-3000:]
+    assert result.stdout.splitlines()[-1].startswith("SUMMARY "), "the summary line comes last"
+    return result.stdout
+
+
+def test_orchestration_quick():
+    out = run_bench("bench_orchestration.py")
+    cells = re.findall(r"^\s+slots=(\d+)\s+in_flight=(\d+)\s+(\S+)\s+([\d.]+) gen/s = ([\d.]+) of capacity.*errors (\d+)$",
+                       out, re.MULTILINE)
+    assert {c[2] for c in cells} == {"toaflow", "toaflow-sharded", "reference"}
+    assert len(cells) == 6
+    for _slots, in_flight, _driver, rate, ratio, errors in cells:
+        assert int(errors) == 0 and float(rate) > 0
+        assert float(ratio) <= 1.2  # nothing beats the server's capacity (small slack for timer granularity)
+    assert "target 0.9" in out
+
+
+def test_search_quick():
+    out = run_bench("bench_search.py")
+    for strategy in ("toa", "random", "ensemble", "prs", "seq_refine", "moa", "oracle"):
+        assert re.search(rf"^\s+{strategy}\s+[\d.]+", out, re.MULTILINE), strategy
+    # Relative to TOA, TOA's own row is exactly 1 in every column, at each budget.
+    assert len(re.findall(r"^\s+toa(\s+1){5}\s*$", out, re.MULTILINE)) == 2
+    # The oracle sees the true qualities: nothing finds a better best answer than it does.
+    for budget_block in out.split("budget ")[1:]:
+        best_true = {m.group(1): float(m.group(2)) for m in
+                     re.finditer(r"^\s+(\w+)\s+([\d.]+)", budget_block, re.MULTILINE)}
+        assert best_true["oracle"] >= max(v for k, v in best_true.items() if k != "oracle")
+
+
+def test_reward_quick():
+    out = run_bench("bench_reward.py")
+    match = re.search(r"tiny-reward\s+16\s+64\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s+(\S+)", out)
+    assert match, out
+    batches, max_diff = int(match.group(4)), float(match.group(5))
+    assert 4 <= batches < 64  # 64 pairs from 16 trees really went in batches
+    assert max_diff < 1e-3  # batching does not change the scores
+
+
+def test_ranking_quick():
+    out = run_bench("bench_ranking.py")
+    rows = re.findall(r"^\s*(\d+)\s+(\d+)\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+(\d+)\s+(\d+)$",
+                      out, re.MULTILINE)
+    assert [int(r[0]) for r in rows] == [16_000, 48_000]
+    for n_rows, prompts, sft, dpo in rows:
+        assert int(sft) == int(prompts)  # every prompt has usable candidates: one SFT row each
+        assert 0 < int(dpo) <= int(prompts)
