@@ -19,7 +19,8 @@ from flows.train import train
 from infra.manifest import Manifest
 from infra.registry import new_run_id
 from infra.store import open_store
-from tasks.pipeline import accumulate, current_latest, previously_synthesized, promotion_gate, record_prompts
+from tasks.pipeline import (accumulate, current_latest, flatten_scores, previously_synthesized, promotion_gate,
+                            record_prompts)
 from toaflow.config import load_config
 
 
@@ -64,8 +65,9 @@ def pipeline(config: str = "configs/demo.yaml", run_id: str | None = None, incre
     train(config=config, run_id=run_id, data_run_id=data_run_id)
     evaluate(config=config, run_id=run_id)
 
-    scores = gate_table(load_scores(store, run_id))  # {"<benchmark>.<metric>": {value, ci_low, ci_high, n, ...}}
-    result.update(data_run_id=data_run_id, scores=scores)
+    evaluated = load_scores(store, run_id)
+    scores = gate_table(evaluated)  # metrics with a value and an interval: what the gate may compare
+    result.update(data_run_id=data_run_id, scores=flatten_scores(evaluated))
     if promote and manifest.stage_finished("promote"):
         result["promotion"] = store.read_json(f"runs/{run_id}/promotion.json")  # a resumed run: decided already
     elif promote:

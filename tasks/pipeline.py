@@ -85,6 +85,14 @@ def current_latest(store_cfg: StoreConfig) -> str | None:
     return latest_run_id(open_store(store_cfg))
 
 
+def flatten_scores(scores_by_benchmark: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{"<benchmark>.<metric>": {value, ci_low, ci_high, n, higher_is_better}} for every metric, including those
+    without an interval (shown to people; the gate gets evaluation.scores.gate_table, which leaves them out)."""
+    return {f"{benchmark}.{name}": {key: metric.get(key) for key in ("value", "ci_low", "ci_high", "n", "higher_is_better")}
+            for benchmark, data in sorted(scores_by_benchmark.items())
+            for name, metric in sorted(data.get("metrics", {}).items())}
+
+
 def _interval(score: Any) -> str:
     if score is None:
         return "-"

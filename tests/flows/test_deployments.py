@@ -81,8 +81,12 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
     store_root = tmp_path / "artifacts"
     config = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
     config["store"] = {"root": str(store_root)}
-    config["synthesis"]["prompts"]["limit"] = 4
-    config["evaluation"]["gate"] = {"metrics": []}
+    # The smallest run that still exercises every stage: 3 prompts x 6 generations, 2 steps per stage.
+    config["synthesis"]["prompts"]["limit"] = 3
+    config["search"]["budget"] = 6
+    config["synthesis"]["ranking"]["dpo_rejected_rank"] = 3
+    config["training"]["sft"]["max_steps"] = config["training"]["dpo"]["max_steps"] = 2
+    config["evaluation"]["gate"] = {"metrics": ["mini.rm_mean_reward"]}
     config_path = tmp_path / "tiny-deployed.yaml"
     config_path.write_text(yaml.safe_dump(config))
 
@@ -134,6 +138,7 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
     store = open_store(str(store_root))
     assert latest_run_id(store) == "deployed-1"
     assert promotion_history(store)[0]["reason"].startswith("first run")
+    assert "mini.rm_mean_reward" in promotion_history(store)[0]["candidate_scores"]
     assert store.list("runs/deployed-1/datasets/sft/") and store.list("runs/deployed-1/models/dpo/")
     assert store.list("runs/deployed-1/eval/mini/")
     assert store.list("index/prompts/") == ["index/prompts/deployed-1.parquet"]
