@@ -13,6 +13,7 @@ bad dataset or config fails in about a second.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import logging
@@ -55,14 +56,16 @@ class StageRun:
     @classmethod
     def open(cls, settings: StageSettings, stage: str, run_id: str, data_run_id: str | None = None,
              store: Store | None = None) -> "StageRun":
+        # The same path in every process of an `accelerate launch`: ZeRO-3/FSDP ranks save their checkpoint
+        # shards into one shared output_dir, and the main process uploads it.
         common = settings.training.common
         if common.work_dir:
-            workdir = Path(common.work_dir).expanduser() / run_id / stage
-            workdir.mkdir(parents=True, exist_ok=True)
-            owns = False
+            workdir, owns = Path(common.work_dir).expanduser() / run_id / stage, False
         else:
-            workdir = Path(tempfile.mkdtemp(prefix=f"toaflow-{stage}-"))
-            owns = True
+            # Keyed by the store too, so the same run id in two stores never shares a folder.
+            store_tag = hashlib.sha256(settings.store.root.encode()).hexdigest()[:10]
+            workdir, owns = Path(tempfile.gettempdir()) / "toaflow-training" / store_tag / run_id / stage, True
+        workdir.mkdir(parents=True, exist_ok=True)
         return cls(settings=settings, stage=stage, run_id=run_id, data_run_id=data_run_id or run_id,
                    store=store or open_store(settings.store), workdir=workdir, _owns_workdir=owns)
 
@@ -96,9 +99,19 @@ class StageRun:
 
     def restore_checkpoint(self) -> Path | None:
         """The newest complete checkpoint from the store, downloaded under trainer_dir; None to start fresh."""
-        from training.checkpoints import checkpoints_prefix, restore_latest_checkpoint
+        from accelerate import PartialState
 
-        return restore_latest_checkpoint(self.store, checkpoints_prefix(self.run_id, self.stage), self.trainer_dir)
+        from training.checkpoints import checkpoints_prefix, complete_checkpoints, restore_latest_checkpoint
+
+        prefix = checkpoints_prefix(self.run_id, self.stage)
+        state = PartialState()
+        with state.main_process_first():  # the main process downloads; the others wait, then use its copy
+            if state.is_main_process:
+                shutil.rmtree(self.trainer_dir, ignore_errors=True)  # leftovers of a crashed attempt
+                return restore_latest_checkpoint(self.store, prefix, self.trainer_dir)
+            found = complete_checkpoints(self.store, prefix)
+            local = self.trainer_dir / f"checkpoint-{found[-1][0]}" if found else None
+            return local if local is not None and local.is_dir() else None
 
     # -- the end -------------------------------------------------------------------------------------------
     def publish(self, trainer: Any, tokenizer: Any, *, base_model: str, resumed_from: Path | None,
@@ -154,8 +167,8 @@ class StageRun:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        """Remove the scratch folder (checkpoints worth keeping are in the store already)."""
-        if self._owns_workdir:
+        """Remove the scratch folder (checkpoints worth keeping are in the store already); the main process does."""
+        if self._owns_workdir and is_main_process():
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -173,7 +186,7 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, tokenizer: Any) -> None:
     """Fold a LoRA adapter into its base weights (for servers that cannot apply adapters)."""
     from peft import AutoPeftModelForCausalLM
 
-    model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir))
+    model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir), dtype="auto")  # the base's own dtype
     model.merge_and_unload().save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
 

@@ -95,3 +95,13 @@ def test_gpu_auto_precision_is_bf16_with_checkpointing():
     precision = choose_precision(CommonTrainingConfig())
     assert precision.device == "cuda" and precision.gradient_checkpointing
     assert precision.bf16 == torch.cuda.is_bf16_supported()
+
+
+def test_toa_train_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
+    from toaflow.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  common:\n    launcher: slurm\n")
+    assert main(["train", "--config", str(bad), "--run-id", "r"]) == 2
+    error = capsys.readouterr().err
+    assert "training.common.launcher" in error and "Traceback" not in error

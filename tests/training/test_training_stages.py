@@ -31,7 +31,8 @@ def write_config(path: Path, store_root: str, training: dict) -> Path:
 def test_sft_then_dpo_learn_and_land_in_s3(s3_store_config, tiny_base):
     store = open_store(s3_store_config)
     write_datasets(store, "data")
-    settings = settings_for(s3_store_config.root, endpoint_url=s3_store_config.endpoint_url)
+    settings = settings_for(s3_store_config.root, tiny_training(merge_adapter=True),
+                            endpoint_url=s3_store_config.endpoint_url)
 
     sft_metrics = sft.run(settings, run_id="run", data_run_id="data")
     losses = _history(sft_metrics, "loss")
@@ -50,6 +51,7 @@ def test_sft_then_dpo_learn_and_land_in_s3(s3_store_config, tiny_base):
                      "README.md", "_COMPLETE.json"):
             assert f"runs/run/models/{stage}/{name}" in keys
     assert not [k for k in keys if "/checkpoints/" in k or "/ref/" in k], keys  # cleaned up, no frozen copy
+    assert "runs/run/models/dpo/merged/model.safetensors" in keys
     card = store.read_text("runs/run/models/dpo/README.md")
     assert "`data`" in card and "builtin:tiny-llama" in card and '"beta": 0.1' in card
     stored = store.read_json("runs/run/models/sft/training_metrics.json")
