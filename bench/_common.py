@@ -52,6 +52,23 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15 of the full line)
 
 
+def thread_sched_seconds() -> tuple[float, float]:
+    """(time on a CPU, time runnable but waiting for a CPU) summed over this process's live threads (Linux).
+
+    The second number shows CPU starvation: on a shared machine a single-threaded event loop waits in the run
+    queue behind other processes, while a pool of N threads gets N shares of the CPU.
+    """
+    on_cpu = waiting = 0
+    for stat in Path(f"/proc/{os.getpid()}/task").glob("*/schedstat"):
+        try:
+            run_ns, wait_ns, _ = stat.read_text().split()
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile
+        on_cpu += int(run_ns)
+        waiting += int(wait_ns)
+    return on_cpu / 1e9, waiting / 1e9
+
+
 def emit_result(payload: dict[str, Any]) -> None:
     """Child side: print the cell's measurements as the last line of stdout."""
     print(RESULT_PREFIX + json.dumps(payload), flush=True)

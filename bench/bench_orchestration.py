@@ -6,6 +6,8 @@ rest queue), each takes `latency` (= response tokens x per-token delay), so the 
 
 - toaflow: `toa_core.engine.run_search` with the TOA strategy, three agents (OpenAIChatModel, async httpx, one
   shared connection pool per endpoint) and a cheap in-process reward, `prompts in flight` trees at once.
+- toaflow-single-pool: the same with all connections in one httpx.AsyncClient (the client before the
+  ShardedAsyncClient fix in toa_core/backends/openai_http.py), to show what the fix changed.
 - reference: the reference design, a pool of threads with one blocking request at a time per prompt
   (httpx sync client + ThreadPoolExecutor), each thread running a TOA-like sequential loop (fresh answers from
   each model, then refinements of the best so far) with the same cheap reward and the same budget.
@@ -30,10 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (Stopwatch, emit_result, header, peak_rss_mib, process_cpu_seconds,  # noqa: E402
-                     run_child, table)
+                     run_child, table, thread_sched_seconds)
 
 AGENTS = 3
-DRIVERS = ("toaflow", "toaflow-sharded", "reference")
+DRIVERS = ("toaflow", "toaflow-single-pool", "reference")
 REFINE_TEMPLATE = "Improve this answer to the question.\nQuestion: {question}\nAnswer: {answer}"
 
 
@@ -63,59 +65,28 @@ class CheapReward:
 
 # ------------------------------------------------------------------------------------------------ drivers
 
-class ShardedAsyncClient:
-    """Connections to one server spread over several small httpx.AsyncClients (at most `per_client` each).
-
-    Why: httpcore's pool scans every connection on each request and each response close, and for every idle
-    connection asks the OS whether its socket is readable (a syscall). With hundreds of connections in one pool
-    that scan dominates the orchestrator's CPU (see bench/README.md). Each request goes to the client with the
-    fewest requests in flight, so no client queues while another has a free connection.
-    """
-
-    def __init__(self, size: int, timeout, per_client: int = 4):
-        import httpx
-
-        n_clients = max(1, -(-size // per_client))
-        per = -(-size // n_clients)
-        self._clients = [httpx.AsyncClient(limits=httpx.Limits(max_connections=per, max_keepalive_connections=per),
-                                           timeout=timeout) for _ in range(n_clients)]
-        self._active = [0] * n_clients
-
-    async def post(self, *args, **kwargs):
-        index = min(range(len(self._clients)), key=self._active.__getitem__)
-        self._active[index] += 1
-        try:
-            return await self._clients[index].post(*args, **kwargs)
-        finally:
-            self._active[index] -= 1
-
-    async def aclose(self) -> None:
-        for client in self._clients:
-            await client.aclose()
-
-
-def _sharded_pool_class():
-    """EndpointPool whose client is a ShardedAsyncClient (the fix measured side by side as `toaflow-sharded`)."""
+def _single_pool_class():
+    """EndpointPool with one httpx.AsyncClient for all connections: the client before the ShardedAsyncClient fix,
+    kept here to measure that fix side by side (driver `toaflow-single-pool`)."""
     import httpx
     from toa_core.backends.openai_http import EndpointPool
 
-    class ShardedEndpointPool(EndpointPool):
+    class SinglePoolEndpointPool(EndpointPool):
         @property
         def client(self):
-            bind = getattr(self, "_bind_loop", None)
-            if bind is not None:
-                bind()
+            self._bind_loop()
             if self._client is None:
-                self._client = ShardedAsyncClient(
-                    self.max_concurrency * len(self.endpoints),
-                    httpx.Timeout(self.retry.read_timeout_s, connect=self.retry.connect_timeout_s))
+                size = self.max_concurrency * len(self.endpoints)
+                self._client = httpx.AsyncClient(
+                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                    timeout=httpx.Timeout(self.retry.read_timeout_s, connect=self.retry.connect_timeout_s))
             return self._client
 
-    return ShardedEndpointPool
+    return SinglePoolEndpointPool
 
 
 async def _toaflow_driver(url: str, in_flight: int, n_prompts: int, budget: int, max_tokens: int,
-                          sharded: bool = False) -> dict:
+                          single_pool: bool = False) -> dict:
     from toa_core.backends.openai_http import EndpointPool, OpenAIChatModel
     from toa_core.config import ModelConfig, RetryConfig, SearchConfig
     from toa_core.engine import run_search
@@ -126,7 +97,7 @@ async def _toaflow_driver(url: str, in_flight: int, n_prompts: int, budget: int,
                         read_timeout_s=300)
     # Agents behind one server share its pool: the concurrency limit holds per server, not per agent. The limit
     # is the number of trees, so the client never holds back a request the server could queue.
-    pool_class = _sharded_pool_class() if sharded else EndpointPool
+    pool_class = _single_pool_class() if single_pool else EndpointPool
     pool = pool_class([url], max_concurrency=in_flight, retry=retry)
     agents = [OpenAIChatModel(ModelConfig(name=f"agent-{k}", model="load", endpoints=[url],
                                           max_concurrency=in_flight, retry=retry), pool=pool)
@@ -143,6 +114,7 @@ async def _toaflow_driver(url: str, in_flight: int, n_prompts: int, budget: int,
 
     try:
         await run_search(prompts, ctx, on_result=on_result)
+        counts["sched_end"] = thread_sched_seconds()
     finally:
         await pool.aclose()
     return counts
@@ -192,6 +164,7 @@ def _reference_driver(url: str, in_flight: int, n_prompts: int, budget: int, max
     try:
         with ThreadPoolExecutor(max_workers=in_flight) as pool:
             list(pool.map(one_prompt, range(n_prompts)))
+            counts["sched_end"] = thread_sched_seconds()  # while the worker threads still exist
     finally:
         client.close()
     return counts
@@ -203,14 +176,16 @@ def child(args: argparse.Namespace) -> None:
 
     in_flight = args.in_flight[0]
     base_rss = peak_rss_mib()
+    sched_start = thread_sched_seconds()
     with Stopwatch() as sw:
-        if args.child in ("toaflow", "toaflow-sharded"):
+        if args.child in ("toaflow", "toaflow-single-pool"):
             counts = asyncio.run(_toaflow_driver(args.url, in_flight, args.prompts, args.budget, args.max_tokens,
-                                                 sharded=args.child == "toaflow-sharded"))
+                                                 single_pool=args.child == "toaflow-single-pool"))
         else:
             counts = _reference_driver(args.url, in_flight, args.prompts, args.budget, args.max_tokens)
+    sched_end = counts.pop("sched_end")
     emit_result({**counts, "wall_s": sw.wall_s, "cpu_s": sw.cpu_s, "peak_rss_mib": peak_rss_mib(),
-                 "base_rss_mib": base_rss})
+                 "base_rss_mib": base_rss, "runq_wait_s": sched_end[1] - sched_start[1]})
 
 
 # ------------------------------------------------------------------------------------------------ sweep
@@ -228,6 +203,10 @@ def sweep(args: argparse.Namespace) -> list[dict]:
             for in_flight in args.in_flight:
                 n_prompts = in_flight * args.rounds
                 for driver in args.drivers:
+                    if driver == "toaflow-single-pool" and in_flight > args.single_pool_max_in_flight:
+                        print(f"  slots={slots:<4} in_flight={in_flight:<5} {driver}: skipped (above "
+                              f"--single-pool-max-in-flight {args.single_pool_max_in_flight}; it takes minutes)")
+                        continue
                     server_cpu_before = process_cpu_seconds(server.process.pid)
                     result = run_child([here, "--child", driver, "--url", server.base_url,
                                         "--in-flight", str(in_flight), "--prompts", str(n_prompts),
@@ -239,34 +218,41 @@ def sweep(args: argparse.Namespace) -> list[dict]:
                             "capacity": capacity, "rate": rate, "ratio": rate / capacity,
                             "ratio_of_bound": rate / (capacity * bound),
                             "cpu_ms_per_gen": 1000 * result["cpu_s"] / max(1, result["generations"]),
-                            "server_cores": server_cpu / result["wall_s"], **result}
+                            "server_cores": server_cpu / result["wall_s"],
+                            "runq_share": result["runq_wait_s"] / result["wall_s"], **result}
                     cells.append(cell)
                     print(f"  slots={slots:<4} in_flight={in_flight:<5} {driver:<9} {rate:8.1f} gen/s "
                           f"= {cell['ratio']:.3f} of capacity, {cell['cpu_ms_per_gen']:.2f} ms CPU/gen, "
-                          f"peak {result['peak_rss_mib']:.0f} MiB, errors {result['errors']}", flush=True)
+                          f"peak {result['peak_rss_mib']:.0f} MiB, run-queue wait {cell['runq_share']:.2f} s/s, "
+                          f"errors {result['errors']}", flush=True)
     return cells
 
 
 def report(cells: list[dict], args: argparse.Namespace) -> None:
     by_key = {(c["slots"], c["in_flight"], c["driver"]): c for c in cells}
     drivers = [d for d in DRIVERS if d in args.drivers]
-    short = {"toaflow": "toa", "toaflow-sharded": "toa_sharded", "reference": "ref"}
+    short = {"toaflow": "toa", "toaflow-single-pool": "toa_1pool", "reference": "ref"}
     rows = []
     for slots in args.slots:
         for in_flight in args.in_flight:
             found = [by_key.get((slots, in_flight, d)) for d in drivers]
-            if any(c is None for c in found):
+            if found[0] is None:
                 continue
+            missing = {"ratio": float("nan"), "cpu_ms_per_gen": float("nan"), "peak_rss_mib": float("nan"),
+                       "runq_share": float("nan"), "server_cores": float("nan"), "errors": 0}
+            found = [c if c is not None else missing for c in found]
             rows.append([slots, in_flight, found[0]["capacity"], min(1.0, in_flight / slots),
                          *(c["ratio"] for c in found), *(c["cpu_ms_per_gen"] for c in found),
-                         *(c["peak_rss_mib"] for c in found), *(c["server_cores"] for c in found),
-                         sum(c["errors"] for c in found)])
+                         *(c["peak_rss_mib"] for c in found), *(c["runq_share"] for c in found),
+                         *(c["server_cores"] for c in found), sum(c["errors"] for c in found)])
     print()
     print("ratio = achieved generations/s / (slots / latency); bound = min(1, in_flight / slots); "
-          "cpu = orchestrator CPU ms per generation; MiB = peak RSS; srv = load server CPU cores used")
+          "cpu = orchestrator CPU ms per generation; MiB = peak RSS; runq = seconds per second the driver's threads "
+          "were runnable but waiting for a CPU (starvation by other processes); srv = load server CPU cores used")
     print(table(["slots", "in_flight", "capacity/s", "bound",
                  *(f"{short[d]}/cap" for d in drivers), *(f"{short[d]}_cpu" for d in drivers),
-                 *(f"{short[d]}_MiB" for d in drivers), *(f"{short[d]}_srv" for d in drivers), "errors"], rows))
+                 *(f"{short[d]}_MiB" for d in drivers), *(f"{short[d]}_runq" for d in drivers),
+                 *(f"{short[d]}_srv" for d in drivers), "errors"], rows))
     top = max(args.in_flight)
     parts = []
     for driver in drivers:
@@ -292,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-ms", type=float, default=200.0, help="server time per request in a slot")
     parser.add_argument("--response-tokens", type=int, default=32)
     parser.add_argument("--drivers", type=lambda s: s.split(","), default=list(DRIVERS))
+    parser.add_argument("--single-pool-max-in-flight", type=int, default=100,
+                        help="skip the toaflow-single-pool driver above this many prompts in flight (it is slow)")
     # child mode (one cell)
     parser.add_argument("--child", choices=DRIVERS, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)

@@ -28,9 +28,9 @@ def run_bench(name: str, *args: str) -> str:
 
 def test_orchestration_quick():
     out = run_bench("bench_orchestration.py")
-    cells = re.findall(r"^\s+slots=(\d+)\s+in_flight=(\d+)\s+(\S+)\s+([\d.]+) gen/s = ([\d.]+) of capacity.*errors (\d+)$",
+    cells = re.findall(r"^\s+slots=(\d+)\s+in_flight=(\d+)\s+(\S+)\s+([\d.]+) gen/s = ([\d.]+) of capacity.*run-queue wait [\d.]+ s/s, errors (\d+)$",
                        out, re.MULTILINE)
-    assert {c[2] for c in cells} == {"toaflow", "toaflow-sharded", "reference"}
+    assert {c[2] for c in cells} == {"toaflow", "toaflow-single-pool", "reference"}
     assert len(cells) == 6
     for _slots, in_flight, _driver, rate, ratio, errors in cells:
         assert int(errors) == 0 and float(rate) > 0
