@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow
 
 from infra.manifest import Manifest
-from infra.store import open_store
+from infra.store import StoreKeyNotFound, open_store
 from tasks.training import stage_settings, train_stage, training_report
 from training.data import dataset_key
 
@@ -29,8 +29,11 @@ def train(config: str | dict[str, Any], run_id: str, data_run_id: str | None = N
     """
     settings = stage_settings(config)
     store = open_store(settings.store)
-    manifest = Manifest.open(store, run_id, config=settings.model_dump(mode="json"),
-                             seeds={"training": settings.training.common.seed})
+    try:  # inside `toa pipeline` the run's manifest already holds the whole config: add to it
+        manifest = Manifest.load(store, run_id)
+    except StoreKeyNotFound:
+        manifest = Manifest.open(store, run_id, config=settings.model_dump(mode="json"),
+                                 seeds={"training": settings.training.common.seed})
     stages = [name for name in ("sft", "dpo") if getattr(settings.training, name).enabled]
     results: dict[str, Any] = {}
     for stage in stages:

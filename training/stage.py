@@ -170,6 +170,11 @@ class StageRun:
         """Remove the scratch folder (checkpoints worth keeping are in the store already); the main process does."""
         if self._owns_workdir and is_main_process():
             shutil.rmtree(self.workdir, ignore_errors=True)
+            for parent in (self.workdir.parent, self.workdir.parent.parent):  # <run_id>/, <store tag>/ when empty
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
 
 
 def download_published(store: Store, prefix: str, local_dir: Path) -> Path:
@@ -222,6 +227,7 @@ def trainer_arguments(stage_cfg: StageConfig, common: CommonTrainingConfig, prec
         report_to="none",
         disable_tqdm=True,  # progress bars garble a streamed log; the log lines carry the progress
         dataloader_num_workers=0,
+        dataloader_pin_memory=precision.device == "cuda",  # pinning is meaningless (and warns) on CPU
     )
 
 
