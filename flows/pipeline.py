@@ -20,7 +20,7 @@ from infra.manifest import Manifest
 from infra.registry import new_run_id
 from infra.store import open_store
 from tasks.pipeline import (accumulate, current_latest, flatten_scores, previously_synthesized, promotion_gate,
-                            record_prompts)
+                            record_prompts, runs_awaiting_training)
 from toaflow.config import load_config
 
 
@@ -42,6 +42,13 @@ def pipeline(config: str = "configs/demo.yaml", run_id: str | None = None, incre
     store = open_store(cfg.store)
     logger.info("pipeline run %s -> %s", run_id, store.uri(f"runs/{run_id}/"))
 
+    if promote and store.exists(f"runs/{run_id}/promotion.json"):
+        # This run went all the way through already: report its outcome instead of deciding twice.
+        logger.info("run %s is complete (its promotion was decided); nothing to resume", run_id)
+        return {"run_id": run_id, "run_uri": store.uri(f"runs/{run_id}/"), "flow_run_id": flow_run.get_id(),
+                "scores": flatten_scores(load_scores(store, run_id)),
+                "promotion": store.read_json(f"runs/{run_id}/promotion.json")}
+
     if incremental:
         logger.info("incremental: %d prompts synthesized by earlier runs are skipped",
                     previously_synthesized(cfg.store, run_id))
@@ -50,10 +57,11 @@ def pipeline(config: str = "configs/demo.yaml", run_id: str | None = None, incre
     result: dict[str, Any] = {"run_id": run_id, "run_uri": store.uri(f"runs/{run_id}/"), "data_run_id": None,
                               "new_prompts": new_prompts, "scores": {}, "promotion": None,
                               "flow_run_id": flow_run.get_id()}
-    if incremental and new_prompts == 0 and current_latest(cfg.store) is not None:
-        # Same data as the model already promoted: training again would only spend GPU hours.
-        logger.warning("no new prompts were synthesized; training, evaluation and promotion are skipped")
-        result["skipped"] = "no new prompts since the last run"
+    if incremental and not runs_awaiting_training(cfg.store):
+        # Every prompt already trained a model that was evaluated and judged: training again on the same data
+        # would only repeat that result.
+        logger.warning("no new data since the last evaluated model; training, evaluation and promotion are skipped")
+        result["skipped"] = "no new data since the last evaluated model"
         return result
 
     manifest = Manifest.load(store, run_id)  # synthesize created it
@@ -68,9 +76,7 @@ def pipeline(config: str = "configs/demo.yaml", run_id: str | None = None, incre
     evaluated = load_scores(store, run_id)
     scores = gate_table(evaluated)  # metrics with a value and an interval: what the gate may compare
     result.update(data_run_id=data_run_id, scores=flatten_scores(evaluated))
-    if promote and manifest.stage_finished("promote"):
-        result["promotion"] = store.read_json(f"runs/{run_id}/promotion.json")  # a resumed run: decided already
-    elif promote:
+    if promote:
         compared_with = current_latest(cfg.store)
         current_scores = gate_table(load_scores(store, compared_with)) if compared_with else None
         gate = cfg.evaluation.gate

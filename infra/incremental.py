@@ -4,7 +4,8 @@ Pure store operations (no Prefect). The store-level index is one parquet file pe
     index/prompts/<run_id>.parquet      columns prompt_id, run_id, recorded_at
 A nightly run samples only prompts absent from the index, and records its own prompt ids once its synthesis
 finishes (re-recording a run replaces its file, so a resumed run is never counted twice). Training then uses
-every indexed run's datasets plus the new run's: `accumulate_datasets` concatenates their
+every indexed run's datasets plus the new run's (written as the data run `runs/<run_id>-accumulated/`, whose
+lineage.json lists the source runs): `accumulate_datasets` concatenates their
 datasets/{sft,dpo}/{train,test}.parquet files and keeps, per prompt_id, the rows of the newest run only (so a
 prompt re-synthesized later replaces its older data and never lands in both train and test).
 """
@@ -80,6 +81,22 @@ def indexed_runs(store: Store) -> list[str]:
         run_id = metadata.get(b"run_id", key[len(INDEX_PREFIX):-len(".parquet")].encode()).decode()
         entries.append((metadata.get(b"recorded_at", b"").decode(), run_id))
     return [run_id for _, run_id in sorted(entries)]
+
+
+def prompt_counts(store: Store) -> dict[str, int]:
+    """Indexed runs (oldest first) with how many prompt ids each recorded (0 for a run that found nothing new)."""
+    counts = {}
+    for run_id in indexed_runs(store):
+        counts[run_id] = pq.read_metadata(io.BytesIO(store.read_bytes(index_key(run_id)))).num_rows
+    return counts
+
+
+def training_runs_of(store: Store, run_id: str) -> list[str]:
+    """The runs whose datasets trained `run_id`'s model: the sources of its accumulated data, else itself."""
+    lineage_key = f"runs/{check_run_id(run_id)}-accumulated/lineage.json"
+    if store.exists(lineage_key):
+        return list(store.read_json(lineage_key)["from_runs"])
+    return [run_id]
 
 
 def synthesized_prompt_ids(store: Store, exclude_runs: Iterable[str] = ()) -> set[str]:

@@ -10,10 +10,10 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from infra.config import StoreConfig
-from infra.incremental import (accumulate_datasets, indexed_runs, prompt_ids_sampled_in_run, record_synthesized_prompts,
-                               synthesized_prompt_ids)
+from infra.incremental import (accumulate_datasets, indexed_runs, prompt_counts, prompt_ids_sampled_in_run,
+                               record_synthesized_prompts, synthesized_prompt_ids, training_runs_of)
 from infra.promotion import decide_promotion
-from infra.registry import latest_run_id, record_decision
+from infra.registry import latest_run_id, promotion_history, record_decision
 from infra.store import open_store
 from tasks.artifacts import publish_markdown
 
@@ -37,6 +37,21 @@ def record_prompts(store_cfg: StoreConfig, run_id: str) -> int:
     key = record_synthesized_prompts(store, run_id, prompt_ids)
     get_run_logger().info("recorded %d prompt ids of run %s in %s", len(prompt_ids), run_id, store.uri(key))
     return len(prompt_ids)
+
+
+@task(name="runs-awaiting-training")
+def runs_awaiting_training(store_cfg: StoreConfig) -> list[str]:
+    """Indexed runs with prompts that no gate-decided model was trained on (oldest first).
+
+    Empty means every synthesized prompt already went into a model that was evaluated and judged, so training
+    again on the same data would only repeat that result. A run whose training or evaluation failed is not
+    covered: the next pipeline run trains on its data.
+    """
+    store = open_store(store_cfg)
+    covered: set[str] = set()
+    for record in promotion_history(store):
+        covered.update(training_runs_of(store, record["run_id"]))
+    return [run for run, count in prompt_counts(store).items() if count and run not in covered]
 
 
 @task(name="accumulate-datasets")

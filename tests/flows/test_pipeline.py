@@ -30,6 +30,7 @@ class StageStubs:
         self.source: list[str] = []
         self.next_win_rate = 0.5
         self.trained: list[tuple[str, str, int]] = []  # (run_id, data_run_id, sft rows seen)
+        self.fail_training = False
 
     def write_parquet(self, key: str, columns: dict) -> None:
         buffer = io.BytesIO()
@@ -55,6 +56,8 @@ class StageStubs:
 
         @flow(name="train")
         def train(config: str, run_id: str, data_run_id: str | None = None) -> dict:
+            if stubs.fail_training:
+                raise RuntimeError("training blew up")
             key = f"runs/{data_run_id or run_id}/datasets/sft/train.parquet"
             rows = pq.read_table(io.BytesIO(stubs.store.read_bytes(key))).num_rows
             stubs.trained.append((run_id, data_run_id, rows))
@@ -131,16 +134,31 @@ def test_nightly_runs_are_incremental_accumulate_gate_and_resume(setup):
     assert again["promotion"]["decided_at"] == third["promotion"]["decided_at"]
     assert len(promotion_history(stubs.store, "night-3")) == 1
 
-    # Night 4: nothing new in the source -> nothing to train on that the live model has not seen.
-    fourth = run(config=config, run_id="night-4")
-    assert fourth["new_prompts"] == 0 and fourth["skipped"]
-    assert stubs.trained[-1][0] == "night-3"
+    # Night 4: a new prompt, but training fails; the run fails and `latest` stays.
+    stubs.source.append("p5")
+    stubs.fail_training = True
+    with pytest.raises(RuntimeError, match="training blew up"):
+        run(config=config, run_id="night-4")
+    assert latest_run_id(stubs.store) == "night-2"
+
+    # Night 5: nothing new in the source, but night 4's prompt never reached an evaluated model: train on it.
+    stubs.fail_training = False
+    stubs.next_win_rate = 0.72
+    fifth = run(config=config, run_id="night-5")
+    assert fifth["new_prompts"] == 0 and not fifth.get("skipped")
+    assert stubs.trained[-1] == ("night-5", "night-5-accumulated", 5)
+    assert fifth["promotion"]["promoted"] and latest_run_id(stubs.store) == "night-5"
+
+    # Night 6: nothing new at all -> every prompt already trained a judged model; skip training.
+    sixth = run(config=config, run_id="night-6")
+    assert sixth["new_prompts"] == 0 and sixth["skipped"]
+    assert stubs.trained[-1][0] == "night-5"
 
     # Full mode samples every prompt again and trains on this run's data only; no-promote leaves `latest`.
     full = run(config=config, run_id="manual-full", incremental=False, promote=False)
-    assert full["new_prompts"] == 4 and full["data_run_id"] == "manual-full"
-    assert stubs.trained[-1] == ("manual-full", "manual-full", 4)
-    assert full["promotion"] is None and latest_run_id(stubs.store) == "night-2"
+    assert full["new_prompts"] == 5 and full["data_run_id"] == "manual-full"
+    assert stubs.trained[-1] == ("manual-full", "manual-full", 5)
+    assert full["promotion"] is None and latest_run_id(stubs.store) == "night-5"
 
 
 

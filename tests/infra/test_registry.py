@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from infra.incremental import (accumulate_datasets, indexed_runs, prompt_ids_sampled_in_run,
-                               record_synthesized_prompts, synthesized_prompt_ids)
+from infra.incremental import (accumulate_datasets, indexed_runs, prompt_counts, prompt_ids_sampled_in_run,
+                               record_synthesized_prompts, synthesized_prompt_ids, training_runs_of)
 from infra.promotion import decide_promotion
 from infra.registry import (LATEST_KEY, RegistryError, latest_run_id, promotion_history, read_latest,
                             record_decision, set_latest)
@@ -104,6 +104,14 @@ def test_index_records_sampled_prompts_and_skips_failed_ones(store):
     record_synthesized_prompts(store, "r1", ["a"])  # re-recording replaces, and moves r1 last
     assert indexed_runs(store) == ["r2", "r1"]
     assert synthesized_prompt_ids(store, exclude_runs=["r2"]) == {"a"}
+    record_synthesized_prompts(store, "r3", [])  # a run that found nothing new is indexed with no prompts
+    assert prompt_counts(store) == {"r2": 2, "r1": 1, "r3": 0}
+
+
+def test_training_runs_of_reads_the_accumulated_lineage(store):
+    store.write_json("runs/r2-accumulated/lineage.json", {"built_for": "r2", "from_runs": ["r1", "r2"]})
+    assert training_runs_of(store, "r2") == ["r1", "r2"]
+    assert training_runs_of(store, "r1") == ["r1"]
 
 
 def _sft(prompt, answer):
