@@ -7,8 +7,8 @@
 - a local HF folder, a hub id in the local cache, or "builtin:NAME".
 
 A LoRA adapter folder (adapter_config.json) is merged into its base model in memory with peft and the merged
-weights are cached under $TOAFLOW_CACHE/merged/<hash of the adapter files>/, so the in-process transformers
-backend serves it like any model and a second evaluation of the same adapter skips the merge. On GPU hosts,
+weights are cached under $TOAFLOW_CACHE/merged/<hash of the adapter files>/ (the 3 newest are kept), so the
+in-process transformers backend serves it like any model and a second evaluation of the same adapter skips the merge. On GPU hosts,
 serve the adapter with vLLM (`--enable-lora --lora-modules`) and pass the endpoint instead.
 
 Generation goes through the same model clients as synthesis (toa_core.backends.factory). A failed request is a
@@ -34,6 +34,7 @@ from toa_core.interfaces import ChatModel, SamplingParams
 log = logging.getLogger(__name__)
 
 MERGED_MARKER = "_MERGED.json"
+MERGED_KEEP = 3  # merged models kept in the cache (the current run, the previous one, one spare)
 
 
 class ModelSourceError(ValueError):
@@ -141,7 +142,16 @@ def merge_adapter(folder: Path, base_override: str | None = None) -> Path:
     (staging / MERGED_MARKER).write_text(json.dumps({"adapter": str(folder), "base": base_spec}))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)  # publish whole: a crash mid-merge leaves no half-written model behind
+    _prune_merged(target.parent, keep=MERGED_KEEP)
     return target
+
+
+def _prune_merged(root: Path, keep: int) -> None:
+    """Keep the `keep` most recently merged models: every nightly run merges a new adapter (full-size weights)."""
+    merged = sorted((p for p in root.iterdir() if (p / MERGED_MARKER).is_file()),
+                    key=lambda p: (p / MERGED_MARKER).stat().st_mtime, reverse=True)
+    for old in merged[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _local_model(folder: Path, generation: GenerationConfig, label: str) -> ModelUnderTest:

@@ -133,3 +133,18 @@ def test_openai_compatible_endpoint_answers_through_the_synthesis_client():
                 await model.aclose()
         rows = asyncio.run(go())
     assert [row["output"] for row in rows] == ["echo: q0", "echo: q1", "echo: q2"]
+
+
+def test_merged_cache_keeps_only_the_newest(tmp_path):
+    import os
+
+    from evaluation.generation import MERGED_MARKER, _prune_merged
+
+    for age, name in enumerate(["new", "mid", "old", "oldest"]):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / MERGED_MARKER).write_text("{}")
+        os.utime(folder / MERGED_MARKER, (1_000_000 - age * 100, 1_000_000 - age * 100))
+    (tmp_path / ".merge-in-progress").mkdir()  # a merge being written by another process: not ours to delete
+    _prune_merged(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".merge-in-progress", "mid", "new"]
