@@ -97,7 +97,7 @@ def run_stage_process(argv: Sequence[str], *, timeout_s: float, log: Callable[[s
         raise
     for reader in readers:
         reader.join(timeout=10)
-    name = " ".join(argv[argv.index("-m") + 1:argv.index("-m") + 2]) if "-m" in argv else argv[0]
+    name = next((arg for arg in argv if arg.startswith("training.")), Path(argv[0]).name)  # e.g. training.sft
     if timed_out:
         raise StageFailed(f"{name} timed out after {timeout_s:.0f}s and was stopped "
                           "(raise training.common.timeout_s if it needs longer)", None, list(stderr_tail))

@@ -125,3 +125,13 @@ def test_train_flow_runs_both_stages_as_processes_and_reports(tmp_path, local_st
     assert manifest["stages"]["train.dpo"]["status"] == "finished"
     assert any(entry["stage"] == "train.dpo" and result["sft"]["uri"] in entry["inputs"]
                for entry in manifest["lineage"])
+
+
+def test_train_flow_fails_with_the_stage_error_and_records_it(tmp_path, local_store, tiny_base, prefect_harness):
+    from flows.train import train
+
+    config = write_config(tmp_path / "c.yaml", str(local_store.root), tiny_training())
+    with pytest.raises(StageFailed, match=r"^training.sft failed \(exit 2\): no SFT dataset at "):
+        train(str(config), run_id="broken", data_run_id="missing")
+    stage = local_store.read_json("runs/broken/manifest.json")["stages"]["train.sft"]
+    assert stage["status"] == "failed" and "no SFT dataset" in stage["error"]
