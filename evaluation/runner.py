@@ -4,13 +4,14 @@ Writes under `prefix` (runs/<id>/eval/<benchmark>/ for a run; eval_cache/base/<k
 model): outputs.jsonl (one row per item: prompt, output or error), model_outputs.json (chat items in AlpacaEval's
 format, for the official tool), judgments.jsonl (one row per judge and item), scores.json.
 
-Outputs already in the store for the same model and items are reused, so a re-run after a judge failure does not
-generate again.
+Outputs already in the store for the same weights, sampling settings and items are reused, so a re-run after a
+judge failure does not generate again.
 """
 from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import hashlib
 import json
 import logging
 from typing import Any
@@ -54,11 +55,19 @@ def build_reward_model(config: RewardConfig) -> RewardModel:
     return factory.build_reward(config)
 
 
-def _reusable_outputs(store: Any, key: str, model_label: str, item_ids: list[str]) -> list[dict[str, Any]] | None:
+def model_fingerprint(model: ModelUnderTest, config: EvaluationConfig) -> str:
+    """What the outputs depend on: the weights actually loaded (a merged adapter's folder name is a hash of its
+    content), the endpoint and served name, and the sampling settings. A retrained model never reuses old outputs."""
+    identity = {"model": model.config.model, "endpoints": model.config.endpoints,
+                "generation": config.generation.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _reusable_outputs(store: Any, key: str, fingerprint: str, item_ids: list[str]) -> list[dict[str, Any]] | None:
     if not store.exists(key):
         return None
     rows = _read_jsonl(store.read_text(key))
-    if [r.get("item_id") for r in rows] != item_ids or any(r.get("model") != model_label for r in rows):
+    if [r.get("item_id") for r in rows] != item_ids or any(r.get("fingerprint") != fingerprint for r in rows):
         return None
     if any(r.get("output") is None for r in rows):
         return None  # failed generations get another chance
@@ -76,7 +85,8 @@ async def evaluate_model_on_benchmark(
     benchmark = load_benchmark(benchmark_config)
     outputs_key = f"{prefix}/{OUTPUTS_FILE}"
     item_ids = [item.item_id for item in benchmark.items]
-    output_rows = _reusable_outputs(store, outputs_key, model.label, item_ids)
+    fingerprint = model_fingerprint(model, config)
+    output_rows = _reusable_outputs(store, outputs_key, fingerprint, item_ids)
     if output_rows is None:
         owned_model = chat_model is None
         chat_model = chat_model or build_chat_model(model.config)
@@ -87,6 +97,7 @@ async def evaluate_model_on_benchmark(
                 await chat_model.aclose()
         by_id = {item.item_id: item for item in benchmark.items}
         output_rows = [{"item_id": row["item_id"], "task": by_id[row["item_id"]].task, "model": model.label,
+                        "fingerprint": fingerprint,
                         "messages": by_id[row["item_id"]].messages, **{k: v for k, v in row.items() if k != "item_id"}}
                        for row in generated]
         store.write_text(outputs_key, _jsonl(output_rows))

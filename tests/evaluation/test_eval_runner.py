@@ -112,6 +112,10 @@ def test_outputs_are_reused_on_a_rerun_and_previous_run_is_found(tmp_path):
     again = ScriptedChatModel(solver)
     run(store, config, "r1", again)
     assert again.calls == 0                                       # same model, same items: reused
+    changed = config.model_copy(update={"generation": config.generation.model_copy(update={"max_tokens": 99})})
+    regenerated = ScriptedChatModel(solver)
+    run(store, changed, "r1", regenerated)
+    assert regenerated.calls == 6                                 # other sampling settings: generated again
     run(store, config, "r2", ScriptedChatModel(solver))
     previous = previous_scores(store, "r2", "mini")
     assert previous["run_id"] == "r1"
