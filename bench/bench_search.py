@@ -4,7 +4,8 @@ Environment (built on toa_core.simulated): three agents of different skill whose
 ~ skill + noise, on a 0..1 scale like COMET-Kiwi's. A refinement or aggregation starts from the best quoted answer
 q and moves it by the agent's delta with diminishing returns: q + delta * (1 - q) for a helpful editor (it closes
 that share of the remaining gap), q + delta * q for a harmful one (it loses that share); plus half the agent's
-noise. The reward model observes the true quality plus Gaussian noise. TOA uses the paper's settings for
+noise; qualities are capped to [0, 1] (1 = a perfect answer). The reward model observes the true quality plus
+Gaussian noise. TOA uses the paper's settings for
 0..1 rewards (tau 1, alpha 0.05, as for translation with KIWI). Every strategy runs
 with the same agents, seeds and budget. Per prompt we compute, from the candidates each strategy produced:
 
@@ -62,12 +63,15 @@ class BoundedAgent(SimulatedAgent):
             return generation
         prompt_text = "\n".join(m["content"] for m in messages)
         quoted = read_qualities(prompt_text)
+        quality = read_qualities(generation.text)[-1]
         if quoted:  # the parent class added refine_delta to the best quoted quality; redo it with a bound
             best = max(quoted)
-            drawn = read_qualities(generation.text)[-1] - (best + self.refine_delta)  # the noise it drew
+            drawn = quality - (best + self.refine_delta)  # the noise it drew
             gap = (1.0 - best) if self.refine_delta >= 0 else best
             quality = best + self.refine_delta * gap + drawn / 2
-            generation.text = f"Answer from {self.name} {quality_marker(quality)}"
+        # A perfect answer is 1.0: without the cap, best-of-many resampling would climb on noise alone.
+        quality = min(1.0, max(0.0, quality))
+        generation.text = f"Answer from {self.name} {quality_marker(quality)}"
         return generation
 
 
