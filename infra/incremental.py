@@ -78,7 +78,7 @@ def indexed_runs(store: Store) -> list[str]:
         if not key.endswith(".parquet"):
             continue
         metadata = pq.read_schema(io.BytesIO(store.read_bytes(key))).metadata or {}
-        run_id = metadata.get(b"run_id", key[len(INDEX_PREFIX):-len(".parquet")].encode()).decode()
+        run_id = key[len(INDEX_PREFIX):-len(".parquet")]
         entries.append((metadata.get(b"recorded_at", b"").decode(), run_id))
     return [run_id for _, run_id in sorted(entries)]
 
