@@ -39,6 +39,8 @@ class ServerSpec(Section):
     extra_args: list[str] = Field(default_factory=list, description="appended verbatim to the command line")
     api_key_env: str | None = Field(None, description="env var holding the key the server requires (passed as VLLM_API_KEY)")
     startup_timeout_s: float = Field(900.0, gt=0, description="health-check deadline (vLLM may load and compile for minutes)")
+    cpu_threads: int | None = Field(1, ge=1, description="transformers kind: torch CPU threads (OMP_NUM_THREADS); "
+                                    "1 avoids thrashing when the server shares the cores with other processes")
 
     @model_validator(mode="after")
     def _gpus_cover_parallelism(self) -> "ServerSpec":

@@ -22,10 +22,10 @@ if TYPE_CHECKING:
     from toaflow.config import RunConfig
 
 
-def server_log_dir(run_id: str) -> Path:
-    """Local folder for server logs of a run (uploaded to the run folder when the servers stop)."""
+def local_run_dir(run_id: str) -> Path:
+    """Local folder of a run (server logs land in its servers/, uploaded to the run folder when they stop)."""
     root = Path(os.environ.get("TOAFLOW_WORKDIR", Path(tempfile.gettempdir()) / "toaflow"))
-    path = root / "runs" / run_id / "servers"
+    path = root / "runs" / run_id
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -42,13 +42,13 @@ def model_servers(cfg: "RunConfig", run_id: str) -> Iterator[dict[str, "ServedEn
     from infra.servers import managed_servers
     from infra.store import open_store
 
-    log_dir = server_log_dir(run_id)
+    log_dir = local_run_dir(run_id)
     try:
         with managed_servers(cfg.servers, log_dir) as endpoints:
             yield dict(endpoints)
     finally:
         with contextlib.suppress(Exception):  # logs are a courtesy; never mask the run's own error
-            open_store(cfg.store).upload_dir(log_dir, f"runs/{run_id}/servers")
+            open_store(cfg.store).upload_dir(log_dir / "servers", f"runs/{run_id}/servers")
 
 
 @contextlib.asynccontextmanager

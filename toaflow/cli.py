@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
 from toaflow.config import ConfigError
@@ -33,7 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt_on_sigterm(signum, frame) -> None:
+    # A scheduler, a Prefect cancellation or `timeout` sends SIGTERM: unwind like Ctrl-C, so context managers
+    # stop the model servers this run started and finished work stays published.
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -238,3 +238,18 @@ BUILTINS: dict[str, Callable[[Path], None]] = {
     "tiny-reward": _build_tiny_reward,
     "smollm2": _build_smollm2,
 }
+
+
+def limit_cpu_threads() -> None:
+    """Cap torch's CPU threads for in-process models ($TOAFLOW_CPU_THREADS, default 1) when there is no GPU.
+
+    In-process models share the cores with a model server and the event loop; torch's default of one thread per
+    core made each of them wait on the others' spinning threads (about 10x slower generation at 2 cores).
+    """
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    wanted = int(os.environ.get("TOAFLOW_CPU_THREADS", "1"))
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from toa_core.backends.assets import resolve_model
+from toa_core.backends.assets import limit_cpu_threads, resolve_model
 from toa_core.config import ModelConfig
 from toa_core.interfaces import SamplingParams
 from toa_core.records import Generation, Message
@@ -37,6 +37,7 @@ class LoadedCausalLM:
             return
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        limit_cpu_threads()
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from toa_core.backends.assets import resolve_model
+from toa_core.backends.assets import limit_cpu_threads, resolve_model
 from toa_core.interfaces import RewardError
 from toa_core.records import Message
 
@@ -46,6 +46,7 @@ class HFClassifierReward:
             return
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        limit_cpu_threads()
         tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
         if tokenizer.pad_token_id is None:

@@ -23,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from toa_core.backends.assets import resolve_model
+from toa_core.backends.assets import limit_cpu_threads, resolve_model
 from toa_core.interfaces import RewardError
 from toa_core.records import Message
 
@@ -76,6 +76,7 @@ class LLMJudgeReward:
             return
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        limit_cpu_threads()
         tokenizer = AutoTokenizer.from_pretrained(self.path)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
