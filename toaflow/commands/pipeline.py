@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"the pipeline returned {type(result).__name__}, not its summary")
     print(f"run folder: {result['run_uri']}")
     if result.get("skipped"):
-        print(f"skipped training and evaluation: {result['skipped']}")
+        print(f"skipped training and evaluation: {result['skipped']} "
+              "(add prompts to the source, or pass --full to sample every prompt again and retrain)")
         print(ui_hint(result.get("flow_run_id")))
         return 0
     print("scores:")
