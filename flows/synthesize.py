@@ -48,12 +48,19 @@ def synthesize(config: str = "configs/demo.yaml", run_id: str | None = None, lim
                                     "ingest": cfg.synthesis.prompts.seed if cfg.synthesis.prompts else 0})
     logger.info("synthesis run %s -> %s", run_id, store.uri(run_key(run_id) + "/"))
 
+    # Incremental runs apply `limit` after leaving out prompts earlier runs synthesized, not at ingest.
+    sample_limit = cfg.synthesis.prompts.limit if incremental and cfg.synthesis.prompts else None
+    ingest_cfg = cfg
+    if sample_limit is not None:
+        ingest_cfg = cfg.model_copy(deep=True)
+        ingest_cfg.synthesis.prompts.limit = None
+
     manifest.start_stage("ingest")
-    ingest = ingest_prompts(cfg, run_id)
+    ingest = ingest_prompts(ingest_cfg, run_id)
     manifest.finish_stage("ingest", counts={k: v for k, v in ingest.items() if isinstance(v, int)})
 
     excluded = sorted(synthesized_prompt_ids(store, exclude_runs=[run_id])) if incremental else None
-    plan = plan_shards(cfg, run_id, excluded)
+    plan = plan_shards(cfg, run_id, excluded, sample_limit)
     manifest.start_stage("sample")
     progress = ProgressReporter(len(plan), artifact=f"synthesis-progress-{run_id}",
                                 description=f"shards of run {run_id} finished")

@@ -95,14 +95,24 @@ def _json_line(row: dict[str, Any]) -> str:
 
 
 @task(name="plan-shards", cache_policy=NO_CACHE)
-def plan_shards(cfg: RunConfig, run_id: str, exclude_prompt_ids: list[str] | None = None) -> list[list[str]]:
-    """Split the run's prompts into shards of `synthesis.shard_size` (the plan is stored and reused on rerun)."""
+def plan_shards(cfg: RunConfig, run_id: str, exclude_prompt_ids: list[str] | None = None,
+                limit: int | None = None) -> list[list[str]]:
+    """Split the run's prompts into shards of `synthesis.shard_size` (the plan is stored and reused on rerun).
+
+    `exclude_prompt_ids` (incremental runs) are left out first; `limit` then keeps a seeded sample of the rest,
+    so a nightly run with a limit takes new prompts instead of re-drawing the same, already synthesized ones.
+    """
     store = open_store(cfg.store)
     plan_key = run_key(run_id, "shards.json")
     if store.exists(plan_key):
         return store.read_json(plan_key)
     excluded = set(exclude_prompt_ids or ())
     ids = [p.prompt_id for p in read_prompts(store, run_id) if p.prompt_id not in excluded]
+    if limit is not None and len(ids) > limit:
+        import random
+
+        keep = set(random.Random(cfg.synthesis.prompts.seed if cfg.synthesis.prompts else 0).sample(ids, limit))
+        ids = [prompt_id for prompt_id in ids if prompt_id in keep]
     size = cfg.synthesis.shard_size
     plan = [ids[start:start + size] for start in range(0, len(ids), size)]
     store.write_json(plan_key, plan)
@@ -198,7 +208,14 @@ def _publish_shard(store: Store, run_id: str, index: int, prompt_ids: list[str],
     return ShardOutcome(index, uri, len(prompt_ids), table.num_rows, errors, 0, 0, skipped=False)
 
 
-sample_shard_task = task(sample_shard, name="sample-shard", cache_policy=NO_CACHE, tags=["gpu"])
+@task(name="sample-shard", cache_policy=NO_CACHE, tags=["gpu"])
+def sample_shard_task(cfg: RunConfig, run_id: str, index: int, prompt_ids: list[str],
+                      endpoints: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`sample_shard` as a Prefect task holding a GPU slot (in-process reward models and agents use the GPU)."""
+    from tasks.gpu import gpu_slot
+
+    with gpu_slot(f"sample-shard-{run_id}-{index:05d}"):
+        return sample_shard(cfg, run_id, index, prompt_ids, endpoints)
 
 
 # -- ranking and report ----------------------------------------------------------------------------------

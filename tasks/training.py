@@ -12,6 +12,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from infra.store import open_store
+from tasks.gpu import gpu_slot
 from tasks.artifacts import figure_png, publish_png, publish_table
 from training.config import StageSettings, load_stage_settings, parse_stage_settings
 from training.launch import run_stage_process, stage_argv
@@ -50,7 +51,8 @@ def train_stage(stage: str, config: str | dict[str, Any], run_id: str, data_run_
     argv = stage_argv(stage, config_file, run_id, data_run_id, settings.training.common, force=force)
     logger.info("starting %s: %s", stage, " ".join(argv))
     try:
-        run_stage_process(argv, timeout_s=settings.training.common.timeout_s, log=logger.info)
+        with gpu_slot(f"train-{stage}-{run_id}"):
+            run_stage_process(argv, timeout_s=settings.training.common.timeout_s, log=logger.info)
     finally:
         if isinstance(config, dict):
             Path(config_file).unlink(missing_ok=True)

@@ -138,3 +138,17 @@ def test_toa_sample_tiny_writes_a_valid_tree(tmp_path, tiny_llama_dir, tiny_rewa
             assert parent_row["prompt_id"] == row["prompt_id"]
             assert row["depth"] == parent_row["depth"] + 1
         assert row["error"] is None and row["reward"] is not None
+
+
+def test_incremental_limit_is_applied_after_excluding_synthesized_prompts(tmp_path):
+    """A nightly run with a limit samples prompts no earlier run synthesized (not the same seeded subset)."""
+    from tasks.synthesis import ingest_prompts, plan_shards
+    from toaflow.config import load_config
+
+    cfg = load_config(write_config(tmp_path))
+    ingest_prompts.fn(cfg, "night-1")
+    first = [pid for shard in plan_shards.fn(cfg, "night-1", None, 4) for pid in shard]
+    ingest_prompts.fn(cfg, "night-2")
+    second = [pid for shard in plan_shards.fn(cfg, "night-2", first, 4) for pid in shard]
+    assert len(first) == len(second) == 4
+    assert not set(first) & set(second)
