@@ -15,6 +15,7 @@ vLLM lives in its own environment (it pins its own torch and fastapi): point `ex
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -112,8 +113,9 @@ def server_command(spec: ServerSpec, port: int, model: str | None = None) -> Ser
 class ManagedServer:
     """One server process (group) we started: start, wait healthy, watch/restart, stop."""
 
-    def __init__(self, spec: ServerSpec, log_dir: Path, *, max_restarts: int = 3):
+    def __init__(self, spec: ServerSpec, log_dir: Path, *, max_restarts: int = 3, detached: bool = False):
         self.spec = spec
+        self.detached = detached  # `toa servers up`: the server outlives this process (else it dies with it)
         self.log_path = Path(log_dir) / f"{spec.name}.log"
         self.max_restarts = max_restarts
         self.restarts = 0
@@ -157,7 +159,7 @@ class ManagedServer:
             log_file.flush()
             self.process = subprocess.Popen(self._command.argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True,
-                                            preexec_fn=_die_with_parent)
+                                            preexec_fn=None if self.detached else _die_with_parent)
         log.info("server %s: started pid %d on port %d", self.spec.name, self.process.pid, self.port)
         return self
 
@@ -308,3 +310,78 @@ def managed_servers(config: ServersConfig, run_dir: str | Path) -> Iterator[Runn
     finally:
         for server in servers:
             server.stop()
+
+
+# -- servers started by `toa servers up` and stopped by `toa servers down` ------------------------------------
+# They outlive the command that started them, so what they are is recorded in a state file; `down` signals a
+# recorded process group only while its leader still runs the command we recorded (never someone else's process).
+
+def start_detached(config: ServersConfig, state_path: Path, log_dir: Path) -> list[dict]:
+    """Start every server of `config`, wait until healthy, record them in `state_path`; returns the records."""
+    if state_path.exists() and any(_still_ours(record) for record in json.loads(state_path.read_text())):
+        raise ServerError(f"servers recorded in {state_path} are still running; `toa servers down` first")
+    servers = [ManagedServer(spec, log_dir, detached=True) for spec in config.servers]
+    records: list[dict] = []
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_healthy()
+            records.append({"name": server.spec.name, "pid": server.pid, "argv": server._command.argv,
+                            "base_url": server.endpoint.base_url, "model_id": server.endpoint.model_id,
+                            "log": str(server.log_path), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(json.dumps(records, indent=2))
+    return records
+
+
+def detached_status(state_path: Path) -> list[dict]:
+    """The recorded servers with `running` (our process is alive) and `healthy` (GET /health answers 200)."""
+    if not state_path.exists():
+        return []
+    status = []
+    for record in json.loads(state_path.read_text()):
+        running = _still_ours(record)
+        healthy = False
+        if running:
+            with contextlib.suppress(httpx.HTTPError):
+                healthy = httpx.get(record["base_url"].removesuffix("/v1") + "/health", timeout=5).status_code == 200
+        status.append({**record, "running": running, "healthy": healthy})
+    return status
+
+
+def stop_detached(state_path: Path) -> list[str]:
+    """Stop the recorded servers that are still ours; returns their names. Removes the state file."""
+    stopped = []
+    if not state_path.exists():
+        return stopped
+    for record in json.loads(state_path.read_text()):
+        if not _still_ours(record):
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(record["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and _still_ours(record):
+            time.sleep(0.2)
+        if _still_ours(record):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(record["pid"], signal.SIGKILL)
+        stopped.append(record["name"])
+    state_path.unlink()
+    return stopped
+
+
+def _still_ours(record: dict) -> bool:
+    """True while pid `record['pid']` is alive and runs the command line we recorded for it."""
+    try:
+        cmdline = Path(f"/proc/{record['pid']}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if Path(f"/proc/{record['pid']}/stat").read_text().split(") ")[-1].startswith("Z"):
+        return False  # a zombie: exited, only waiting to be reaped
+    recorded = [arg.encode() for arg in record["argv"][1:]]
+    return cmdline[1:1 + len(recorded)] == recorded or cmdline[2:2 + len(recorded)] == recorded
