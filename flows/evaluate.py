@@ -39,6 +39,12 @@ def synthesis_reward(store: Any, run_id: str, config_reward: dict[str, Any]) -> 
 def evaluate(config: str | dict[str, Any], run_id: str | None = None, model: str | None = None) -> dict[str, Any]:
     """Evaluate `model` (default: the run's trained model) on every benchmark of `evaluation.benchmarks`.
 
+    Args:
+        config: Run config YAML relative to the project folder (or a mapping); `evaluation` says what to run.
+        run_id: Run whose eval/ folder receives the results; empty = the run named in `model`, or a new id.
+        model: Model under test: a store key or URI (runs/<id>/models/dpo), a local folder, builtin:NAME, or an
+            OpenAI-compatible endpoint URL (append #name for the served model). Empty = the run's trained model.
+
     Returns {"run_id", "model", "benchmarks": {name: {"scores", "report", "plot", "headline", "circular"}}}.
     """
     logger = get_run_logger()

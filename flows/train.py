@@ -24,7 +24,12 @@ def train(config: str | dict[str, Any], run_id: str, data_run_id: str | None = N
           force: bool = False) -> dict[str, Any]:
     """Train `run_id`'s SFT and DPO models from the datasets of `data_run_id` (default: the same run).
 
-    `config` is a run-config path (or mapping); only its `store` and `training` sections are used.
+    Args:
+        config: Run config YAML relative to the project folder (or a mapping); only `store` and `training` are used.
+        run_id: Run whose models/sft and models/dpo are written (a re-run resumes from stored checkpoints).
+        data_run_id: Run whose datasets/{sft,dpo} are trained on; empty = `run_id` itself.
+        force: Retrain stages whose models are already published.
+
     Returns {stage: {"uri", "metrics"}, "report": {"table", "curves"}}.
     """
     settings = stage_settings(config)

@@ -152,3 +152,25 @@ def test_incremental_limit_is_applied_after_excluding_synthesized_prompts(tmp_pa
     second = [pid for shard in plan_shards.fn(cfg, "night-2", first, 4) for pid in shard]
     assert len(first) == len(second) == 4
     assert not set(first) & set(second)
+
+
+@pytest.mark.slow
+def test_toa_sample_demo_writes_readable_english(tmp_path):
+    """The embedded default end to end through `transformers serve`: SmolLM2 agents answer in English."""
+    out = tmp_path / "demo.parquet"
+    data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    data["store"] = {"root": str(tmp_path / "store")}
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(data))
+    proc = subprocess.run(
+        [sys.executable, "-m", "toaflow.cli", "sample", "--config", str(config),
+         "--prompts", str(REPO / "data" / "prompts" / "mixed_instructions.jsonl"), "--strategy", "toa",
+         "--budget", "3", "--limit", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=1200, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == 3 and all(r["error"] is None for r in rows)
+    common_words = {"the", "a", "and", "to", "of", "is", "in", "you", "it", "for"}
+    for row in rows:
+        words = row["text"].lower().split()
+        assert len(words) >= 5 and sum(w.strip(".,!?:;\"'") in common_words for w in words) >= 2, row["text"]
