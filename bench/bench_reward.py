@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(["model", "trees", "pairs", "one_at_a_time/s", "batched/s", "speedup", "batches", "max|diff|"],
                 rows))
-    parts = [f"{r['model']} x{r['speedup']:.2f} at {r['trees']} trees ({r['batched_pps']:.0f} pairs/s)"
+    parts = [f"{r['model']} x{r['speedup']:.2f} at {r['trees']} trees ({r['batched_pps']:.3g} pairs/s)"
              for r in results]
     print(f"\nSUMMARY reward: batched vs one at a time: {'; '.join(parts)}")
     return 0
