@@ -199,7 +199,9 @@ def scaling_figure(curve: Sequence[CurvePoint], title: str = ""):
             if x_field == "mean_tokens":
                 ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
             ax.grid(alpha=0.3)
-    axes[0][0].legend(loc="lower right", fontsize="small")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:  # one legend for all four panels, below them, so it never hides a curve
+        figure.legend(handles, labels, loc="lower center", ncol=len(handles), frameon=False)
     figure.suptitle(title + ("\n" if title else "") + "shaded: 95% bootstrap interval over prompts", fontsize=11)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
     return figure
