@@ -5,9 +5,11 @@ The whole run config (`toaflow.config.RunConfig`) composes these with the other 
 """
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 STRATEGIES = ("toa", "random", "ensemble", "prs", "seq_refine", "moa")
 
@@ -59,6 +61,9 @@ class RewardConfig(Section):
     model: str | None = Field(None, description="HF folder / hub id / builtin:NAME, or the served model name")
     head: Literal["logits", "score"] = "logits"
     trust_remote_code: bool = Field(False, description="load the model's own code (ArmoRM needs it); off unless set")
+    device: str = Field("auto", description="hf_classifier: torch device; auto = cuda when available, else cpu")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="hf_classifier weights; auto = bfloat16 on CUDA (ArmoRM/Skywork as published), float32 on CPU")
     endpoints: list[str] = Field(default_factory=list)
     api: Literal["classify", "pooling"] = "classify"
     api_key_env: str | None = None
@@ -106,3 +111,33 @@ class SearchConfig(Section):
         """floor(K*n/3) with N = K*n, never below K (a narrower first layer could leave a model untried)."""
         return self.width if self.width is not None else max(n_models, self.budget // 3)
 
+
+
+def describe_validation_error(source: str, error: ValidationError, what: str = "config") -> str:
+    """One line per problem, each naming the dotted key: `source: invalid config` then `  - key: message`."""
+    lines = [f"{source}: invalid {what} ({error.error_count()} problem(s))"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key; check its spelling against the documented keys (README, 'The config'; configs/*.yaml)"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"  - {key}: {message}")
+    return "\n".join(lines)
+
+
+def read_yaml_mapping(path: str | Path, error_type: type[Exception]) -> dict[str, Any]:
+    """Read a YAML (or JSON) file that must hold a mapping; problems raise `error_type` naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise error_type(f"{path}: config file not found; pass a path such as configs/tiny.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise error_type(f"{path}:{where} is not valid YAML: {getattr(error, 'problem', error)}") from None
+    if not isinstance(data, dict):
+        raise error_type(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data

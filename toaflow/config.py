@@ -8,12 +8,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from evaluation.config import EvaluationConfig
 from infra.config import ServersConfig, StoreConfig
-from toa_core.config import ModelConfig, RewardConfig, SearchConfig, Section
+from toa_core.config import (ModelConfig, RewardConfig, SearchConfig, Section, describe_validation_error,
+                             read_yaml_mapping)
 from toa_core.ingest import IngestConfig
 from toa_core.ranking import RankingConfig
 from training.config import TrainingConfig
@@ -56,19 +56,6 @@ class RunConfig(Section):
         return self
 
 
-def _format_errors(path: str, error: ValidationError) -> str:
-    lines = [f"{path}: invalid config ({error.error_count()} problem(s))"]
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key; check its spelling against the documented keys (docs/config.md)"
-        elif item["type"] == "missing":
-            message = "required key is missing"
-        lines.append(f"  - {key}: {message}")
-    return "\n".join(lines)
-
-
 def parse_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
     """Validate a config mapping; raise ConfigError naming `source` and each bad key."""
     if not isinstance(data, dict):
@@ -76,20 +63,12 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_format_errors(source, error)) from None
+        raise ConfigError(describe_validation_error(source, error)) from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Load and validate a YAML run config. `overrides` maps dotted keys to values (e.g. {"search.budget": 12})."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; pass a path such as configs/tiny.yaml")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML: {getattr(error, 'problem', error)}") from None
+    data = read_yaml_mapping(path, ConfigError)
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")

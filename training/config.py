@@ -16,11 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from infra.config import StoreConfig
-from toa_core.config import Section
+from toa_core.config import Section, describe_validation_error, read_yaml_mapping
 
 STAGES = ("sft", "dpo")
 
@@ -128,23 +127,10 @@ def parse_stage_settings(data: dict[str, Any], source: str = "<config>") -> Stag
     try:
         return StageSettings.model_validate(wanted)
     except ValidationError as error:
-        lines = [f"{source}: invalid training config ({error.error_count()} problem(s))"]
-        for item in error.errors():
-            key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-            message = "unknown key; check its spelling" if item["type"] == "extra_forbidden" else item["msg"]
-            lines.append(f"  - {key}: {message}")
-        raise TrainingConfigError("\n".join(lines)) from None
+        raise TrainingConfigError(describe_validation_error(source, error, "training config")) from None
 
 
 def load_stage_settings(path: str | Path) -> StageSettings:
     """Read a YAML (or JSON) run config and validate its `store` and `training` sections."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise TrainingConfigError(f"{path}:{where} is not valid YAML: {getattr(error, 'problem', error)}") from None
+    data = read_yaml_mapping(path, TrainingConfigError)
     return parse_stage_settings(data, source=str(path))

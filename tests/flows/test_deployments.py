@@ -145,14 +145,19 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
 
     # GPU tasks share the "gpu" limit that `toa deploy --gpu-slots 2` created: with both slots held, a third
     # request cannot get one (it times out instead of running on an occupied GPU).
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from tasks.gpu import gpu_slot
-
-    with temporary_settings({PREFECT_API_URL: prefect_server}):
-        with gpu_slot("holds both", slots=2):
-            with pytest.raises(TimeoutError):
-                with gpu_slot("must wait", timeout_s=1.0):
-                    pass
-        with gpu_slot("free again", slots=2):
-            pass
+    # In a process of its own: this test process also hosts the session's Prefect test harness, whose API
+    # client would otherwise answer instead of the real server.
+    probe = (
+        "from tasks.gpu import gpu_slot\n"
+        "with gpu_slot('holds both', slots=2):\n"
+        "    try:\n"
+        "        with gpu_slot('must wait', timeout_s=1.0):\n"
+        "            raise SystemExit('a third slot was granted')\n"
+        "    except TimeoutError:\n"
+        "        pass\n"
+        "with gpu_slot('free again', slots=2):\n"
+        "    print('slots ok')\n"
+    )
+    checked = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+    assert checked.returncode == 0 and "slots ok" in checked.stdout, checked.stdout + checked.stderr[-3000:]

@@ -23,14 +23,14 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
 # Bump when a builder changes what it writes: the cache key includes it, so stale builds are never reused.
-BUILD_VERSION = "v1"
+BUILD_VERSION = "v2"  # bump when a builder changes what it writes (v2: SmolLM2 samples by default)
 SEED = 1234
 
 PAD_TOKEN = "<|pad|>"
@@ -229,6 +229,9 @@ def _build_smollm2(out: Path) -> None:
     plain.load_state_dict(loaded.state_dict(), strict=False)
     plain.tie_weights()
     plain.generation_config = loaded.generation_config
+    # The GGUF carries no sampling defaults, so servers (`transformers serve`) decoded greedily and ignored the
+    # request's temperature: every agent wrote the same text. Sample by default; requests set temperature/top_p.
+    plain.generation_config.do_sample = True
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
@@ -253,3 +256,13 @@ def limit_cpu_threads() -> None:
     wanted = int(os.environ.get("TOAFLOW_CPU_THREADS", "1"))
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
+
+
+def torch_placement(device: str = "auto", dtype: str = "auto") -> tuple[str, "Any"]:
+    """(device, torch dtype) for an in-process model: auto = CUDA in bfloat16 when there is a GPU, else CPU fp32."""
+    import torch
+
+    resolved = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    if dtype == "auto":
+        return resolved, torch.bfloat16 if resolved.startswith("cuda") else torch.float32
+    return resolved, getattr(torch, dtype)

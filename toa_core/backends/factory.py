@@ -86,7 +86,8 @@ def build_reward(config: RewardConfig, endpoints_override: Mapping[str, Endpoint
         from toa_core.rewards.hf_classifier import HFClassifierReward
 
         inner = HFClassifierReward(config.model, head=config.head, trust_remote_code=config.trust_remote_code,
-                                   max_length=config.max_length, batch_size=config.batch_size)
+                                   max_length=config.max_length, batch_size=config.batch_size,
+                                   device=config.device, dtype=config.dtype)
     elif config.kind == "llm_judge":
         from toa_core.rewards.llm_judge import LLMJudgeReward
 

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from toa_core.backends.assets import limit_cpu_threads, resolve_model
+from toa_core.backends.assets import limit_cpu_threads, resolve_model, torch_placement
 from toa_core.interfaces import RewardError
 from toa_core.records import Message
 
@@ -26,8 +26,10 @@ class HFClassifierReward:
 
     def __init__(self, model: str | Path, *, head: Literal["logits", "score"] = "logits",
                  trust_remote_code: bool = False, max_length: int = 4096, batch_size: int = 16,
-                 name: str | None = None):
+                 name: str | None = None, device: str = "auto", dtype: str = "auto"):
         self.path = resolve_model(str(model))
+        self.device_spec, self.dtype_spec = device, dtype
+        self.device = "cpu"
         self.name = name or f"hf:{self.path.name}"
         self.head = head
         self.trust_remote_code = trust_remote_code
@@ -48,7 +50,9 @@ class HFClassifierReward:
 
         limit_cpu_threads()
         tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
+        self.device, torch_dtype = torch_placement(self.device_spec, self.dtype_spec)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            self.path, trust_remote_code=self.trust_remote_code, dtype=torch_dtype).to(self.device)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         if getattr(model.config, "pad_token_id", None) is None:
@@ -74,7 +78,7 @@ class HFClassifierReward:
                 texts = [self.render(messages, response) for messages, response in chunk]
                 # The template already wrote BOS and the turn markers: do not add special tokens twice.
                 encoded = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                          add_special_tokens=False, return_tensors="pt")
+                                          add_special_tokens=False, return_tensors="pt").to(self.device)
                 with torch.inference_mode():
                     output = self._model(**encoded)
                 self.forward_calls += 1
