@@ -19,11 +19,13 @@ import logging
 import math
 import os
 import random
+import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import certifi
 import httpx
 
 from toa_core.config import ModelConfig, RetryConfig
@@ -82,8 +84,10 @@ class ShardedAsyncClient:
     def __init__(self, size: int, timeout: httpx.Timeout, per_client: int = 4):
         n_clients = max(1, -(-size // per_client))
         per = -(-size // n_clients)
+        # One TLS context for all: each client would otherwise load the CA bundle itself (~50 ms of CPU each).
+        tls = ssl.create_default_context(cafile=certifi.where())
         self._clients = [httpx.AsyncClient(limits=httpx.Limits(max_connections=per, max_keepalive_connections=per),
-                                           timeout=timeout) for _ in range(n_clients)]
+                                           timeout=timeout, verify=tls) for _ in range(n_clients)]
         self._active = [0] * n_clients
 
     async def post(self, url: str, **kwargs: Any) -> httpx.Response:
