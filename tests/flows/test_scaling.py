@@ -9,8 +9,8 @@ import math
 from pathlib import Path
 
 import pytest
-import yaml
 
+from tests.fixtures.models import tiny_config_file
 from toa_core.config import SearchConfig
 from toa_core.engine import run_search
 from toa_core.records import Prompt
@@ -133,36 +133,12 @@ def test_argument_parsing_names_the_bad_item():
 
 # -- the flow and the command on the tiny config ------------------------------------------------------------------
 
-def tiny_config(tmp_path: Path) -> Path:
-    data = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
-    data["store"] = {"root": str(tmp_path / "store")}
-    data["synthesis"]["prompts"]["source"] = str(REPO / "data" / "prompts" / "mixed_instructions.jsonl")
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-@pytest.fixture
-def count_generations(monkeypatch):
-    from toa_core.backends.transformers_local import TransformersChatModel
-
-    calls = {"n": 0}
-    original = TransformersChatModel.generate
-
-    async def counting(self, messages, params):
-        calls["n"] += 1
-        return await original(self, messages, params)
-
-    monkeypatch.setattr(TransformersChatModel, "generate", counting)
-    return calls
-
-
 def test_toa_scaling_on_tiny_writes_table_and_png_and_resumes(tmp_path, prefect_harness, count_generations,
                                                               tiny_llama_dir, tiny_reward_dir, capsys):
     from infra.store import open_store
     from toaflow.cli import main
 
-    config = tiny_config(tmp_path)
+    config = tiny_config_file(tmp_path)
     argv = ["scaling", "--config", str(config), "--budgets", "4,8", "--limit", "2", "--run-id", "sc",
             "--strategies", "toa,random,ensemble,prs,seq_refine,moa", "--bootstrap-samples", "100"]
     assert main(argv) == 0
@@ -190,7 +166,7 @@ def test_toa_scaling_on_tiny_writes_table_and_png_and_resumes(tmp_path, prefect_
 def test_bad_budgets_are_a_user_error_before_anything_runs(tmp_path, capsys):
     from toaflow.cli import main
 
-    assert main(["scaling", "--config", str(tiny_config(tmp_path)), "--budgets", "4,-1"]) == 2
+    assert main(["scaling", "--config", str(tiny_config_file(tmp_path)), "--budgets", "4,-1"]) == 2
     assert "budget -1 must be at least 1" in capsys.readouterr().err
 
 

@@ -14,42 +14,16 @@ import pytest
 import yaml
 
 from infra.store import open_store
-from toa_core.backends.transformers_local import TransformersChatModel
+from tests.fixtures.models import tiny_config_file
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def write_config(tmp_path: Path, **changes) -> Path:
-    """configs/tiny.yaml with a private store root (and any top-level section replaced)."""
-    data = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
-    data["store"] = {"root": str(tmp_path / "store")}
-    data["synthesis"]["prompts"]["source"] = str(REPO / "data" / "prompts" / "mixed_instructions.jsonl")
-    for key, value in changes.items():
-        data[key] = value
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-@pytest.fixture
-def count_generations(monkeypatch):
-    """Counts completion requests made by the in-process backend."""
-    calls = {"n": 0}
-    original = TransformersChatModel.generate
-
-    async def counting(self, messages, params):
-        calls["n"] += 1
-        return await original(self, messages, params)
-
-    monkeypatch.setattr(TransformersChatModel, "generate", counting)
-    return calls
 
 
 def test_synthesize_writes_datasets_and_resumes_without_generating(tmp_path, prefect_harness, count_generations,
                                                                    tiny_llama_dir, tiny_reward_dir):
     from flows.synthesize import synthesize
 
-    config = write_config(tmp_path)
+    config = tiny_config_file(tmp_path)
     first = synthesize(config=str(config), run_id="x", limit=8)
     assert count_generations["n"] == 8 * 12  # exactly the budget per prompt
     store = open_store(str(tmp_path / "store"))
@@ -79,7 +53,7 @@ def test_killed_shard_resumes_from_prompt_checkpoints(tmp_path, count_generation
     from tasks.synthesis import checkpoint_prefix, ingest_prompts, plan_shards, sample_shard, shard_key
     from toaflow.config import load_config
 
-    cfg = load_config(write_config(tmp_path), {"synthesis.prompts.limit": 4})
+    cfg = load_config(tiny_config_file(tmp_path), {"synthesis.prompts.limit": 4})
     ingest_prompts.fn(cfg, "k")
     [shard] = plan_shards.fn(cfg, "k")
     store = open_store(cfg.store)
@@ -111,7 +85,7 @@ def test_synthesize_on_s3(tmp_path, prefect_harness, s3_store_config, tiny_llama
 
     store_section = {"root": s3_store_config.root, "endpoint_url": s3_store_config.endpoint_url,
                      "retry": s3_store_config.retry.model_dump()}
-    config = write_config(tmp_path, store=store_section)
+    config = tiny_config_file(tmp_path, store=store_section)
     result = synthesize(config=str(config), run_id="s3run", limit=4)
     assert result["run_uri"].startswith("s3://")
     store = open_store(s3_store_config)
@@ -122,7 +96,7 @@ def test_synthesize_on_s3(tmp_path, prefect_harness, s3_store_config, tiny_llama
 def test_toa_sample_tiny_writes_a_valid_tree(tmp_path, tiny_llama_dir, tiny_reward_dir):
     out = tmp_path / "tiny.parquet"
     proc = subprocess.run(
-        [sys.executable, "-m", "toaflow.cli", "sample", "--config", str(write_config(tmp_path)),
+        [sys.executable, "-m", "toaflow.cli", "sample", "--config", str(tiny_config_file(tmp_path)),
          "--prompts", str(REPO / "data" / "prompts" / "mixed_instructions.jsonl"), "--strategy", "toa",
          "--budget", "12", "--limit", "3", "--out", str(out)],
         capture_output=True, text=True, timeout=300, cwd=REPO)
@@ -145,7 +119,7 @@ def test_incremental_limit_is_applied_after_excluding_synthesized_prompts(tmp_pa
     from tasks.synthesis import ingest_prompts, plan_shards
     from toaflow.config import load_config
 
-    cfg = load_config(write_config(tmp_path))
+    cfg = load_config(tiny_config_file(tmp_path))
     ingest_prompts.fn(cfg, "night-1")
     first = [pid for shard in plan_shards.fn(cfg, "night-1", None, 4) for pid in shard]
     ingest_prompts.fn(cfg, "night-2")
