@@ -75,6 +75,7 @@ def summary_markdown(run_id: str, run_uri: str, ingest: dict[str, Any], shards: 
         f"| prompts ingested | {ingest.get('prompts', 0)} |",
         f"| rows quarantined | {ingest.get('quarantined', 0)} |",
         f"| duplicate prompts dropped | {ingest.get('duplicates', 0)} |",
+        f"| prompts searched in this run | {sum(s['prompts'] for s in shards)} |",
         f"| shards | {len(shards)} ({sum(1 for s in shards if s['skipped'])} already complete) |",
         f"| candidates generated in this invocation | {candidates} |",
         f"| failed generations | {sum(s['errors'] for s in shards)} |",
