@@ -17,11 +17,14 @@ def test_transient_faults_are_retried_and_counted(tmp_path, prefect_harness, loa
 
     # Each logical request is faulted at most twice and the client makes 4 attempts, so no generation can fail
     # for good: every fault costs exactly one retry, which makes the manifest's count exact.
-    server = load_servers(error_rate=0.10, throttle_rate=0.05, retry_after_s=0.2, slow_rate=0.05, slow_s=4.0,
+    # ~110 draws at these rates: every kind but the 2% drop shows up (the seed fixes the draws; the order in which
+    # requests meet them varies). A normal answer comes in milliseconds, far below the 2 s read timeout.
+    server = load_servers(error_rate=0.10, throttle_rate=0.05, retry_after_s=0.2, slow_rate=0.05, slow_s=6.0,
                           drop_rate=0.02, max_faults_per_request=2, seed=7)
-    retry = fast_retry(read_timeout_s=1.0)
-    config = write_config(tmp_path / "config.yaml", prompts=write_prompts(tmp_path / "prompts.jsonl", N_PROMPTS),
-                          store={"root": str(tmp_path / "store")}, budget=BUDGET,
+    retry = fast_retry(read_timeout_s=2.0)
+    n_prompts, budget = 12, 8
+    config = write_config(tmp_path / "config.yaml", prompts=write_prompts(tmp_path / "prompts.jsonl", n_prompts),
+                          store={"root": str(tmp_path / "store")}, budget=budget,
                           agents=[{"name": name, "url": server.base_url, "retry": retry} for name in "abc"])
 
     result = synthesize(config=str(config), run_id="transient")
@@ -29,18 +32,18 @@ def test_transient_faults_are_retried_and_counted(tmp_path, prefect_harness, loa
     store = open_store(str(tmp_path / "store"))
     rows = samples_table(store, "transient")
     per_prompt = Counter(row["prompt_id"] for row in rows)
-    assert len(per_prompt) == N_PROMPTS and set(per_prompt.values()) == {BUDGET}  # every prompt's full budget
+    assert len(per_prompt) == n_prompts and set(per_prompt.values()) == {budget}  # every prompt's full budget
     assert [row["error"] for row in rows if row["error"]] == []
     assert all(row["reward"] is not None for row in rows)
 
     stats = server.stats()
     faults = sum(stats.get(f"fault_{kind}", 0) for kind in ("error", "throttle", "slow", "drop"))
     assert stats.get("fault_error", 0) and stats.get("fault_throttle", 0) and stats.get("fault_slow", 0)
-    assert stats["received"] == N_PROMPTS * BUDGET + faults  # every attempt reached the server: no extra work
+    assert stats["received"] == n_prompts * budget + faults  # every attempt reached the server: no extra work
     manifest = store.read_json("runs/transient/manifest.json")
     assert manifest["retries"] == {"chat+reward": faults}
     assert manifest["stages"]["sample"]["status"] == "finished"
-    assert result["counts"]["sft_train"] + result["counts"]["sft_test"] == N_PROMPTS
+    assert result["counts"]["sft_train"] + result["counts"]["sft_test"] == n_prompts
 
 
 def test_dead_server_gives_error_records_and_the_search_goes_on(tmp_path, prefect_harness, load_servers):
