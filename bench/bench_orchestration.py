@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import os
 import random
+import signal
 import sys
 import time
 from pathlib import Path
@@ -298,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     args.slots = args.slots or [64, 256]
     args.in_flight = args.in_flight or [10, 100, 1000]
     args.budget = args.budget or 16
+    # SIGTERM unwinds like Ctrl-C, so the load server subprocess is stopped by its `with` block.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     header("orchestration efficiency (generations/s over server capacity)", sys.argv)
     print(f"# latency {args.latency_ms:g} ms/request ({args.response_tokens} tokens), budget {args.budget}, "
           f"{AGENTS} agents, prompts = {args.rounds} x in flight, load average {os.getloadavg()[0]:.2f}")
