@@ -47,9 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from toaflow.commands.common import hide_prefect_tracebacks, user_facing_errors
+
+    user_errors = (ConfigError, UserError) + user_facing_errors()
+    hide_prefect_tracebacks(user_errors)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, UserError) as error:
+    except user_errors as error:  # bad input, unreachable endpoint, ...: the message says what to fix
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -24,12 +24,24 @@ def quiet_prefect_defaults() -> None:
 
 def user_facing_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message already names the file / key / endpoint and the fix: shown without a traceback."""
+    from evaluation.benchmarks import BenchmarkError
+    from evaluation.generation import ModelSourceError
+    from evaluation.judges.translation import CometUnavailable
+    from infra.registry import RegistryError
+    from infra.servers import ServerError
     from infra.store import StoreError
+    from toa_core.backends.assets import AssetError
     from toa_core.backends.factory import FactoryError
     from toa_core.ingest import IngestError
+    from toa_core.prompts import PromptTemplateError
     from toa_core.ranking import RankingError
+    from training.config import TrainingConfigError
+    from training.launch import StageFailed
+    from training.modeling import TrainingSetupError
 
-    return (IngestError, StoreError, RankingError, FactoryError)
+    return (IngestError, StoreError, RankingError, FactoryError, AssetError, PromptTemplateError, ServerError,
+            RegistryError, TrainingConfigError, TrainingSetupError, StageFailed, BenchmarkError, ModelSourceError,
+            CometUnavailable)
 
 
 class _DropTraceback(logging.Filter):

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from toaflow.cli import UserError
-from toaflow.commands.common import (add_config_option, hide_prefect_tracebacks, quiet_prefect_defaults,
-                                     user_facing_errors)
+from toaflow.commands.common import add_config_option, quiet_prefect_defaults
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,13 +27,8 @@ def run(args: argparse.Namespace) -> int:
     load_config(args.config)  # fail fast, before Prefect starts, on a bad config
     from flows.synthesize import synthesize
 
-    errors = user_facing_errors()
-    hide_prefect_tracebacks(errors)
-    try:
-        result = synthesize(config=args.config, run_id=args.run_id, limit=args.limit, prompts=args.prompts,
-                            incremental=args.incremental)
-    except errors as error:  # bad prompts, unreachable store, ...: the message says what to fix
-        raise UserError(str(error)) from None
+    result = synthesize(config=args.config, run_id=args.run_id, limit=args.limit, prompts=args.prompts,
+                        incremental=args.incremental)
     counts = result["counts"]
     print(f"run folder: {result['run_uri']}")
     print(f"datasets: SFT {counts['sft_train']} train / {counts['sft_test']} test, "
