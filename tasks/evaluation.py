@@ -17,6 +17,7 @@ from evaluation.runner import SCORES_FILE, evaluate_sync
 from evaluation.scores import base_cache_prefix, eval_prefix, previous_scores
 from infra.store import open_store
 from tasks.artifacts import artifact_key, publish_markdown, publish_png, publish_table
+from tasks.gpu import gpu_slot
 from toaflow.config import RunConfig, load_config, parse_config
 
 
@@ -46,8 +47,9 @@ def evaluate_benchmark(config: str | dict[str, Any], benchmark: str, model: str,
     store = open_store(cfg.store)
     model_under_test = resolve_model_under_test(model, cfg.evaluation.generation, store)
     prefix = eval_prefix(run_id, benchmark)
-    scores = evaluate_sync(store, prefix, _benchmark(cfg, benchmark), cfg.evaluation, model_under_test,
-                           run_id=run_id, synthesis_reward=synthesis_reward)
+    with gpu_slot(f"evaluate-{benchmark}-{run_id}"):  # the model under test and the judges run in process
+        scores = evaluate_sync(store, prefix, _benchmark(cfg, benchmark), cfg.evaluation, model_under_test,
+                               run_id=run_id, synthesis_reward=synthesis_reward)
     logger = get_run_logger()
     logger.info("%s: %s", benchmark, _headline(scores))
     if scores["circularity"]["circular"]:
@@ -71,7 +73,9 @@ def evaluate_base_model(config: str | dict[str, Any], benchmark: str,
         get_run_logger().info("base model scores for %s reused from %s", benchmark, store.uri(key))
         return key
     model_under_test = resolve_model_under_test(cfg.evaluation.base_model, cfg.evaluation.generation, store)
-    evaluate_sync(store, prefix, bench, cfg.evaluation, model_under_test, run_id=None, synthesis_reward=synthesis_reward)
+    with gpu_slot(f"evaluate-base-{benchmark}"):
+        evaluate_sync(store, prefix, bench, cfg.evaluation, model_under_test, run_id=None,
+                      synthesis_reward=synthesis_reward)
     return key
 
 

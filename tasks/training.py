@@ -12,8 +12,8 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from infra.store import open_store
-from tasks.gpu import gpu_slot
 from tasks.artifacts import figure_png, publish_png, publish_table
+from tasks.gpu import gpu_slot
 from training.config import StageSettings, load_stage_settings, parse_stage_settings
 from training.launch import run_stage_process, stage_argv
 from training.report import curves_png, metrics_rows
