@@ -32,6 +32,7 @@ from typing import Iterator
 import httpx
 
 from infra.config import ServerSpec, ServersConfig
+from infra.processes import exited_unreaped, stop_process_group
 from toa_core.backends.assets import resolve_model
 from toa_core.backends.factory import ServedEndpoint
 
@@ -180,7 +181,7 @@ class ManagedServer:
         deadline = time.monotonic() + (timeout_s or self.spec.startup_timeout_s)
         while time.monotonic() < deadline:
             process = self.process
-            if process is None or _exited_unreaped(process.pid):
+            if process is None or exited_unreaped(process.pid):
                 code = self._reap(process)
                 raise ServerError(f"server '{self.spec.name}' exited with code {code} while starting; "
                                   f"log {self.log_path}:\n{self.log_tail()}")
@@ -200,7 +201,7 @@ class ManagedServer:
     def _watch_loop(self, interval_s: float) -> None:
         while not self._stopping.wait(interval_s):
             process = self.process
-            if process is None or not _exited_unreaped(process.pid):
+            if process is None or not exited_unreaped(process.pid):
                 continue
             code = self._reap(process)
             if self.restarts >= self.max_restarts:
@@ -222,7 +223,7 @@ class ManagedServer:
         if process is None:
             return None
         with self._lock:
-            self._kill_group(process)
+            stop_process_group(process, STOP_GRACE_S)
         return process.returncode
 
     def stop(self) -> None:
@@ -232,27 +233,7 @@ class ManagedServer:
             self._watcher.join(timeout=STOP_GRACE_S + 10)
         with self._lock:
             if self.process is not None:
-                self._kill_group(self.process)
-
-    @staticmethod
-    def _kill_group(process: subprocess.Popen) -> None:
-        """SIGTERM the group, SIGKILL it after the grace period, then reap the leader.
-
-        start_new_session=True made the child a group leader: its group id is its pid, and every process in that
-        group is one it spawned. The leader is reaped only after the final sweep, so its pid (= the group id)
-        cannot be reused by an unrelated process while we still signal the group.
-        """
-        pgid = process.pid
-        if process.returncode is not None:  # already reaped: its pid may belong to someone else now
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline and not _exited_unreaped(pgid):
-            time.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)  # stragglers in the group, or a leader that ignored SIGTERM
-        process.wait(timeout=30)
+                stop_process_group(self.process, STOP_GRACE_S)
 
 
 def _die_with_parent() -> None:
@@ -265,14 +246,6 @@ def _die_with_parent() -> None:
     PR_SET_PDEATHSIG = 1
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _exited_unreaped(pid: int) -> bool:
-    """True once `pid` (our child) has exited; it stays a zombie (not reaped) so its pid is not reused yet."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
 
 
 class RunningServers(dict):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import collections
 import os
-import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
+from infra.processes import stop_process_group
 from training.config import CommonTrainingConfig
 from training.stage import ERROR_PREFIX
 
@@ -91,9 +91,9 @@ def run_stage_process(argv: Sequence[str], *, timeout_s: float, log: Callable[[s
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True
-        _stop_group(process)
+        stop_process_group(process, grace_s=10.0)
     except BaseException:  # interrupted (Ctrl-C, task cancelled): never leave the stage running
-        _stop_group(process)
+        stop_process_group(process, grace_s=10.0)
         raise
     for reader in readers:
         reader.join(timeout=10)
@@ -105,20 +105,3 @@ def run_stage_process(argv: Sequence[str], *, timeout_s: float, log: Callable[[s
         reason = error_lines[-1] if error_lines else " | ".join(list(stderr_tail)[-3:]) or "no error output"
         raise StageFailed(f"{name} failed (exit {process.returncode}): {reason}", process.returncode, list(stderr_tail))
 
-
-def _stop_group(process: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """SIGTERM the child's process group (the group id is the child's pid), give it `grace_s` to save and exit,
-    then SIGKILL whatever of the group is left (accelerate workers can outlive their launcher)."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
