@@ -27,9 +27,15 @@ def gpu_slot(purpose: str, slots: int = 1, timeout_s: float | None = None) -> It
     """
     from prefect.concurrency.sync import concurrency
     from prefect.logging import get_logger
+    from prefect.settings import PREFECT_API_URL
 
     if slots < 1:
         raise ValueError(f"gpu_slot({purpose!r}): slots must be >= 1, got {slots}")
+    if not PREFECT_API_URL.value():
+        # Prefect's temporary local API (no server configured): `toa deploy` cannot have created a limit there,
+        # so there is nothing to wait for (and no "limit does not exist" warning per task).
+        yield
+        return
     logger = get_logger("toaflow.gpu")
     logger.info("%s: waiting for %d GPU slot(s) of limit '%s'", purpose, slots, GPU_LIMIT_NAME)
     with concurrency(GPU_LIMIT_NAME, occupy=slots, timeout_seconds=timeout_s):
