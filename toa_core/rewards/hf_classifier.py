@@ -10,18 +10,16 @@ response is cut; the question is kept), and scored in padded batches of ``batch_
 """
 from __future__ import annotations
 
-import asyncio
-import math
 import threading
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from toa_core.backends.assets import limit_cpu_threads, resolve_model, torch_placement
-from toa_core.interfaces import RewardError
 from toa_core.records import Message
+from toa_core.rewards.in_process import InProcessReward
 
 
-class HFClassifierReward:
+class HFClassifierReward(InProcessReward):
     """RewardModel over AutoModelForSequenceClassification (see module docstring for heads)."""
 
     def __init__(self, model: str | Path, *, head: Literal["logits", "score"] = "logits",
@@ -85,21 +83,3 @@ class HFClassifierReward:
                 values = output.score if self.head == "score" else output.logits[:, 0]
                 scores.extend(float(v) for v in values.float().reshape(len(chunk), -1)[:, 0])
         return scores
-
-    async def score(self, messages: list[Message], response: str) -> float:
-        return (await self.score_batch([(messages, response)]))[0]
-
-    async def score_batch(self, pairs: Sequence[tuple[list[Message], str]]) -> list[float]:
-        """Scores in input order. Raises RewardError if the forward pass fails or yields a non-finite value."""
-        if not pairs:
-            return []
-        try:
-            scores = await asyncio.to_thread(self._score_sync, list(pairs))
-        except Exception as exc:
-            raise RewardError(f"{self.name}: scoring failed: {type(exc).__name__}: {exc}") from exc
-        if not all(math.isfinite(s) for s in scores):
-            raise RewardError(f"{self.name}: non-finite reward in {scores}")
-        return scores
-
-    async def aclose(self) -> None:
-        self._model = self._tokenizer = None

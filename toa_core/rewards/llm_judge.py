@@ -17,8 +17,6 @@ sigmoid(reward / tau) normalisation applies unchanged (tau around 1 suits it). C
 """
 from __future__ import annotations
 
-import asyncio
-import math
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +24,7 @@ from typing import Any, Sequence
 from toa_core.backends.assets import limit_cpu_threads, resolve_model
 from toa_core.interfaces import RewardError
 from toa_core.records import Message
+from toa_core.rewards.in_process import InProcessReward
 
 JUDGE_INSTRUCTION = (
     "Question: {question}\n"
@@ -46,7 +45,7 @@ def question_text(messages: list[Message]) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in turns)
 
 
-class LLMJudgeReward:
+class LLMJudgeReward(InProcessReward):
     """RewardModel from a causal LM's next-token distributions (see module docstring)."""
 
     def __init__(self, model: str | Path, *, max_length: int = 2048, batch_size: int = 8,
@@ -165,26 +164,6 @@ class LLMJudgeReward:
             positions = range(len(row) - n - 1, len(row) - 1)  # logits at t predict token t+1
             means.append(sum(float(log_probs[i, t, row[t + 1]]) for t in positions) / n)
         return means
-
-    async def score(self, messages: list[Message], response: str) -> float:
-        return (await self.score_batch([(messages, response)]))[0]
-
-    async def score_batch(self, pairs: Sequence[tuple[list[Message], str]]) -> list[float]:
-        """Scores in input order. Raises RewardError when the model fails or yields a non-finite value."""
-        if not pairs:
-            return []
-        try:
-            scores = await asyncio.to_thread(self._score_sync, list(pairs))
-        except RewardError:
-            raise
-        except Exception as exc:
-            raise RewardError(f"{self.name}: judging failed: {type(exc).__name__}: {exc}") from exc
-        if not all(math.isfinite(s) for s in scores):
-            raise RewardError(f"{self.name}: non-finite judge score in {scores}")
-        return scores
-
-    async def aclose(self) -> None:
-        self._model = self._tokenizer = None
 
 
 def _first_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:

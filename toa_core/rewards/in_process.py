@@ -1,0 +1,41 @@
+"""What every in-process reward model shares: scoring in a worker thread, failures as RewardError."""
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any, Sequence
+
+from toa_core.interfaces import RewardError
+from toa_core.records import Message
+
+
+class InProcessReward:
+    """Base of rewards computed by a local model. Subclasses set `name` and implement `_score_sync(pairs)`,
+    which runs in a worker thread (the event loop keeps serving other trees) and returns one float per pair."""
+
+    name: str
+    _model: Any = None
+    _tokenizer: Any = None
+
+    def _score_sync(self, pairs: list[tuple[list[Message], str]]) -> list[float]:
+        raise NotImplementedError
+
+    async def score(self, messages: list[Message], response: str) -> float:
+        return (await self.score_batch([(messages, response)]))[0]
+
+    async def score_batch(self, pairs: Sequence[tuple[list[Message], str]]) -> list[float]:
+        """Scores in input order. Raises RewardError if the model fails or yields a non-finite value."""
+        if not pairs:
+            return []
+        try:
+            scores = await asyncio.to_thread(self._score_sync, list(pairs))
+        except RewardError:
+            raise
+        except Exception as exc:
+            raise RewardError(f"{self.name}: scoring failed: {type(exc).__name__}: {exc}") from exc
+        if not all(math.isfinite(s) for s in scores):
+            raise RewardError(f"{self.name}: non-finite reward in {scores}")
+        return scores
+
+    async def aclose(self) -> None:
+        self._model = self._tokenizer = None
