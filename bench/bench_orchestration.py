@@ -1,6 +1,6 @@
 """Orchestration efficiency: how close does TOA over many prompts get to the model server's capacity?
 
-Setup: infra/loadserver.py on loopback stands in for a vLLM replica: `slots` requests are processed at once (the
+Setup: bench/loadserver.py on loopback stands in for a vLLM replica: `slots` requests are processed at once (the
 rest queue), each takes `latency` (= response tokens x per-token delay), so the server's capacity is
 `slots / latency` generations per second. Two drivers run against the same server in the same run:
 
@@ -192,7 +192,7 @@ def child(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------ sweep
 
 def sweep(args: argparse.Namespace) -> list[dict]:
-    from infra.loadserver import LoadServer
+    from bench.loadserver import LoadServer
 
     here = str(Path(__file__).resolve())
     latency_s = args.latency_ms / 1000

@@ -21,7 +21,7 @@ from infra.registry import new_run_id
 from infra.store import open_store
 from tasks.pipeline import (accumulate, current_latest, flatten_scores, previously_synthesized, promotion_gate,
                             record_prompts, runs_awaiting_training)
-from toaflow.config import load_config
+from runconfig import load_config
 
 
 @flow(name="pipeline", log_prints=False)

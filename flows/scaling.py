@@ -19,7 +19,7 @@ from tasks.artifacts import ProgressReporter
 from tasks.scaling import report_scaling, scaling_key, search_strategy
 from tasks.synthesis import ingest_prompts, run_key
 from toa_core.scaling import parse_budgets, parse_strategies
-from toaflow.config import load_config
+from runconfig import load_config
 
 DEFAULT_STRATEGIES = ["toa", "random", "ensemble", "prs", "seq_refine", "moa"]
 

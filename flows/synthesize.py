@@ -19,7 +19,7 @@ from infra.runtime import model_servers
 from infra.store import open_store
 from tasks.artifacts import ProgressReporter
 from tasks.synthesis import ingest_prompts, plan_shards, rank_candidates, report_synthesis, run_key, sample_shard_task
-from toaflow.config import load_config
+from runconfig import load_config
 
 
 @flow(name="synthesize", task_runner=ThreadPoolTaskRunner(max_workers=8))

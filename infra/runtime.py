@@ -19,7 +19,7 @@ from toa_core.backends.factory import aclose_all, build_agents, build_reward
 
 if TYPE_CHECKING:
     from toa_core.backends.factory import ServedEndpoint
-    from toaflow.config import RunConfig
+    from runconfig import RunConfig
 
 
 def local_run_dir(run_id: str) -> Path:

@@ -18,7 +18,7 @@ from evaluation.scores import base_cache_prefix, eval_prefix, previous_scores
 from infra.store import open_store
 from tasks.artifacts import artifact_key, publish_markdown, publish_png, publish_table
 from tasks.gpu import gpu_slot
-from toaflow.config import RunConfig, load_config, parse_config
+from runconfig import RunConfig, load_config, parse_config
 
 
 def run_config(config: str | dict[str, Any]) -> RunConfig:

@@ -32,7 +32,7 @@ from toa_core.records import Prompt, PromptResult
 from toa_core.scaling import (CURVE_COLUMNS, PROMPT_COLUMNS, REUSE, CurvePoint, planned_runs, prompt_points,
                               summarize, table_csv, top_k_for)
 from toa_core.strategies import SearchContext
-from toaflow.config import RunConfig
+from runconfig import RunConfig
 
 log = logging.getLogger(__name__)
 

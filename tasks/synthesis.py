@@ -26,7 +26,7 @@ from toa_core.engine import run_search
 from toa_core.ingest import IngestError, load_prompts, read_prompts, write_prompts
 from toa_core.records import Prompt, PromptResult
 from toa_core.strategies import SearchContext
-from toaflow.config import RunConfig
+from runconfig import RunConfig
 
 log = logging.getLogger(__name__)
 

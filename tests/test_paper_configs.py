@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from toaflow.config import load_config
+from runconfig import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "configs" / "paper"

@@ -1,7 +1,7 @@
 """Config sections owned by the engine: the agents, the reward model and the search.
 
 Every section forbids unknown keys, so a typo in a YAML file is an error that names the key.
-The whole run config (`toaflow.config.RunConfig`) composes these with the other packages' sections.
+The whole run config (`runconfig.RunConfig`) composes these with the other packages' sections.
 """
 from __future__ import annotations
 

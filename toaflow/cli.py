@@ -6,7 +6,7 @@ import importlib
 import signal
 import sys
 
-from toaflow.config import ConfigError
+from runconfig import ConfigError
 
 # In the order a user meets them.
 COMMANDS = ("sample", "synthesize", "train", "evaluate", "pipeline", "scaling", "servers", "deploy")

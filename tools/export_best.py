@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from infra.store import open_store
     from toa_core.ingest import read_prompts
-    from toaflow.config import load_config
+    from runconfig import load_config
 
     store = open_store(load_config(args.config).store)
     prompts = read_prompts(store, args.run_id)

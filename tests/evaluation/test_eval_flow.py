@@ -15,7 +15,7 @@ from evaluation.scores import gate_table, gated_metrics, load_scores
 from infra.store import open_store
 from tests.evaluation.fake_judge import FakeJudge, completion
 from toaflow.cli import main
-from toaflow.config import load_config
+from runconfig import load_config
 
 
 @pytest.fixture(scope="module")

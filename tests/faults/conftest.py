@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from infra.loadserver import LoadServer
+from bench.loadserver import LoadServer
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 store inspection, and running `toa` as a subprocess.
 
 The synthesis flow under test is the real one (flows.synthesize / `toa synthesize`); only the models are
-replaced by infra.loadserver instances and the reward by `length_reward` (in process, no model to load).
+replaced by bench.loadserver instances and the reward by `length_reward` (in process, no model to load).
 """
 from __future__ import annotations
 

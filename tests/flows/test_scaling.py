@@ -173,7 +173,7 @@ def test_bad_budgets_are_a_user_error_before_anything_runs(tmp_path, capsys):
 def test_an_explicit_width_keeps_its_share_of_the_budget():
     """The math configs fix width = floor(N/2) = 80 for N = 160; a scaling point at N = 16 must use 8, not 80."""
     from tasks.scaling import search_config_at
-    from toaflow.config import load_config
+    from runconfig import load_config
 
     cfg = load_config(REPO / "configs" / "paper" / "math" / "math500_toa.yaml")
     assert (cfg.search.width, cfg.search.budget, len(cfg.models)) == (80, 160, 4)

@@ -51,7 +51,7 @@ def test_synthesize_writes_datasets_and_resumes_without_generating(tmp_path, pre
 def test_killed_shard_resumes_from_prompt_checkpoints(tmp_path, count_generations, tiny_llama_dir, tiny_reward_dir):
     """Prompts checkpointed before a crash are not searched again; the shard appears only once complete."""
     from tasks.synthesis import checkpoint_prefix, ingest_prompts, plan_shards, sample_shard, shard_key
-    from toaflow.config import load_config
+    from runconfig import load_config
 
     cfg = load_config(tiny_config_file(tmp_path), {"synthesis.prompts.limit": 4})
     ingest_prompts.fn(cfg, "k")
@@ -117,7 +117,7 @@ def test_toa_sample_tiny_writes_a_valid_tree(tmp_path, tiny_llama_dir, tiny_rewa
 def test_incremental_limit_is_applied_after_excluding_synthesized_prompts(tmp_path):
     """A nightly run with a limit samples prompts no earlier run synthesized (not the same seeded subset)."""
     from tasks.synthesis import ingest_prompts, plan_shards
-    from toaflow.config import load_config
+    from runconfig import load_config
 
     cfg = load_config(tiny_config_file(tmp_path))
     ingest_prompts.fn(cfg, "night-1")

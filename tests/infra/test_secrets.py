@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from infra.secrets import MASK, SecretsFilter, install_log_redaction, is_secret_key, redact, redact_text
-from toaflow.config import parse_config
+from runconfig import parse_config
 
 
 @pytest.mark.parametrize("key", ["api_key", "apiKey", "OPENAI_API_KEY", "secret", "aws_secret_access_key",

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from toaflow.cli import UserError
-    from toaflow.config import load_config
+    from runconfig import load_config
 
     load_config(args.config)  # a bad config fails here, before Prefect starts
     if args.model is None and args.run_id is None:

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from toaflow.cli import UserError
-from toaflow.config import load_config
+from runconfig import load_config
 
 DEFAULT_UI_URL = "http://127.0.0.1:4200"  # `make ui`
 

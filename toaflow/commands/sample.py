@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from toa_core.engine import run_search
     from toa_core.ingest import IngestConfig, load_prompts
     from toa_core.strategies import SearchContext
-    from toaflow.config import load_config
+    from runconfig import load_config
 
     overrides = {f"search.{key}": value for key, value in
                  (("strategy", args.strategy), ("budget", args.budget), ("seed", args.seed)) if value is not None}

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     quiet_prefect_defaults()
     from toa_core.scaling import parse_budgets, parse_strategies
     from toaflow.cli import UserError
-    from toaflow.config import load_config
+    from runconfig import load_config
 
     try:  # fail fast, before Prefect starts, on bad arguments or a bad config
         budgets, strategies = parse_budgets(args.budgets), parse_strategies(args.strategies)

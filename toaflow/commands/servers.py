@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from infra.runtime import local_run_dir
     from infra.servers import detached_status, start_detached, stop_detached
     from toaflow.cli import UserError
-    from toaflow.config import load_config
+    from runconfig import load_config
 
     cfg = load_config(args.config)
     if not cfg.servers.servers:

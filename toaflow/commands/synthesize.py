@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     quiet_prefect_defaults()
-    from toaflow.config import load_config
+    from runconfig import load_config
 
     load_config(args.config)  # fail fast, before Prefect starts, on a bad config
     from flows.synthesize import synthesize

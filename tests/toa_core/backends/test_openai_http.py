@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from infra.loadserver import LoadServer
+from bench.loadserver import LoadServer
 from toa_core.backends.openai_http import EndpointPool, OpenAIChatModel, backoff_delay
 from toa_core.config import ModelConfig, RetryConfig
 from toa_core.interfaces import SamplingParams

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from infra.loadserver import LoadServer
+from bench.loadserver import LoadServer
 from toa_core.config import RetryConfig
 from toa_core.interfaces import RewardError
 from toa_core.rewards.batching import BatchingReward

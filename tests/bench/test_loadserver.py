@@ -6,7 +6,7 @@ import asyncio
 import httpx
 import pytest
 
-from infra.loadserver import Faults, LoadServer
+from bench.loadserver import Faults, LoadServer
 
 
 @pytest.fixture(scope="module")

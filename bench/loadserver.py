@@ -19,7 +19,7 @@ the fault settings of a running server; ``GET /health`` and ``GET /v1/models`` a
 It is a small HTTP/1.1 server on raw asyncio streams (keep-alive, Content-Length bodies) so it can hold thousands
 of connections on one core and cut a connection exactly where a fault needs it.
 
-Run: ``python -m infra.loadserver --port 8000 --slots 64 --token-delay-ms 5 --response-tokens 64 --error-rate 0.1``.
+Run: ``python -m bench.loadserver --port 8000 --slots 64 --token-delay-ms 5 --response-tokens 64 --error-rate 0.1``.
 In Python: ``with LoadServer(slots=8, error_rate=0.2) as server: server.base_url`` (a subprocess, stopped by PID).
 """
 from __future__ import annotations
@@ -348,7 +348,7 @@ class LoadServer:
         log_path = Path(self._tmp.name) / "server.log"
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "infra.loadserver", "--host", self.host, "--port", "0",
+                [sys.executable, "-m", "bench.loadserver", "--host", self.host, "--port", "0",
                  "--port-file", str(port_file), *self.argv],
                 stdout=log, stderr=subprocess.STDOUT, cwd=str(Path(__file__).resolve().parents[1]),
                 start_new_session=True,
@@ -403,7 +403,7 @@ def _argv_for(options: dict[str, Any]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m infra.loadserver", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.loadserver", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (see --port-file)")
     parser.add_argument("--port-file", type=Path, help="write the bound port here once listening")
