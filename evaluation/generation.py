@@ -20,7 +20,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Sequence
 from evaluation.benchmarks import EvalItem
 from evaluation.config import GenerationConfig
 from toa_core.config import ModelConfig
+from toa_core.folders import remove_tree
 from toa_core.interfaces import ChatModel, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def _download_from_store(store: Any, prefix: str, generation: GenerationConfig) 
         staging = Path(tempfile.mkdtemp(prefix=".download-", dir=_ensure(target.parent)))
         _download_files(store, label, keys, staging)
         (staging / "_DOWNLOADED").write_text("ok")
-        shutil.rmtree(target, ignore_errors=True)
+        remove_tree(target, target.parent, ignore_errors=True)
         staging.rename(target)
     return _local_model(target, generation, label)
 
@@ -140,7 +140,7 @@ def merge_adapter(folder: Path, base_override: str | None = None) -> Path:
     merged.save_pretrained(str(staging))
     AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(staging))
     (staging / MERGED_MARKER).write_text(json.dumps({"adapter": str(folder), "base": base_spec}))
-    shutil.rmtree(target, ignore_errors=True)
+    remove_tree(target, target.parent, ignore_errors=True)
     staging.rename(target)  # publish whole: a crash mid-merge leaves no half-written model behind
     _prune_merged(target.parent, keep=MERGED_KEEP)
     return target
@@ -151,7 +151,7 @@ def _prune_merged(root: Path, keep: int) -> None:
     merged = sorted((p for p in root.iterdir() if (p / MERGED_MARKER).is_file()),
                     key=lambda p: (p / MERGED_MARKER).stat().st_mtime, reverse=True)
     for old in merged[keep:]:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_tree(old, root, ignore_errors=True)
 
 
 def _local_model(folder: Path, generation: GenerationConfig, label: str) -> ModelUnderTest:

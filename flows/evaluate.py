@@ -12,9 +12,17 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from infra.manifest import Manifest, manifest_key
-from infra.registry import new_run_id
+from infra.run_ids import check_run_id, new_run_id
 from infra.store import open_store
 from tasks.evaluation import evaluate_base_model, evaluate_benchmark, evaluation_report, run_config
+
+
+def run_of_model(model: str | None) -> str | None:
+    """The run id in a store key like runs/<id>/models/dpo (checked: it becomes a store key), else None."""
+    parts = (model or "").split("/")
+    if len(parts) > 2 and parts[0] == "runs":
+        return check_run_id(parts[1], "run id in --model")
+    return None
 
 
 def default_model(store: Any, run_id: str) -> str:
@@ -48,11 +56,12 @@ def evaluate(config: str | dict[str, Any], run_id: str | None = None, model: str
     Returns {"run_id", "model", "benchmarks": {name: {"scores", "report", "plot", "headline", "circular"}}}.
     """
     logger = get_run_logger()
+    if run_id:
+        check_run_id(run_id)
     cfg = run_config(config)
     store = open_store(cfg.store)
-    if run_id is None:
-        parts = (model or "").split("/")
-        run_id = parts[1] if len(parts) > 2 and parts[0] == "runs" else new_run_id(f"{cfg.name}-eval")
+    if not run_id:
+        run_id = run_of_model(model) or new_run_id(f"{cfg.name}-eval")
     model = model or default_model(store, run_id)
     reward = synthesis_reward(store, run_id, cfg.reward.model_dump(mode="json"))
     manifest = Manifest.open(store, run_id, config=cfg.model_dump(mode="json"))

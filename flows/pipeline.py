@@ -17,7 +17,7 @@ from flows.evaluate import evaluate
 from flows.synthesize import synthesize
 from flows.train import train
 from infra.manifest import Manifest
-from infra.registry import new_run_id
+from infra.run_ids import check_run_id, new_run_id
 from infra.store import open_store
 from tasks.pipeline import (accumulate, current_latest, flatten_scores, previously_synthesized, promotion_gate,
                             record_prompts, runs_awaiting_training)
@@ -37,6 +37,8 @@ def pipeline(config: str = "configs/demo.yaml", run_id: str | None = None, incre
         promote: Run the promotion gate and move `latest` when it passes; false = evaluate only.
     """
     logger = get_run_logger()
+    if run_id:
+        check_run_id(run_id)
     cfg = load_config(config)
     run_id = run_id or new_run_id(cfg.name)
     store = open_store(cfg.store)
@@ -80,10 +82,10 @@ def pipeline(config: str = "configs/demo.yaml", run_id: str | None = None, incre
         compared_with = current_latest(cfg.store)
         current_scores = gate_table(load_scores(store, compared_with)) if compared_with else None
         gate = cfg.evaluation.gate
-        manifest.start_stage("promote")
-        record = promotion_gate(cfg.store, run_id, scores, current_scores, compared_with, list(gate.metrics),
-                                gate.max_regression, result["flow_run_id"])
-        manifest.finish_stage("promote", counts={"promoted": int(record["promoted"])},
-                              outputs=[store.uri(f"runs/{run_id}/promotion.json")])
+        with manifest.stage_attempt("promote") as attempt:
+            record = promotion_gate(cfg.store, run_id, scores, current_scores, compared_with, list(gate.metrics),
+                                    gate.max_regression, result["flow_run_id"])
+            attempt.counts = {"promoted": int(record["promoted"])}
+            attempt.outputs = [store.uri(f"runs/{run_id}/promotion.json")]
         result["promotion"] = record
     return result

@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from infra.manifest import Manifest
-from infra.registry import new_run_id
+from infra.run_ids import check_run_id, new_run_id
 from infra.runtime import model_servers
 from infra.store import open_store
 from tasks.artifacts import ProgressReporter
@@ -40,6 +40,8 @@ def scaling(config: str = "configs/demo.yaml", budgets: list[int] | str = "16,40
         bootstrap_samples: Resamples behind each 95% interval.
     """
     logger = get_run_logger()
+    if run_id:
+        check_run_id(run_id)
     budget_list = parse_budgets(budgets)
     strategy_list = parse_strategies(strategies)
     overrides: dict[str, Any] = {}
@@ -54,23 +56,25 @@ def scaling(config: str = "configs/demo.yaml", budgets: list[int] | str = "16,40
     logger.info("scaling run %s: strategies %s at budgets %s -> %s", run_id, strategy_list, budget_list,
                 store.uri(scaling_key(run_id) + "/"))
 
-    manifest.start_stage("ingest")
-    ingest = ingest_prompts(cfg, run_id)
-    manifest.finish_stage("ingest", counts={k: v for k, v in ingest.items() if isinstance(v, int)})
+    with manifest.stage_attempt("ingest") as attempt:
+        ingest = ingest_prompts(cfg, run_id)
+        attempt.counts = {k: v for k, v in ingest.items() if isinstance(v, int) and not isinstance(v, bool)}
 
-    manifest.start_stage("scaling")
-    progress = ProgressReporter(len(strategy_list), artifact=f"scaling-progress-{run_id}",
-                                description=f"strategies of scaling run {run_id} finished")
-    runs: dict[str, dict[int, str]] = {}
-    generations = 0
-    with model_servers(cfg, run_id) as endpoints:
-        for strategy in strategy_list:
-            outcome = search_strategy(cfg, run_id, strategy, budget_list, endpoints)
-            runs[strategy] = outcome["runs"]
-            generations += outcome["generations"]
-            progress.advance()
-    report = report_scaling(cfg, run_id, strategy_list, budget_list, runs, bootstrap_samples)
-    manifest.add_lineage("scaling", [store.uri(run_key(run_id, "prompts") + "/")],
-                         [uri for by_budget in runs.values() for uri in by_budget.values()])
-    manifest.finish_stage("scaling", counts={"generations_new": generations, "curve_points": len(report["rows"])})
+    with manifest.stage_attempt("scaling") as attempt:
+        progress = ProgressReporter(len(strategy_list), artifact=f"scaling-progress-{run_id}",
+                                    description=f"strategies of scaling run {run_id} finished")
+        runs: dict[str, dict[int, str]] = {}
+        generations = 0
+        with model_servers(cfg, run_id) as endpoints:
+            for strategy in strategy_list:
+                outcome = search_strategy(cfg, run_id, strategy, budget_list, endpoints)
+                runs[strategy] = outcome["runs"]
+                generations += outcome["generations"]
+                progress.advance()
+        report = report_scaling(cfg, run_id, strategy_list, budget_list, runs, bootstrap_samples)
+        manifest.add_lineage("scaling", [store.uri(run_key(run_id, "prompts") + "/")],
+                             [uri for by_budget in runs.values() for uri in by_budget.values()])
+        earlier = (manifest.stage("scaling") or {}).get("counts", {}).get("generations", 0)
+        attempt.counts = {"generations": earlier + generations, "curve_points": len(report["rows"])}
+        attempt.attempt_counts = {"generations_new": generations, "curve_points": len(report["rows"])}
     return {"run_id": run_id, "run_uri": store.uri(run_key(run_id) + "/"), **report}

@@ -14,12 +14,22 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from infra.incremental import synthesized_prompt_ids
 from infra.manifest import Manifest
-from infra.registry import new_run_id
+from infra.run_ids import check_run_id, new_run_id
 from infra.runtime import model_servers
 from infra.store import open_store
 from tasks.artifacts import ProgressReporter
 from tasks.synthesis import ingest_prompts, plan_shards, rank_candidates, report_synthesis, run_key, sample_shard_task
 from runconfig import load_config
+
+
+def sample_attempt_counts(outcomes: list[dict[str, Any]]) -> dict[str, int]:
+    """What one attempt of the sample stage did (shards it found complete count as skipped, not as work)."""
+    return {"shards_sampled": sum(1 for o in outcomes if not o["skipped"]),
+            "shards_skipped": sum(1 for o in outcomes if o["skipped"]),
+            "candidates_generated": sum(o["new_candidates"] for o in outcomes),
+            "failed_generations": sum(o["new_errors"] for o in outcomes),
+            "prompts_resumed_from_checkpoints": sum(o["resumed_prompts"] for o in outcomes),
+            "retries": sum(o["retries"] for o in outcomes)}
 
 
 @flow(name="synthesize", task_runner=ThreadPoolTaskRunner(max_workers=8))
@@ -35,6 +45,8 @@ def synthesize(config: str = "configs/demo.yaml", run_id: str | None = None, lim
         incremental: Skip prompts that earlier runs in this store already synthesized (nightly mode).
     """
     logger = get_run_logger()
+    if run_id:
+        check_run_id(run_id)
     overrides: dict[str, Any] = {}
     if limit is not None:
         overrides["synthesis.prompts.limit"] = limit
@@ -55,42 +67,50 @@ def synthesize(config: str = "configs/demo.yaml", run_id: str | None = None, lim
         ingest_cfg = cfg.model_copy(deep=True)
         ingest_cfg.synthesis.prompts.limit = None
 
-    manifest.start_stage("ingest")
-    ingest = ingest_prompts(ingest_cfg, run_id)
-    manifest.finish_stage("ingest", counts={k: v for k, v in ingest.items() if isinstance(v, int)})
+    with manifest.stage_attempt("ingest") as attempt:
+        ingest = ingest_prompts(ingest_cfg, run_id)
+        if ingest.get("reused"):  # a resume: the first attempt's figures (quarantined, duplicates) still hold
+            ingest = {**(manifest.stage("ingest") or {}).get("counts", {}), **ingest}
+        attempt.counts = {k: v for k, v in ingest.items() if isinstance(v, int) and not isinstance(v, bool)}
 
     excluded = sorted(synthesized_prompt_ids(store, exclude_runs=[run_id])) if incremental else None
     plan = plan_shards(cfg, run_id, excluded, sample_limit)
-    manifest.start_stage("sample")
-    progress = ProgressReporter(len(plan), artifact=f"synthesis-progress-{run_id}",
-                                description=f"shards of run {run_id} finished")
     outcomes: list[dict[str, Any]] = []
-    sampler = sample_shard_task.with_options(retries=cfg.synthesis.shard_retries,
-                                             retry_delay_seconds=cfg.synthesis.shard_retry_delay_s)
-    with model_servers(cfg, run_id) as endpoints:
-        # Shards run `parallel_shards` at a time; each holds `search.prompt_concurrency` trees in flight.
-        waves = [list(enumerate(plan))[i:i + cfg.synthesis.parallel_shards]
-                 for i in range(0, len(plan), cfg.synthesis.parallel_shards)]
-        for wave in waves:
-            futures = [sampler.submit(cfg, run_id, index, ids, endpoints) for index, ids in wave]
-            for future in futures:
-                outcome = future.result()
-                outcomes.append(outcome)
-                progress.advance()
-                logger.info("shard %05d done: %s", outcome["index"], outcome["uri"])
-    manifest.add_retries("chat+reward", sum(o["retries"] for o in outcomes))
-    manifest.add_lineage("sample", [store.uri(run_key(run_id, "prompts") + "/")], [o["uri"] for o in outcomes])
-    manifest.finish_stage("sample", counts={
-        "shards": len(outcomes),
-        "candidates_generated": sum(o["candidates"] for o in outcomes),
-        "failed_generations": sum(o["errors"] for o in outcomes),
-        "prompts_resumed_from_checkpoints": sum(o["resumed_prompts"] for o in outcomes),
-    })
+    with manifest.stage_attempt("sample") as attempt:
+        progress = ProgressReporter(len(plan), artifact=f"synthesis-progress-{run_id}",
+                                    description=f"shards of run {run_id} finished")
+        sampler = sample_shard_task.with_options(retries=cfg.synthesis.shard_retries,
+                                                 retry_delay_seconds=cfg.synthesis.shard_retry_delay_s)
+        try:
+            with model_servers(cfg, run_id) as endpoints:
+                # Shards run `parallel_shards` at a time; each holds `search.prompt_concurrency` trees in flight.
+                waves = [list(enumerate(plan))[i:i + cfg.synthesis.parallel_shards]
+                         for i in range(0, len(plan), cfg.synthesis.parallel_shards)]
+                for wave in waves:
+                    futures = [sampler.submit(cfg, run_id, index, ids, endpoints) for index, ids in wave]
+                    for future in futures:
+                        outcome = future.result()
+                        outcomes.append(outcome)
+                        progress.advance()
+                        logger.info("shard %05d done: %s", outcome["index"], outcome["uri"])
+        finally:  # what this attempt did is recorded even when a shard failed
+            attempt.attempt_counts = sample_attempt_counts(outcomes)
+            manifest.add_retries("chat+reward", attempt.attempt_counts["retries"])
+        manifest.add_lineage("sample", [store.uri(run_key(run_id, "prompts") + "/")], [o["uri"] for o in outcomes])
+        # The stage as a whole: every published shard, whichever attempt generated it.
+        attempt.counts = {
+            "shards": len(outcomes),
+            "candidates_generated": sum(o["candidates"] for o in outcomes),
+            "failed_generations": sum(o["errors"] for o in outcomes),
+            "prompts_resumed_from_checkpoints": (manifest.stage("sample") or {}).get("counts", {}).get(
+                "prompts_resumed_from_checkpoints", 0) + attempt.attempt_counts["prompts_resumed_from_checkpoints"],
+            "retries": manifest.data["retries"].get("chat+reward", 0),
+        }
 
-    manifest.start_stage("rank")
-    ranking = rank_candidates(cfg, run_id, [o["uri"] for o in outcomes])
-    manifest.add_lineage("rank", [o["uri"] for o in outcomes], list(ranking["datasets"].values()))
-    manifest.finish_stage("rank", counts=ranking["counts"])
+    with manifest.stage_attempt("rank") as attempt:
+        ranking = rank_candidates(cfg, run_id, [o["uri"] for o in outcomes])
+        manifest.add_lineage("rank", [o["uri"] for o in outcomes], list(ranking["datasets"].values()))
+        attempt.counts = ranking["counts"]
 
     report = report_synthesis(cfg, run_id, ingest, outcomes, ranking)
     return {"run_id": run_id, "run_uri": store.uri(run_key(run_id) + "/"), "datasets": ranking["datasets"],

@@ -12,6 +12,7 @@ from typing import Any
 from prefect import flow
 
 from infra.manifest import Manifest
+from infra.run_ids import check_run_id
 from infra.store import StoreKeyNotFound, open_store
 from tasks.training import stage_settings, train_stage, training_report
 from training.data import dataset_key
@@ -32,6 +33,9 @@ def train(config: str | dict[str, Any], run_id: str, data_run_id: str | None = N
 
     Returns {stage: {"uri", "metrics"}, "report": {"table", "curves"}}.
     """
+    check_run_id(run_id)
+    if data_run_id:
+        check_run_id(data_run_id, "data run id")
     settings = stage_settings(config)
     store = open_store(settings.store)
     try:  # inside `toa pipeline` the run's manifest already holds the whole config: add to it

@@ -25,7 +25,8 @@ class ServerSpec(Section):
     - transformers:  `transformers serve MODEL_DIR --device cpu`, for CPU runs, demos and tests.
     Agents and the reward model refer to it by `served_by: <name>`.
     """
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="referenced by ModelConfig/RewardConfig.served_by")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                      description="referenced by ModelConfig/RewardConfig.served_by; also its log file's name")
     kind: Literal["vllm", "vllm_reward", "transformers"] = "vllm"
     model: str = Field(..., description="HF folder, hub id (vLLM downloads it itself) or builtin:NAME")
     served_model_name: str | None = Field(None, description="vLLM --served-model-name (default: `model`)")

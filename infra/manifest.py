@@ -5,22 +5,30 @@ with its counts, the lineage (which inputs produced which outputs), and retry co
 written at once, atomically, through the store. Opening the manifest of an existing run id resumes it:
 finished stages stay finished, so a re-run can skip them.
 
+Each stage keeps `counts` for the stage as a whole (across attempts: a resume that had nothing left to do still
+reports what the stage produced) and a `history` with one entry per attempt: status, times, that attempt's own
+counts and, when it failed, its one-line reason. A stage whose attempt raised is `failed`, never left `running`
+(`stage_attempt`); only a process killed outright leaves `running` behind, and the next attempt takes over.
+
 Writers: the flow (one process) updates the manifest; tasks return counts and URIs to it. Each update
 re-reads the stored manifest and merges before writing, so a second writer loses at most a concurrent change.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import subprocess
 import threading
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
+from infra.run_ids import check_run_id
 from infra.secrets import redact, redact_text
 from infra.store import Store, StoreKeyNotFound
 
@@ -31,7 +39,40 @@ _MAX_ERROR_CHARS = 4000
 
 
 def manifest_key(run_id: str) -> str:
-    return f"runs/{run_id}/manifest.json"
+    return f"runs/{check_run_id(run_id)}/manifest.json"
+
+
+def one_line(text: str) -> str:
+    """A multi-line message as one line: its non-empty lines, stripped, joined with ' | '."""
+    return " | ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def _stage_entry(data: dict[str, Any], name: str) -> dict[str, Any]:
+    stage = data["stages"].setdefault(name, {"attempts": 0, "counts": {}, "outputs": []})
+    stage.setdefault("counts", {})
+    stage.setdefault("history", [])
+    return stage
+
+
+def _close_attempt(stage: dict[str, Any], status: str, counts: dict[str, Any], error: str | None = None) -> None:
+    """Close the stage's open attempt in `history` (or record one, for a stage that was never started)."""
+    history = stage["history"]
+    if not history or history[-1]["status"] != "running":
+        stage["attempts"] = max(stage.get("attempts", 0), len(history) + 1)
+        history.append({"attempt": stage["attempts"], "status": "running", "started_at": stage.get("started_at"),
+                        "finished_at": None, "counts": {}})
+    history[-1].update(status=status, finished_at=_now(), counts=dict(counts))
+    if error is not None:
+        history[-1]["error"] = error
+
+
+@dataclass
+class StageAttempt:
+    """Filled in by the block of `Manifest.stage_attempt`: `counts` (the stage as a whole), `attempt_counts`
+    (this attempt only; default `counts`), `outputs` (URIs)."""
+    counts: dict[str, int | float] = field(default_factory=dict)
+    attempt_counts: dict[str, int | float] | None = None
+    outputs: list[str] = field(default_factory=list)
 
 
 def _now() -> str:
@@ -83,8 +124,9 @@ class Manifest:
         """Load the run's manifest if it exists (a resume), else create it. Either way it is written back.
 
         On resume the original config stays the record; a resume with a different config is noted in
-        `resumes` (with its hash) so the difference is visible.
+        `resumes` (with its hash) so the difference is visible. An invalid run id is InvalidRunId, before any I/O.
         """
+        check_run_id(run_id)
         redacted = redact(config) if config is not None else None
         try:
             data = store.read_json(manifest_key(run_id))
@@ -139,35 +181,69 @@ class Manifest:
         return bool(stage and stage["status"] == "finished")
 
     def start_stage(self, name: str) -> None:
+        """Mark `name` running and open a new attempt in its `history`."""
         def change(data: dict[str, Any]) -> None:
-            stage = data["stages"].setdefault(name, {"attempts": 0, "counts": {}, "outputs": []})
+            stage = _stage_entry(data, name)
             stage.update(status="running", started_at=_now(), finished_at=None, error=None)
             stage["attempts"] = stage.get("attempts", 0) + 1
+            stage["history"].append({"attempt": stage["attempts"], "status": "running",
+                                     "started_at": stage["started_at"], "finished_at": None, "counts": {}})
         self._update(change)
 
     def finish_stage(self, name: str, counts: dict[str, int | float] | None = None,
-                     outputs: Iterable[str] = ()) -> None:
-        """Mark `name` finished; merge its counts into the stage and the run totals; record its output URIs."""
+                     outputs: Iterable[str] = (), attempt_counts: dict[str, int | float] | None = None) -> None:
+        """Mark `name` finished and record its output URIs.
+
+        `counts` describe the stage's result as a whole, across every attempt (dataset sizes, totals read back
+        from the store): they replace earlier values in the stage and in the run totals, so a resume that redid
+        nothing still reports what the stage produced. `attempt_counts` (default: `counts`) is what this attempt
+        did, kept in its `history` entry.
+        """
         counts = dict(counts or {})
         outputs = list(outputs)
 
         def change(data: dict[str, Any]) -> None:
-            stage = data["stages"].setdefault(name, {"attempts": 1, "counts": {}, "outputs": []})
+            stage = _stage_entry(data, name)
             stage.update(status="finished", finished_at=_now(), error=None)
-            stage.setdefault("counts", {}).update(counts)
+            stage["counts"].update(counts)
             stage["outputs"] = sorted(set(stage.get("outputs", [])) | set(outputs))
+            _close_attempt(stage, "finished", counts if attempt_counts is None else attempt_counts)
             data["counts"].update({f"{name}.{key}": value for key, value in counts.items()})
         self._update(change)
 
-    def fail_stage(self, name: str, error: BaseException | str) -> None:
-        """Mark `name` failed with the error's type and message (secrets masked, length bounded)."""
+    def fail_stage(self, name: str, error: BaseException | str,
+                   attempt_counts: dict[str, int | float] | None = None) -> None:
+        """Mark `name` failed with a one-line reason: the error's type and message (secrets masked, lines joined
+        with ' | ', length bounded). `attempt_counts`: what the attempt got done before it failed."""
         text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
-        text = redact_text(text)[:_MAX_ERROR_CHARS]
+        text = redact_text(one_line(text))[:_MAX_ERROR_CHARS]
 
         def change(data: dict[str, Any]) -> None:
-            stage = data["stages"].setdefault(name, {"attempts": 1, "counts": {}, "outputs": []})
+            stage = _stage_entry(data, name)
             stage.update(status="failed", finished_at=_now(), error=text)
+            _close_attempt(stage, "failed", attempt_counts or {}, error=text)
         self._update(change)
+
+    @contextlib.contextmanager
+    def stage_attempt(self, name: str) -> Iterator["StageAttempt"]:
+        """One attempt of a stage: started on entry; finished on a normal exit with the counts set on the yielded
+        StageAttempt; failed, with its reason, when the block raises (also on Ctrl-C), then re-raised.
+
+            with manifest.stage_attempt("ingest") as attempt:
+                attempt.counts = ingest_prompts(cfg, run_id)
+        """
+        self.start_stage(name)
+        attempt = StageAttempt()
+        try:
+            yield attempt
+        except BaseException as error:
+            reason: BaseException | str = error if isinstance(error, Exception) else f"interrupted ({type(error).__name__})"
+            try:
+                self.fail_stage(name, reason, attempt.attempt_counts)
+            except Exception:  # noqa: BLE001 - the store may be what failed; the original error matters more
+                pass
+            raise
+        self.finish_stage(name, attempt.counts, attempt.outputs, attempt.attempt_counts)
 
     # -- counters and lineage ----------------------------------------------------------------------------
     def add_counts(self, **counts: int | float) -> None:

@@ -11,18 +11,16 @@ pointer has a single writer.
 """
 from __future__ import annotations
 
-import re
-import secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from infra.promotion import GateDecision
+from infra.run_ids import InvalidRunId, check_run_id, new_run_id  # noqa: F401 - the run-id rule lives there
 from infra.store import Store
 
 LATEST_KEY = "registry/latest.json"
 PROMOTIONS_PREFIX = "registry/promotions/"
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class RegistryError(RuntimeError):
@@ -45,21 +43,6 @@ class PromotionRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def check_run_id(run_id: str) -> str:
-    """Reject run ids that could escape `runs/` or break keys; returns the id unchanged."""
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
-        raise RegistryError(f"invalid run id {run_id!r}: use letters, digits, '_', '-' and '.', starting with a letter or digit")
-    return run_id
-
-
-def new_run_id(name: str = "run") -> str:
-    """A fresh run id: the config's name (slugged), the UTC time and 4 random hex digits, e.g.
-    "tiny-20261122-013000-9f3a". Sorting ids of one config sorts them by start time."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-._") or "run"
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{slug[:40]}-{stamp}-{secrets.token_hex(2)}"
 
 
 def run_prefix(run_id: str) -> str:

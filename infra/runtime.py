@@ -24,8 +24,10 @@ if TYPE_CHECKING:
 
 def local_run_dir(run_id: str) -> Path:
     """Local folder of a run (server logs land in its servers/, uploaded to the run folder when they stop)."""
+    from infra.run_ids import check_run_id
+
     root = Path(os.environ.get("TOAFLOW_WORKDIR", Path(tempfile.gettempdir()) / "toaflow"))
-    path = root / "runs" / run_id
+    path = root / "runs" / check_run_id(run_id)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -8,6 +8,12 @@ never the value). Two things are masked as "***":
 - by value: any string equal to, or containing, the value of a secret environment variable: those named by
   `*api_key_env` keys in the object being redacted, the well-known ones (AWS_SECRET_ACCESS_KEY, HF_TOKEN, ...)
   and any variable whose name looks secret (…_API_KEY, …_TOKEN, …_SECRET, …_PASSWORD).
+- inside URLs: the user-info part (`https://user:pass@host` -> `https://***@host`) and the values of secret-looking
+  query parameters (`?api_key=`, `&sig=`, `X-Amz-Signature=`, ...), see toa_core.credentials.
+
+Where it is applied: run configs in manifests and model cards (`redact`), stage errors in manifests, the `error:`
+line of every `toa` command, and every log record of a process that called `redact_log_records()` (the CLI, the
+flows' module import, the training stage processes), whichever handler prints or ships it.
 """
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ import logging
 import os
 import re
 from typing import Any, Iterable
+
+from toa_core.credentials import mask_url_credentials
 
 MASK = "***"
 _MIN_SECRET_LENGTH = 6  # shorter values ("1", "true") would mask ordinary text everywhere
@@ -62,12 +70,12 @@ def _env_names_in(obj: Any, found: set[str]) -> set[str]:
 
 
 def redact_text(text: str, secrets: Iterable[str] | None = None) -> str:
-    """Replace every occurrence of a known secret value in `text` with "***"."""
+    """Replace every occurrence of a known secret value in `text` with "***", and mask credentials in URLs."""
     values = secret_values() if secrets is None else secrets
     for value in sorted(values, key=len, reverse=True):  # longest first: one secret may contain another
         if value and value in text:
             text = text.replace(value, MASK)
-    return text
+    return mask_url_credentials(text)
 
 
 def redact(obj: Any, extra_secrets: Iterable[str] = ()) -> Any:
@@ -100,19 +108,48 @@ class SecretsFilter(logging.Filter):
         self.extra_secrets = {s for s in extra_secrets if s}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        secrets = secret_values() | self.extra_secrets
-        if not secrets:
-            return True
-        message = record.getMessage()
-        masked = redact_text(message, secrets)
-        if masked != message:
-            record.msg, record.args = masked, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        _redact_record(record, secret_values() | self.extra_secrets)
         if record.exc_text:
-            record.exc_text = redact_text(record.exc_text, secrets)
             record.exc_info = None  # handlers must print the masked text, not re-format the traceback
         return True
+
+
+def _redact_record(record: logging.LogRecord, secrets: set[str]) -> None:
+    """Mask secrets in a record's message (args merged in) and in its formatted traceback (`exc_text`)."""
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a malformed format string is logging's problem to report, not ours
+        return
+    masked = redact_text(message, secrets)
+    if masked != message:
+        record.msg, record.args = masked, None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact_text(record.exc_text, secrets)
+
+
+_base_record_factory: Any = None
+
+
+def redact_log_records() -> None:
+    """Mask secrets in every log record this process creates, before any filter or handler sees it (Prefect's
+    console and API handlers included, whenever they were configured). Idempotent.
+
+    The traceback is formatted and masked into `exc_text` (which formatters print instead of formatting
+    `exc_info` again); `exc_info` is kept so filters can still look at the exception's type.
+    """
+    global _base_record_factory
+    if _base_record_factory is not None:
+        return
+    _base_record_factory = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = _base_record_factory(*args, **kwargs)
+        _redact_record(record, secret_values())
+        return record
+
+    logging.setLogRecordFactory(factory)
 
 
 def install_log_redaction(logger: logging.Logger | None = None) -> SecretsFilter:

@@ -85,11 +85,13 @@ def parse_store_uri(uri: str) -> StoreLocation:
 
 
 def normalize_key(key: str) -> str:
-    """Check and normalise a store key: relative, '/'-separated, no '.', '..' or empty parts."""
-    raw = str(key)
-    parts = [p for p in raw.replace("\\", "/").split("/") if p]
-    if not parts or raw.startswith("/") or any(p in (".", "..") for p in parts):
-        raise StoreError(f"invalid store key '{key}': use a relative path like 'runs/<run_id>/manifest.json'")
+    """Check a store key: relative, '/'-separated, no empty, '.' or '..' segment (an error, never tidied up:
+    `runs//x` most likely lost a run id on the way). One trailing '/' (a folder) is dropped."""
+    raw = str(key).replace("\\", "/")
+    parts = raw.removesuffix("/").split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise StoreError(f"invalid store key '{key}': empty, '.' or '..' path segment; use a relative path like "
+                         "'runs/<run_id>/manifest.json'")
     return "/".join(parts)
 
 

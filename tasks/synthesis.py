@@ -123,6 +123,8 @@ def plan_shards(cfg: RunConfig, run_id: str, exclude_prompt_ids: list[str] | Non
 
 @dataclass
 class ShardOutcome:
+    """One shard's result. `candidates` / `errors` count the rows of the published shard, whichever attempt
+    generated them; `new_candidates` / `new_errors` / `retries` only what this attempt did."""
     index: int
     uri: str
     prompts: int
@@ -131,6 +133,8 @@ class ShardOutcome:
     retries: int
     resumed_prompts: int
     skipped: bool
+    new_candidates: int = 0
+    new_errors: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -142,7 +146,8 @@ def sample_shard(cfg: RunConfig, run_id: str, index: int, prompt_ids: list[str],
     store = open_store(cfg.store)
     final_key = shard_key(run_id, index)
     if store.exists(final_key):
-        return ShardOutcome(index, store.uri(final_key), len(prompt_ids), 0, 0, 0, 0, skipped=True).as_dict()
+        rows, errors = _shard_rows_and_errors(store, final_key)
+        return ShardOutcome(index, store.uri(final_key), len(prompt_ids), rows, errors, 0, 0, skipped=True).as_dict()
     wanted = set(prompt_ids)
     prompts = [p for p in read_prompts(store, run_id) if p.prompt_id in wanted]
     prefix = checkpoint_prefix(run_id, index)
@@ -151,27 +156,47 @@ def sample_shard(cfg: RunConfig, run_id: str, index: int, prompt_ids: list[str],
     pending = [p for p in prompts if p.prompt_id not in finished]
     log.info("shard %05d: %d prompts, %d already checkpointed, %d to search",
              index, len(prompts), len(finished & wanted), len(pending))
-    retries = asyncio.run(_search_with_checkpoints(cfg, store, prefix, pending, endpoints or {}, index))
+    work = asyncio.run(_search_with_checkpoints(cfg, store, prefix, pending, endpoints or {}, index))
     outcome = _publish_shard(store, run_id, index, prompt_ids, prefix)
-    outcome.retries, outcome.resumed_prompts = retries, len(finished & wanted)
+    outcome.retries, outcome.resumed_prompts = work.retries, len(finished & wanted)
+    outcome.new_candidates, outcome.new_errors = work.candidates, work.errors
     return outcome.as_dict()
 
 
+def _shard_rows_and_errors(store: Store, key: str) -> tuple[int, int]:
+    """Rows and failed generations of a published shard (a resume reports them, not zeros)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    errors = pq.read_table(io.BytesIO(store.read_bytes(key)), columns=["error"]).column("error")
+    return len(errors), len(errors) - errors.null_count
+
+
+@dataclass
+class _SearchWork:
+    """What one attempt searched in a shard: candidates generated, failed generations, request retries."""
+    candidates: int = 0
+    errors: int = 0
+    retries: int = 0
+
+
 async def _search_with_checkpoints(cfg: RunConfig, store: Store, prefix: str, prompts: list[Prompt],
-                                   endpoints: dict[str, Any], shard_index: int) -> int:
+                                   endpoints: dict[str, Any], shard_index: int) -> _SearchWork:
     """Run the engine over `prompts`, writing each result to the store as soon as its search ends."""
     from tqdm import tqdm
 
     from infra.runtime import open_backends
 
+    work = _SearchWork()
     if not prompts:
-        return 0
-    retries = 0
+        return work
     bar = tqdm(total=len(prompts), desc=f"shard {shard_index:05d}", unit="prompt", disable=not sys.stderr.isatty())
 
     async def checkpoint(result: PromptResult) -> None:
-        nonlocal retries
-        retries += result.retries
+        work.retries += result.retries
+        work.candidates += len(result.candidates)
+        work.errors += sum(1 for candidate in result.candidates if candidate.error)
         table = candidates_to_table(result.candidates)
         if result.tree is not None:
             await asyncio.to_thread(store.write_text, f"{prefix}/{result.prompt.prompt_id}.tree.jsonl",
@@ -187,7 +212,7 @@ async def _search_with_checkpoints(cfg: RunConfig, store: Store, prefix: str, pr
             await run_search(prompts, ctx, on_result=checkpoint)
     finally:
         bar.close()
-    return retries
+    return work
 
 
 def _publish_shard(store: Store, run_id: str, index: int, prompt_ids: list[str], prefix: str) -> ShardOutcome:
@@ -255,8 +280,11 @@ def report_synthesis(cfg: RunConfig, run_id: str, ingest: dict[str, Any], shards
                 figure_png(reward_distribution_figure(samples)),
                 title="reward by model and by tree depth", artifact=f"synthesis-rewards-{run_id}")
     datasets = {name: uri for name, uri in ranking["datasets"].items() if name != "stats"}
+    from infra.manifest import Manifest
+
+    retries_total = Manifest.load(store, run_id).data.get("retries", {}).get("chat+reward", 0)
     markdown = summary_markdown(run_id, store.uri(run_key(run_id) + "/"), ingest, shards, ranking["counts"],
-                                model_rows, datasets)
+                                model_rows, datasets, retries_total)
     key = run_key(run_id, "reports", "synthesis.md")
     publish_markdown(store, key, markdown, title=f"synthesis run {run_id}", artifact=f"synthesis-summary-{run_id}")
     return store.uri(key)

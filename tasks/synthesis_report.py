@@ -63,9 +63,14 @@ def reward_distribution_figure(samples: pa.Table):
 
 
 def summary_markdown(run_id: str, run_uri: str, ingest: dict[str, Any], shards: list[dict[str, Any]],
-                     ranking: dict[str, Any], model_rows: list[dict[str, Any]], datasets: dict[str, str]) -> str:
-    """The run summary shown as a Prefect markdown artifact and saved as reports/synthesis.md."""
-    candidates = sum(s["candidates"] for s in shards if not s["skipped"])
+                     ranking: dict[str, Any], model_rows: list[dict[str, Any]], datasets: dict[str, str],
+                     retries_total: int | None = None) -> str:
+    """The run summary shown as a Prefect markdown artifact and saved as reports/synthesis.md.
+
+    Generation counts cover every attempt of the run (a resume that skipped finished shards still reports them),
+    with what this attempt did in parentheses; `retries_total` is the manifest's cumulative retry count.
+    """
+    attempt_retries = sum(s["retries"] for s in shards)
     lines = [
         f"# Synthesis run `{run_id}`",
         "",
@@ -77,9 +82,12 @@ def summary_markdown(run_id: str, run_uri: str, ingest: dict[str, Any], shards: 
         f"| duplicate prompts dropped | {ingest.get('duplicates', 0)} |",
         f"| prompts searched in this run | {sum(s['prompts'] for s in shards)} |",
         f"| shards | {len(shards)} ({sum(1 for s in shards if s['skipped'])} already complete) |",
-        f"| candidates generated in this invocation | {candidates} |",
-        f"| failed generations | {sum(s['errors'] for s in shards)} |",
-        f"| request retries | {sum(s['retries'] for s in shards)} |",
+        f"| candidates generated | {sum(s['candidates'] for s in shards)} "
+        f"({sum(s.get('new_candidates', 0) for s in shards)} in this attempt) |",
+        f"| failed generations | {sum(s['errors'] for s in shards)} "
+        f"({sum(s.get('new_errors', 0) for s in shards)} in this attempt) |",
+        f"| request retries | {attempt_retries if retries_total is None else retries_total} "
+        f"({attempt_retries} in this attempt) |",
     ]
     lines += [f"| {key.replace('_', ' ')} | {value} |" for key, value in ranking.items()]
     lines += ["", "## Models", "", "| model | generations | best share | mean reward | max reward | errors |",

@@ -36,6 +36,9 @@ _SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".par
 _ROLES = ("system", "user", "assistant")
 _RAW_CHARS = 500  # how much of a bad row the quarantine keeps
 _PROBLEMS_SHOWN = 5
+#: Where IngestConfig sits in a run config: hints name the keys a user can actually set.
+CONFIG_KEY = "synthesis.prompts"
+_NO_PROMPT = "no prompt"
 
 
 class IngestError(ValueError):
@@ -118,11 +121,11 @@ def load_prompts(cfg: IngestConfig, local_path: str | Path | None = None) -> Ing
         report.prompts.append(Prompt(prompt_id=prompt_id, messages=messages, source=source_name, metadata=metadata))
 
     if cfg.strict and report.quarantined:
-        raise IngestError(_problems_message(source_name, report, "strict ingestion refuses bad rows"))
+        raise IngestError(_problems_message(source_name, report, "strict ingestion refuses bad rows", strict=True))
     if not report.prompts:
         if report.rows == 0:
             raise IngestError(f"{source_name}: no rows found (empty file or split); pass a file with prompts")
-        raise IngestError(_problems_message(source_name, report, "no usable prompt"))
+        raise IngestError(_problems_message(source_name, report, "no usable prompt", strict=False))
     if cfg.limit is not None and len(report.prompts) > cfg.limit:
         keep = sorted(random.Random(cfg.seed).sample(range(len(report.prompts)), cfg.limit))
         report.sampled_out = len(report.prompts) - cfg.limit
@@ -130,12 +133,18 @@ def load_prompts(cfg: IngestConfig, local_path: str | Path | None = None) -> Ing
     return report
 
 
-def _problems_message(source: str, report: IngestReport, headline: str) -> str:
+def _problems_message(source: str, report: IngestReport, headline: str, strict: bool) -> str:
+    """The first problems, then only the fixes that would help: a column mapping when rows had no prompt column,
+    leniency when strictness is what refused them."""
     lines = [f"{source}: {headline}: {len(report.quarantined)} of {report.rows} rows are unusable. First problems:"]
     for item in report.quarantined[:_PROBLEMS_SHOWN]:
         lines.append(f"  - {item['source']} line {item['line']}, field '{item['field']}': {item['reason']}")
-    lines.append("Fix those rows, map the right columns (ingest.prompt_field / instruction_field / messages_field), "
-                 "or set ingest.strict: false to skip bad rows.")
+    fixes = ["fix those rows"]
+    if any(item["reason"].startswith(_NO_PROMPT) for item in report.quarantined):
+        fixes.append(f"map the right columns ({CONFIG_KEY}.prompt_field / instruction_field / messages_field)")
+    if strict:
+        fixes.append(f"set {CONFIG_KEY}.strict: false to skip bad rows (they are kept in quarantine.jsonl)")
+    lines.append(("Fix: " + ", or ".join(fixes) + ".") if len(fixes) > 1 else "Fix those rows.")
     return "\n".join(lines)
 
 
@@ -171,7 +180,7 @@ def _resolve_format(cfg: IngestConfig, path: Path, explicit_path: bool) -> str:
         return "hf_folder"
     fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise IngestError(f"{path}: cannot tell the format from the suffix '{path.suffix}'; set ingest.format "
+        raise IngestError(f"{path}: cannot tell the format from the suffix '{path.suffix}'; set {CONFIG_KEY}.format "
                           f"to one of {', '.join(FORMATS[1:])}")
     return _sniff_json(path) if fmt == "json" else fmt
 
@@ -313,7 +322,7 @@ def _folder_rows(path: Path, cfg: IngestConfig, source: str, report: IngestRepor
         if isinstance(dataset, DatasetDict):
             if cfg.split not in dataset:
                 raise IngestError(f"{path}: no split '{cfg.split}'; available: {', '.join(dataset)}; "
-                                  "set ingest.split")
+                                  f"set {CONFIG_KEY}.split")
             dataset = dataset[cfg.split]
         for index, row in enumerate(dataset, start=1):
             yield source, index, row
@@ -341,7 +350,7 @@ def _hub_rows(cfg: IngestConfig) -> Iterator[tuple[int, Any]]:
             f"cannot load dataset '{cfg.source}' (split '{cfg.split}') from the Hugging Face hub: "
             f"{type(error).__name__}: {str(error)[:300]}. The hub is unreachable from here (offline or no "
             "network): download the data where the hub is reachable and pass a local file or folder as "
-            "ingest.source (JSONL, JSON, Parquet, CSV or a save_to_disk folder)."
+            f"{CONFIG_KEY}.source (JSONL, JSON, Parquet, CSV or a save_to_disk folder)."
         ) from None
     for index, row in enumerate(dataset, start=1):
         yield index, row
@@ -374,15 +383,15 @@ def _normalise(row: Any, cfg: IngestConfig) -> tuple[list[Message], dict[str, An
             messages = _from_text(instruction, cfg.instruction_field, cfg)
         else:
             keys = ", ".join(sorted(map(str, row))[:10]) or "none"
-            raise _BadRow("<row>", f"no prompt: none of '{cfg.messages_field}', '{cfg.prompt_field}', "
+            raise _BadRow("<row>", f"{_NO_PROMPT}: none of '{cfg.messages_field}', '{cfg.prompt_field}', "
                                    f"'{cfg.instruction_field}' is set (columns: {keys}); map the right column "
-                                   "with ingest.prompt_field / instruction_field / messages_field")
+                                   f"with {CONFIG_KEY}.prompt_field / instruction_field / messages_field")
     else:
         raise _BadRow("<row>", f"a row must be an object or a string, got {type(row).__name__}")
 
     total = sum(len(m["content"]) for m in messages)
     if total > cfg.max_prompt_chars:
-        raise _BadRow("<prompt>", f"prompt has {total} characters, more than ingest.max_prompt_chars="
+        raise _BadRow("<prompt>", f"prompt has {total} characters, more than {CONFIG_KEY}.max_prompt_chars="
                                   f"{cfg.max_prompt_chars}; shorten it or raise the limit")
     return messages, metadata
 
@@ -428,7 +437,7 @@ def _from_messages(value: Any, cfg: IngestConfig) -> list[Message]:
     if messages[-1]["role"] != "user":
         raise _BadRow(f"{name}[{len(messages) - 1}].role",
                       f"the last message must be from the user, got '{messages[-1]['role']}'"
-                      + ("; set ingest.trim_assistant: true to drop trailing answers"
+                      + (f"; set {CONFIG_KEY}.trim_assistant: true to drop trailing answers"
                          if messages[-1]["role"] == "assistant" else ""))
     if cfg.system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": cfg.system_prompt})

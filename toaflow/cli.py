@@ -47,14 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from infra.secrets import redact_log_records, redact_text
     from toaflow.commands.common import hide_prefect_tracebacks, user_facing_errors
 
+    redact_log_records()
     user_errors = (ConfigError, UserError) + user_facing_errors()
     hide_prefect_tracebacks(user_errors)
     try:
         return int(args.func(args) or 0)
     except user_errors as error:  # bad input, unreachable endpoint, ...: the message says what to fix
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact_text(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished work is kept in the store, re-run the same command to resume", file=sys.stderr)

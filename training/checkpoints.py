@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
 from infra.store import DIR_MARKER, Store
+from toa_core.folders import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,7 @@ def restore_latest_checkpoint(store: Store, prefix: str, local_root: Path) -> Pa
         return None
     step, key = found[-1]
     local = local_root / f"checkpoint-{step}"
-    if local.exists():
-        shutil.rmtree(local)
+    remove_tree(local, local_root)
     store.download_dir(key, local)
     log.info("resuming from %s (step %d)", store.uri(key), step)
     return local

@@ -18,7 +18,6 @@ import importlib
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import traceback
@@ -26,7 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from infra.run_ids import InvalidRunId, check_run_id
+from infra.secrets import redact, redact_log_records, redact_text
 from infra.store import DIR_MARKER, Store, open_store
+from toa_core.folders import is_inside, remove_tree
 from training.config import CommonTrainingConfig, StageConfig, StageSettings, TrainingConfigError, load_stage_settings
 from training.modeling import Precision, TrainingSetupError
 
@@ -44,30 +46,42 @@ def model_prefix(run_id: str, stage: str) -> str:
 
 @dataclass
 class StageRun:
-    """One stage of one run: where it reads and writes, and its local scratch folder."""
+    """One stage of one run: where it reads and writes, and its local scratch folder.
+
+    Everything the stage deletes locally lies inside `scratch_root` (the configured work_dir, or a temporary
+    folder of its own): run ids are checked first, and every removal re-checks the resolved path.
+    """
     settings: StageSettings
     stage: str
     run_id: str
     data_run_id: str
     store: Store
     workdir: Path
+    scratch_root: Path
     _owns_workdir: bool = field(default=False, repr=False)
 
     @classmethod
     def open(cls, settings: StageSettings, stage: str, run_id: str, data_run_id: str | None = None,
              store: Store | None = None) -> "StageRun":
+        check_run_id(run_id)
+        if data_run_id is not None:
+            check_run_id(data_run_id, "data run id")
         # The same path in every process of an `accelerate launch`: ZeRO-3/FSDP ranks save their checkpoint
         # shards into one shared output_dir, and the main process uploads it.
         common = settings.training.common
         if common.work_dir:
-            workdir, owns = Path(common.work_dir).expanduser() / run_id / stage, False
+            root, owns = Path(common.work_dir).expanduser(), False
         else:
             # Keyed by the store too, so the same run id in two stores never shares a folder.
             store_tag = hashlib.sha256(settings.store.root.encode()).hexdigest()[:10]
-            workdir, owns = Path(tempfile.gettempdir()) / "toaflow-training" / store_tag / run_id / stage, True
+            root, owns = Path(tempfile.gettempdir()) / "toaflow-training" / store_tag, True
+        workdir = root / run_id / stage
+        if not is_inside(workdir, root):  # a symlinked run folder pointing elsewhere
+            raise TrainingSetupError(f"scratch folder {workdir} resolves outside {root}; remove the link")
         workdir.mkdir(parents=True, exist_ok=True)
         return cls(settings=settings, stage=stage, run_id=run_id, data_run_id=data_run_id or run_id,
-                   store=store or open_store(settings.store), workdir=workdir, _owns_workdir=owns)
+                   store=store or open_store(settings.store), workdir=workdir, scratch_root=root,
+                   _owns_workdir=owns)
 
     # -- where things are --------------------------------------------------------------------------------
     @property
@@ -107,7 +121,7 @@ class StageRun:
         state = PartialState()
         with state.main_process_first():  # the main process downloads; the others wait, then use its copy
             if state.is_main_process:
-                shutil.rmtree(self.trainer_dir, ignore_errors=True)  # leftovers of a crashed attempt
+                remove_tree(self.trainer_dir, self.workdir, ignore_errors=True)  # leftovers of a crashed attempt
                 return restore_latest_checkpoint(self.store, prefix, self.trainer_dir)
             found = complete_checkpoints(self.store, prefix)
             local = self.trainer_dir / f"checkpoint-{found[-1][0]}" if found else None
@@ -127,7 +141,7 @@ class StageRun:
         if not trainer.is_world_process_zero():
             return {}
         # DPO on a LoRA policy keeps a frozen copy of the SFT adapter named "ref": it is the SFT model itself.
-        shutil.rmtree(self.final_dir / "ref", ignore_errors=True)
+        remove_tree(self.final_dir / "ref", self.final_dir, ignore_errors=True)
         tokenizer.save_pretrained(str(self.final_dir))
         is_adapter = (self.final_dir / "adapter_config.json").is_file()
         if common.merge_adapter and is_adapter:
@@ -169,8 +183,8 @@ class StageRun:
     def __exit__(self, *exc_info: Any) -> None:
         """Remove the scratch folder (checkpoints worth keeping are in the store already); the main process does."""
         if self._owns_workdir and is_main_process():
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            for parent in (self.workdir.parent, self.workdir.parent.parent):  # <run_id>/, <store tag>/ when empty
+            remove_tree(self.workdir, self.scratch_root, ignore_errors=True)
+            for parent in (self.workdir.parent, self.scratch_root):  # <run_id>/, <store tag>/ when empty
                 try:
                     parent.rmdir()
                 except OSError:
@@ -261,7 +275,7 @@ def model_card(metrics: dict[str, Any], settings: StageSettings) -> str:
         lines += ["", "Load with `peft.AutoPeftModelForCausalLM.from_pretrained(<this folder>)` (the adapter config "
                       "names the base weights' local path; the base model above is the portable name)."]
     lines += ["", "## Training config", "", "```json",
-              json.dumps(training.model_dump(mode="json"), indent=2), "```", ""]
+              json.dumps(redact(training.model_dump(mode="json")), indent=2), "```", ""]
     return "\n".join(lines)
 
 
@@ -286,15 +300,19 @@ def stage_main(stage: str, run: Callable[..., dict[str, Any]], argv: list[str] |
     parser.add_argument("--force", action="store_true", help="train again even if the stage is already published")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact_log_records()
     try:
+        check_run_id(args.run_id, "--run-id")  # before anything touches the disk or the store
+        if args.data_run_id is not None:
+            check_run_id(args.data_run_id, "--data-run-id")
         settings = load_stage_settings(args.config)
         run(settings, run_id=args.run_id, data_run_id=args.data_run_id, force=args.force)
-    except (TrainingConfigError, TrainingSetupError) as error:
-        print(f"{ERROR_PREFIX}{_one_line(error)}", file=sys.stderr, flush=True)
+    except (TrainingConfigError, TrainingSetupError, InvalidRunId) as error:
+        print(f"{ERROR_PREFIX}{redact_text(_one_line(error))}", file=sys.stderr, flush=True)
         return 2
     except Exception as error:  # noqa: BLE001 - the process boundary: report anything, briefly
-        traceback.print_exc()
-        print(f"{ERROR_PREFIX}{type(error).__name__}: {_one_line(error)}", file=sys.stderr, flush=True)
+        print(redact_text(traceback.format_exc()), file=sys.stderr, end="", flush=True)
+        print(f"{ERROR_PREFIX}{type(error).__name__}: {redact_text(_one_line(error))}", file=sys.stderr, flush=True)
         return 1
     return 0
 

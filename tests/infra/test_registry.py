@@ -10,6 +10,7 @@ import pytest
 from infra.incremental import (accumulate_datasets, indexed_runs, prompt_counts, prompt_ids_sampled_in_run,
                                record_synthesized_prompts, synthesized_prompt_ids, training_runs_of)
 from infra.promotion import decide_promotion
+from infra.run_ids import InvalidRunId
 from infra.registry import (LATEST_KEY, RegistryError, latest_run_id, promotion_history, read_latest,
                             record_decision, set_latest)
 from infra.store import open_store
@@ -78,7 +79,7 @@ def test_stale_decision_and_unknown_run_are_refused(store):
                         candidate_scores={}, current_scores=None)
     with pytest.raises(RegistryError, match="no folder"):
         set_latest(store, "ghost", "typo")
-    with pytest.raises(RegistryError, match="invalid run id"):
+    with pytest.raises(InvalidRunId, match="invalid run id"):
         set_latest(store, "../etc", "escape")
     assert latest_run_id(store) == "r1"
     assert read_latest(store)["reason"] == "manual: restore the known-good model"

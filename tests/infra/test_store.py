@@ -42,10 +42,17 @@ def test_open_store_picks_backend(tmp_path, s3_store_config):
     assert isinstance(open_store(s3_store_config), S3Store)
 
 
-@pytest.mark.parametrize("bad", ["/abs/key", "a/../b", "", "./x"])
-def test_bad_keys_are_rejected(store, bad):
+@pytest.mark.parametrize("bad", ["/abs/key", "a/../b", "", "./x", "runs//x", "runs/x//", "..", "a/."])
+def test_bad_keys_are_rejected_not_normalised(store, bad):
     with pytest.raises(StoreError, match="invalid store key"):
         store.write_bytes(bad, b"x")
+    with pytest.raises(StoreError, match="invalid store key"):
+        store.list(bad + "/")
+    assert store.list() == []  # nothing was written anywhere
+
+
+def test_a_trailing_slash_names_a_folder(store):
+    assert store.uri("runs/r1/") == store.uri("runs/r1")
 
 
 # -- round trips -----------------------------------------------------------------------------------------

@@ -135,7 +135,7 @@ def test_source_problems(tmp_path):
     with pytest.raises(IngestError, match="no rows found"):
         ingest(tmp_path / "blank.jsonl")
     (tmp_path / "p.txt").write_text("hello")
-    with pytest.raises(IngestError, match="set ingest.format"):
+    with pytest.raises(IngestError, match="set synthesis.prompts.format"):
         ingest(tmp_path / "p.txt")
     (tmp_path / "bad.json").write_text('[{"prompt": "a"},\n {"prompt": ]')
     with pytest.raises(IngestError, match="line 2, column"):
@@ -211,7 +211,7 @@ def test_text_parts_are_joined_and_trailing_answers_trimmed_on_request(tmp_path)
                           {"role": "assistant", "content": "answer"}]}]
     path = write_jsonl(tmp_path / "m.jsonl", rows)
     assert ingest(path, trim_assistant=True).prompts[0].messages == user("ab")
-    with pytest.raises(IngestError, match="set ingest.trim_assistant: true"):
+    with pytest.raises(IngestError, match="set synthesis.prompts.trim_assistant: true"):
         ingest(path)  # without trimming the only row is unusable, and the message says how to fix it
 
 
@@ -232,12 +232,22 @@ def test_strict_mode_lists_the_first_problems(tmp_path):
     assert "7 of 8 rows are unusable" in message
     assert f"{path} line 2, field 'prompt': empty prompt" in message
     assert message.count("empty prompt") == 5  # the first few, not all
-    assert "ingest.strict: false" in message
+    assert "synthesis.prompts.strict: false" in message
 
 
 def test_nothing_usable_is_an_error_even_when_lenient(tmp_path):
-    with pytest.raises(IngestError, match="no usable prompt"):
+    with pytest.raises(IngestError, match="no usable prompt") as caught:
         ingest(write_jsonl(tmp_path / "p.jsonl", [{"prompt": ""}, {"other": 1}]))
+    message = str(caught.value)
+    assert "synthesis.prompts.prompt_field" in message  # a row had no prompt column: mapping one would help
+    assert "strict" not in message  # strict is already off: suggesting it would not help
+    assert "ingest." not in message  # the hints name keys that exist in a run config
+
+
+def test_hints_only_suggest_what_would_help(tmp_path):
+    with pytest.raises(IngestError) as caught:
+        ingest(write_jsonl(tmp_path / "p.jsonl", [{"prompt": ""}, {"prompt": 3}]))
+    assert str(caught.value).splitlines()[-1] == "Fix those rows."
 
 
 # -- duplicates, ids, sampling ---------------------------------------------------------------------------

@@ -20,12 +20,13 @@ import importlib.util
 import logging
 import os
 import random
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from filelock import FileLock
+
+from toa_core.folders import remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +114,10 @@ def _build_cached(name: str, builder: Callable[[Path], None]) -> Path:
             builder(staging)
             staging.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any other folder
             if target.exists():  # a leftover without config.json: an interrupted old build
-                shutil.rmtree(target)
+                remove_tree(target, root)
             os.replace(staging, target)
         finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+            remove_tree(staging, root, ignore_errors=True)
     return target
 
 

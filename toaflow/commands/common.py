@@ -4,11 +4,22 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", required=True, metavar="YAML",
                         help="run config, e.g. configs/tiny.yaml (seconds) or configs/demo.yaml (SmolLM2)")
+
+
+def check_run_id_options(args: argparse.Namespace) -> None:
+    """Check --run-id / --data-run-id (when given) before any flow starts: a bad one is one `error:` line."""
+    from infra.run_ids import check_run_id
+
+    for option in ("run_id", "data_run_id"):
+        value = getattr(args, option, None)
+        if value is not None:
+            check_run_id(value, "--" + option.replace("_", "-"))
 
 
 def quiet_prefect_defaults() -> None:
@@ -28,6 +39,7 @@ def user_facing_errors() -> tuple[type[BaseException], ...]:
     from evaluation.generation import ModelSourceError
     from evaluation.judges.translation import CometUnavailable
     from infra.registry import RegistryError
+    from infra.run_ids import InvalidRunId
     from infra.servers import ServerError
     from infra.store import StoreError
     from toa_core.backends.assets import AssetError
@@ -39,28 +51,62 @@ def user_facing_errors() -> tuple[type[BaseException], ...]:
     from training.launch import StageFailed
     from training.modeling import TrainingSetupError
 
-    return (IngestError, StoreError, RankingError, FactoryError, AssetError, PromptTemplateError, ServerError,
+    return (InvalidRunId, IngestError, StoreError, RankingError, FactoryError, AssetError, PromptTemplateError, ServerError,
             RegistryError, TrainingConfigError, TrainingSetupError, StageFailed, BenchmarkError, ModelSourceError,
             CometUnavailable)
 
 
-class _DropTraceback(logging.Filter):
-    """Prefect logs a failed task's or flow's exception with its traceback; for user-facing errors, drop it."""
+class _UserErrorOnce(logging.Filter):
+    """On Prefect's flow-run and task-run loggers in the `toa` process: a user-facing error (one whose message
+    already says what to fix) would otherwise reach the terminal four times before `toa` prints it as its one
+    `error:` line: "Task run failed with exception", the task's "Finished in state Failed(...)", the flow's
+    "Encountered exception during execution" and its own "Finished in state Failed(...)".
+
+    Those records keep going to Prefect's API (the UI's log shows them, without traceback); only the console handler
+    skips them (`_SkipOnConsole`, attached to it the first time such a record shows up).
+    """
 
     def __init__(self, errors: tuple[type[BaseException], ...]):
         super().__init__()
         self.errors = errors
+        self.names = {error.__name__ for error in errors}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], self.errors):
-            record.exc_info = None
+            record.exc_info = None  # the message says what to fix; a traceback only buries it
             record.exc_text = None
+            record.toaflow_repeats_user_error = True
+        elif record.levelno >= logging.ERROR or "Finished in state Failed" in record.getMessage():
+            named = _FAILED_WITH.search(record.getMessage())
+            if named and named.group(1) in self.names:
+                record.toaflow_repeats_user_error = True
+        if getattr(record, "toaflow_repeats_user_error", False):
+            _skip_on_console()
         return True
 
 
+class _SkipOnConsole(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "toaflow_repeats_user_error", False)
+
+
+# "...encountered an exception IngestError: ..." / "...encountered an exception: IngestError: ..."
+_FAILED_WITH = re.compile(r"encountered an exception:? ([A-Za-z_][A-Za-z0-9_]*)[:(]")
+
+
+def _skip_on_console() -> None:
+    """Attach `_SkipOnConsole` to Prefect's console handler(s) on the root logger (configured lazily by Prefect)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not any(isinstance(f, _SkipOnConsole) for f in handler.filters):
+            handler.addFilter(_SkipOnConsole())
+
+
 def hide_prefect_tracebacks(errors: tuple[type[BaseException], ...]) -> None:
-    """Keep Prefect's one-line failure messages for `errors` but not their tracebacks (see _DropTraceback)."""
+    """Print each user-facing error once: drop Prefect's tracebacks for `errors` and keep Prefect's records that
+    repeat their message off the console (see _UserErrorOnce); `toa` prints the error itself."""
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropTraceback) for f in logger.filters):
-            logger.addFilter(_DropTraceback(errors))
+        if not any(isinstance(f, _UserErrorOnce) for f in logger.filters):
+            logger.addFilter(_UserErrorOnce(errors))

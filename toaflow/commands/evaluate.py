@@ -21,8 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flows.evaluate import run_of_model
     from toaflow.cli import UserError
+    from toaflow.commands.common import check_run_id_options
     from runconfig import load_config
+
+    check_run_id_options(args)
+    run_of_model(args.model)
 
     load_config(args.config)  # a bad config fails here, before Prefect starts
     if args.model is None and args.run_id is None:

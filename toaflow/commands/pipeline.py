@@ -53,18 +53,19 @@ def format_scores(scores: dict[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from infra.run_ids import check_run_id, new_run_id
+
+    run_id = check_run_id(args.run_id, "--run-id") if args.run_id is not None else None
     cfg = load_config(args.config)  # fail fast, before Prefect starts, on a config the flow could not use
     from flows.pipeline import pipeline
-    from infra.registry import RegistryError, check_run_id, new_run_id
 
-    try:
-        run_id = check_run_id(args.run_id) if args.run_id else new_run_id(cfg.name)
-    except RegistryError as error:
-        raise UserError(f"--run-id: {error}") from None
+    run_id = run_id or new_run_id(cfg.name)
     try:
         result = pipeline(config=args.config, run_id=run_id, incremental=not args.full, promote=not args.no_promote)
     except Exception as error:  # the flow's own log has the traceback; say how to resume
-        print(f"error: the pipeline failed: {error.__class__.__name__}: {error}", file=sys.stderr)
+        from infra.secrets import redact_text
+
+        print(f"error: the pipeline failed: {error.__class__.__name__}: {redact_text(str(error))}", file=sys.stderr)
         print(f"finished stages are kept; resume with: toa pipeline --config {args.config} --run-id {run_id}",
               file=sys.stderr)
         return 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from toaflow.commands.common import add_config_option, quiet_prefect_defaults
+from toaflow.commands.common import add_config_option, check_run_id_options, quiet_prefect_defaults
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_run_id_options(args)
     quiet_prefect_defaults()
     from toa_core.scaling import parse_budgets, parse_strategies
     from toaflow.cli import UserError

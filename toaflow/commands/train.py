@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from toaflow.cli import UserError
+    from toaflow.commands.common import check_run_id_options
+
+    check_run_id_options(args)
     from training.config import TrainingConfigError, load_stage_settings
 
     try:

@@ -1,0 +1,45 @@
+"""Run ids: one rule for every place a run id becomes a store key or a local folder.
+
+A run id is 1 to 128 characters: a letter or digit, then letters, digits, '.', '_' or '-'
+(`[A-Za-z0-9][A-Za-z0-9._-]{0,127}`). So it is always exactly one path segment: never absolute, never '.' or
+'..', never containing '/'. Every entry point checks it before it touches the store or the disk: the `toa`
+commands, the flows (which Prefect deployments call directly), `Manifest.open`, the training stage processes and
+the local run folder that holds server logs.
+
+    check_run_id("tiny-20261122-013000-9f3a")   # returned unchanged
+    check_run_id("../x")                         # InvalidRunId naming the rule
+"""
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import datetime, timezone
+
+RUN_ID_RULE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_RUN_ID = re.compile(RUN_ID_RULE)
+
+
+class InvalidRunId(ValueError):
+    """A run id breaks the rule; the message quotes it and says what is allowed."""
+
+
+def check_run_id(run_id: object, what: str = "run id") -> str:
+    """Return `run_id` unchanged when it follows the rule, else raise InvalidRunId (`what` names the parameter)."""
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+        raise InvalidRunId(
+            f"invalid {what} {run_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or "
+            f"digit (no '/', no absolute paths, no '..'), e.g. 'demo-2026-01-15'")
+    return run_id
+
+
+def run_id_slug(name: str) -> str:
+    """`name` made safe for the start of a run id (other characters become '-'), at most 40 characters."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(name)).strip("-._")[:40].strip("-._")
+    return slug or "run"
+
+
+def new_run_id(name: str = "run") -> str:
+    """A fresh run id: the config's name (slugged), the UTC time and 4 random hex digits, e.g.
+    "tiny-20261122-013000-9f3a". Sorting ids of one config sorts them by start time."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return check_run_id(f"{run_id_slug(name)}-{stamp}-{secrets.token_hex(2)}")
