@@ -55,6 +55,17 @@ class RunConfig(Section):
             raise ValueError(f"search.model '{self.search.model}' is not one of the models: {', '.join(names)}")
         return self
 
+    @model_validator(mode="after")
+    def _reward_fits_its_server(self) -> "RunConfig":
+        # The HTTP reward sends max_length as vLLM's truncate_prompt_tokens, which vLLM refuses above max_model_len.
+        spec = next((s for s in self.servers.servers if s.name == self.reward.served_by), None)
+        if self.reward.kind == "http" and spec is not None and spec.max_model_len is not None \
+                and self.reward.max_length > spec.max_model_len:
+            raise ValueError(f"reward.max_length ({self.reward.max_length}) is more than servers '{spec.name}' "
+                             f"max_model_len ({spec.max_model_len}); vLLM refuses to truncate beyond it: lower "
+                             "reward.max_length")
+        return self
+
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
     """Validate a config mapping; raise ConfigError naming `source` and each bad key."""

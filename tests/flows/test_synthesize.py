@@ -101,6 +101,7 @@ def test_toa_sample_tiny_writes_a_valid_tree(tmp_path, tiny_llama_dir, tiny_rewa
          "--budget", "12", "--limit", "3", "--out", str(out)],
         capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "summary: 36 rows, 0 errors, 0 retries (3 prompts, 0 prompt rows skipped)"
     rows = pq.read_table(out).to_pylist()
     assert len(rows) == 36
     ids = {r["candidate_id"] for r in rows}

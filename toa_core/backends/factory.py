@@ -98,7 +98,8 @@ def build_reward(config: RewardConfig, endpoints_override: Mapping[str, Endpoint
         endpoints, model_id = _resolve("reward", config.served_by, config.endpoints, config.model, endpoints_override)
         if not model_id:
             raise FactoryError("reward kind 'http' needs `model` (the served model name) or a `served_by` server")
-        inner = HTTPReward(endpoints, model_id, api=config.api, api_key_env=config.api_key_env, retry=config.retry)
+        inner = HTTPReward(endpoints, model_id, api=config.api, api_key_env=config.api_key_env, retry=config.retry,
+                           max_length=config.max_length)
         max_attempts = 1  # the HTTP client retries each pair itself
     elif config.kind == "plugin":
         from toa_core.rewards.plugin import PluginReward

@@ -29,6 +29,7 @@ import certifi
 import httpx
 
 from toa_core.config import ModelConfig, RetryConfig
+from toa_core.credentials import mask_url_credentials
 from toa_core.records import Generation, Message
 from toa_core.interfaces import SamplingParams
 
@@ -182,8 +183,9 @@ class OpenAIChatModel:
         self._api_key = _read_api_key(config)
         self._warned_no_usage = False
 
-    def __repr__(self) -> str:  # never shows the key
-        return f"OpenAIChatModel(name={self.name!r}, model={self.config.model!r}, endpoints={self._pool.endpoints!r})"
+    def __repr__(self) -> str:  # never shows the key, nor credentials in an endpoint URL
+        return mask_url_credentials(
+            f"OpenAIChatModel(name={self.name!r}, model={self.config.model!r}, endpoints={self._pool.endpoints!r})")
 
     @property
     def endpoints(self) -> list[str]:
@@ -288,10 +290,11 @@ class OpenAIChatModel:
         return Generation(text=None, error=error, retries=retries, latency_s=time.monotonic() - started)
 
     def _scrub(self, text: str) -> str:
-        """Remove the API key from any text that may leave this object (servers sometimes echo it)."""
+        """Remove the API key (servers sometimes echo it) and credentials written in an endpoint URL from any text
+        that may leave this object."""
         if self._api_key:
             text = text.replace(self._api_key, "***")
-        return text
+        return mask_url_credentials(text)
 
     async def aclose(self) -> None:
         """Release the endpoint pool (its connections close with its last agent). Idempotent."""

@@ -2,30 +2,43 @@
 
 TOA is sequential inside one tree, so throughput comes from many trees running at once; each asks for one score at
 a time. The batcher holds the first request up to ``batch_wait_ms`` (or until ``batch_size`` requests are waiting)
-and sends them as one batch. A failed batch is retried with backoff; if it still fails, every waiter gets a
-RewardError (never a made-up 0.0).
+and sends them as one batch.
+
+One bad pair never costs the other trees their scores:
+- a model that knows which pairs failed says so (PairErrors): the others keep their scores at once;
+- a batch that fails as a whole is rescored pair by pair before anything is recorded as an error, so only the pair
+  that really fails does;
+- a pair that failed for a reason that would not change (`RewardError.permanent`: a non-finite score, a request the
+  server rejects) is not retried, and is remembered: asked again, it fails at once without reaching the model;
+- other failures are retried per pair, with backoff, up to ``max_attempts`` in all.
+A pair that still fails gets a RewardError (never a made-up 0.0).
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import random
+from collections import OrderedDict
 from typing import Sequence
 
 from toa_core.config import RetryConfig
-from toa_core.interfaces import RewardError, RewardModel
+from toa_core.interfaces import PairErrors, RewardError, RewardModel
 from toa_core.records import Message
 
 log = logging.getLogger(__name__)
 
 Pair = tuple[list[Message], str]
+Outcome = float | RewardError
+_REMEMBERED_FAILURES = 4096  # permanently bad pairs kept (oldest forgotten first)
 
 
 class BatchingReward:
     """A RewardModel that wraps another and batches concurrent single scores.
 
-    `max_attempts` counts attempts per batch (1 = no retry: use it when the inner model retries on its own, as the
-    HTTP reward client does).
+    `max_attempts` counts attempts per pair (1 = no retry: use it when the inner model retries on its own, as the
+    HTTP reward client does); rescoring a failed batch pair by pair is isolation, not a retry, and always happens.
     """
 
     def __init__(self, inner: RewardModel, *, batch_size: int = 16, batch_wait_ms: float = 5.0,
@@ -38,7 +51,9 @@ class BatchingReward:
         self.batch_wait_s = batch_wait_ms / 1000
         self.retry = retry or RetryConfig(max_attempts=3, backoff_initial_s=0.2, backoff_max_s=5)
         self.max_attempts = max_attempts or self.retry.max_attempts
-        self.batches_sent = 0
+        self.batches_sent = 0  # calls of inner.score_batch, whatever their size
+        self.batches_split = 0  # batches that failed as a whole and were rescored pair by pair
+        self._bad_pairs: OrderedDict[str, RewardError] = OrderedDict()
         self._pending: list[tuple[Pair, asyncio.Future[float]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -57,11 +72,12 @@ class BatchingReward:
         return await future
 
     async def score_batch(self, pairs: Sequence[Pair]) -> list[float]:
-        """Score an explicit batch directly (split into chunks of batch_size), with the same retries."""
-        scores: list[float] = []
+        """Score an explicit batch directly (split into chunks of batch_size), with the same isolation and retries;
+        PairErrors, carrying the good scores, when some pairs fail."""
+        outcomes: list[Outcome] = []
         for start in range(0, len(pairs), self.batch_size):
-            scores.extend(await self._score_with_retries(list(pairs[start:start + self.batch_size])))
-        return scores
+            outcomes.extend(await self._score_isolated(list(pairs[start:start + self.batch_size])))
+        return PairErrors.collect(self.name, outcomes)
 
     def _flush(self) -> None:
         if self._timer is not None:
@@ -78,7 +94,7 @@ class BatchingReward:
         if not live:
             return
         try:
-            scores = await self._score_with_retries([pair for pair, _ in live])
+            outcomes = await self._score_isolated([pair for pair, _ in live])
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it, whatever it is
             error = exc if isinstance(exc, RewardError) else RewardError(f"{self.name}: {type(exc).__name__}: {exc}")
             for _, future in live:
@@ -87,26 +103,75 @@ class BatchingReward:
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, future), value in zip(live, scores):
-            if not future.done():
-                future.set_result(value)
+        for (_, future), outcome in zip(live, outcomes):
+            if future.done():
+                continue
+            if isinstance(outcome, RewardError):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
 
-    async def _score_with_retries(self, pairs: list[Pair]) -> list[float]:
-        last: Exception | None = None
-        for attempt in range(self.max_attempts):
-            try:
-                self.batches_sent += 1
-                scores = await self.inner.score_batch(pairs)
-                if len(scores) != len(pairs):
-                    raise RewardError(f"{self.name}: {len(scores)} scores for {len(pairs)} pairs")
-                return [float(s) for s in scores]
-            except Exception as exc:
-                last = exc
-                if attempt + 1 < self.max_attempts:
-                    delay = random.uniform(0, min(self.retry.backoff_max_s, self.retry.backoff_initial_s * 2 ** attempt))
-                    log.info("reward %s: batch of %d failed (%s); retrying in %.2fs", self.name, len(pairs), exc, delay)
-                    await asyncio.sleep(delay)
-        raise RewardError(f"{self.name}: scoring failed after {self.max_attempts} attempts: {last}") from last
+    async def _score_isolated(self, pairs: list[Pair]) -> list[Outcome]:
+        """One outcome per pair: the whole batch first, then pair by pair for what failed (see module docstring)."""
+        keys = [_pair_key(pair) for pair in pairs]
+        outcomes: list[Outcome | None] = [self._known_bad(key) for key in keys]
+        todo = [index for index, outcome in enumerate(outcomes) if outcome is None]
+        if todo:
+            for index, outcome in zip(todo, await self._attempt([pairs[i] for i in todo])):
+                outcomes[index] = outcome
+        for attempt in range(1, self.max_attempts):
+            retry = [i for i in todo if isinstance(outcomes[i], RewardError) and not outcomes[i].permanent]
+            if not retry:
+                break
+            delay = random.uniform(0, min(self.retry.backoff_max_s, self.retry.backoff_initial_s * 2 ** (attempt - 1)))
+            log.info("reward %s: %d of %d pairs failed (%s); retrying them one by one in %.2fs", self.name,
+                     len(retry), len(pairs), outcomes[retry[0]], delay)
+            await asyncio.sleep(delay)
+            results = await asyncio.gather(*[self._attempt([pairs[i]]) for i in retry])
+            for index, (outcome,) in zip(retry, results):
+                outcomes[index] = outcome
+        for index in todo:
+            outcome = outcomes[index]
+            if isinstance(outcome, RewardError) and outcome.permanent:
+                self._remember(keys[index], outcome)
+            elif isinstance(outcome, RewardError) and self.max_attempts > 1:
+                outcomes[index] = RewardError(f"{self.name}: scoring failed after {self.max_attempts} attempts: "
+                                              f"{outcome}")
+        return outcomes  # type: ignore[return-value]
+
+    async def _attempt(self, pairs: list[Pair]) -> list[Outcome]:
+        """One call of the inner model; if it fails as a whole for several pairs, one call per pair, so the
+        outcome of each pair is its own."""
+        try:
+            self.batches_sent += 1
+            scores = await self.inner.score_batch(pairs)
+            if len(scores) != len(pairs):
+                raise RewardError(f"{self.name}: {len(scores)} scores for {len(pairs)} pairs")
+            return [float(score) for score in scores]
+        except PairErrors as exc:
+            if len(exc.results) == len(pairs):
+                return list(exc.results)
+            error: BaseException = exc
+        except Exception as exc:  # noqa: BLE001 - classified below; a pair's outcome, never the run's end
+            error = exc
+        if len(pairs) == 1:
+            return [error if isinstance(error, RewardError) else RewardError(f"{self.name}: {type(error).__name__}: "
+                                                                             f"{error}")]
+        self.batches_split += 1
+        log.info("reward %s: a batch of %d failed as a whole (%s); rescoring it pair by pair", self.name,
+                 len(pairs), error)
+        results = await asyncio.gather(*[self._attempt([pair]) for pair in pairs])
+        return [outcome for (outcome,) in results]
+
+    def _known_bad(self, key: str) -> RewardError | None:
+        """A fresh RewardError when this pair is known to fail for good, else None."""
+        known = self._bad_pairs.get(key)
+        return RewardError(str(known), permanent=True) if known is not None else None
+
+    def _remember(self, key: str, error: RewardError) -> None:
+        self._bad_pairs[key] = error
+        while len(self._bad_pairs) > _REMEMBERED_FAILURES:
+            self._bad_pairs.popitem(last=False)
 
     async def aclose(self) -> None:
         if self._pending:
@@ -114,3 +179,10 @@ class BatchingReward:
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self.inner.aclose()
+
+
+def _pair_key(pair: Pair) -> str:
+    """A stable digest of one (messages, response) pair, to recognise a pair already known to be bad."""
+    messages, response = pair
+    data = json.dumps([messages, response], ensure_ascii=False, sort_keys=True, default=str)
+    return hashlib.blake2b(data.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()

@@ -8,9 +8,17 @@ applies the reward model's own chat template. Two vLLM APIs:
 - ``pooling``:  ``POST /pooling`` ``{"model", "messages"}`` -> ``data[0].data``: the last value of the (possibly
   per-token) output is the score.
 
+Both carry vLLM's truncation settings: ``truncate_prompt_tokens`` = the reward config's ``max_length`` and
+``truncation_side: "right"``, so a long pair loses the end of its response and keeps the question, as the in-process
+classifier does (vLLM versions without ``truncation_side`` ignore it and keep the last tokens instead). vLLM refuses
+a ``truncate_prompt_tokens`` above the server's ``--max-model-len``: keep ``max_length`` at or below it.
+
 Endpoints may be given with or without the trailing ``/v1`` (the pooling routes live at the server root). Pairs of
 one batch run concurrently (vLLM batches them itself), within ``max_concurrency`` per endpoint, with the same
 retry policy as the chat client: backoff with jitter on 408/429/5xx/timeouts/connection errors/bad bodies.
+A pair the server rejects (another 4xx) or scores with a non-finite value fails at once and for good
+(`RewardError.permanent`); `score_batch` reports failed pairs with PairErrors, so the rest of the batch keeps its
+scores.
 """
 from __future__ import annotations
 
@@ -25,7 +33,8 @@ import httpx
 
 from toa_core.backends.openai_http import RETRYABLE_STATUS, backoff_delay, parse_retry_after
 from toa_core.config import RetryConfig
-from toa_core.interfaces import RewardError
+from toa_core.credentials import mask_url_credentials
+from toa_core.interfaces import PairErrors, RewardError
 from toa_core.records import Message
 
 
@@ -51,12 +60,13 @@ class HTTPReward:
 
     def __init__(self, endpoints: list[str], model: str, *, api: Literal["classify", "pooling"] = "classify",
                  api_key_env: str | None = None, retry: RetryConfig | None = None, max_concurrency: int = 64,
-                 name: str | None = None):
+                 name: str | None = None, max_length: int | None = None):
         if not endpoints:
             raise ValueError("http reward needs at least one endpoint")
         self.endpoints = [server_root(e) for e in endpoints]
         self.model = model
         self.api = api
+        self.max_length = max_length
         self.retry = retry or RetryConfig()
         self.name = name or f"http:{model}"
         self._api_key = os.environ.get(api_key_env) if api_key_env else None
@@ -70,7 +80,7 @@ class HTTPReward:
         self._rng = random.Random()
 
     def __repr__(self) -> str:
-        return f"HTTPReward(endpoints={self.endpoints!r}, model={self.model!r}, api={self.api!r})"
+        return mask_url_credentials(f"HTTPReward(endpoints={self.endpoints!r}, model={self.model!r}, api={self.api!r})")
 
     def _bind_loop(self) -> httpx.AsyncClient:
         """The client and semaphores of the running event loop (a new loop gets fresh ones)."""
@@ -90,6 +100,9 @@ class HTTPReward:
         body: dict[str, Any] = {"model": self.model, "messages": conversation}
         if self.api == "classify":
             body["use_activation"] = False
+        if self.max_length is not None:
+            body["truncate_prompt_tokens"] = self.max_length
+            body["truncation_side"] = "right"
         return body
 
     async def score(self, messages: list[Message], response: str) -> float:
@@ -111,11 +124,12 @@ class HTTPReward:
                 if reply.status_code == 200:
                     value = extract_score(self.api, reply.json())
                     if not math.isfinite(value):
-                        raise RewardError(f"{self.name}: non-finite score {value} from {endpoint}")
+                        raise RewardError(f"{self.name}: non-finite score {value} from {endpoint}", permanent=True)
                     return value
                 message = self._scrub(reply.text[:300])
                 if reply.status_code not in RETRYABLE_STATUS and reply.status_code < 500:
-                    raise RewardError(f"{self.name}: HTTP {reply.status_code} from {endpoint}/{self.api}: {message}")
+                    raise RewardError(self._scrub(f"{self.name}: HTTP {reply.status_code} from {endpoint}/{self.api}: "
+                                                  f"{message}"), permanent=True)
                 last = f"HTTP {reply.status_code} from {endpoint}: {message}"
                 if reply.status_code == 429:
                     wait_s = parse_retry_after(reply.headers.get("retry-after"))
@@ -133,10 +147,14 @@ class HTTPReward:
         raise RewardError(f"{self.name}: gave up after {self.retry.max_attempts} attempts: {self._scrub(last)}")
 
     async def score_batch(self, pairs: Sequence[tuple[list[Message], str]]) -> list[float]:
-        return list(await asyncio.gather(*[self.score(messages, response) for messages, response in pairs]))
+        """Every pair concurrently; PairErrors (carrying the other scores) when some of them fail."""
+        results = await asyncio.gather(*[self.score(messages, response) for messages, response in pairs],
+                                       return_exceptions=True)
+        return PairErrors.collect(self.name, results)
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        """Remove the API key and any credentials written in an endpoint URL from text leaving this object."""
+        return mask_url_credentials(text.replace(self._api_key, "***") if self._api_key else text)
 
     async def aclose(self) -> None:
         if self._client is not None and asyncio.get_running_loop() is self._loop:

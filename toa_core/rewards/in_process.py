@@ -5,7 +5,7 @@ import asyncio
 import math
 from typing import Any, Sequence
 
-from toa_core.interfaces import RewardError
+from toa_core.interfaces import PairErrors, RewardError
 from toa_core.records import Message
 
 
@@ -24,7 +24,9 @@ class InProcessReward:
         return (await self.score_batch([(messages, response)]))[0]
 
     async def score_batch(self, pairs: Sequence[tuple[list[Message], str]]) -> list[float]:
-        """Scores in input order. Raises RewardError if the model fails or yields a non-finite value."""
+        """Scores in input order. RewardError if the model fails (permanent for a single pair: the same weights
+        fail the same way on the same input, unless memory ran out); PairErrors when some scores are not finite
+        (each row of a batch is scored independently, so the finite ones stand)."""
         if not pairs:
             return []
         try:
@@ -32,10 +34,14 @@ class InProcessReward:
         except RewardError:
             raise
         except Exception as exc:
-            raise RewardError(f"{self.name}: scoring failed: {type(exc).__name__}: {exc}") from exc
-        if not all(math.isfinite(s) for s in scores):
-            raise RewardError(f"{self.name}: non-finite reward in {scores}")
-        return scores
+            out_of_memory = isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+            raise RewardError(f"{self.name}: scoring failed: {type(exc).__name__}: {exc}",
+                              permanent=len(pairs) == 1 and not out_of_memory) from exc
+        if len(scores) != len(pairs):
+            raise RewardError(f"{self.name}: {len(scores)} scores for {len(pairs)} pairs")
+        return PairErrors.collect(self.name, [
+            float(s) if math.isfinite(s) else RewardError(f"{self.name}: non-finite reward {s}", permanent=True)
+            for s in scores])
 
     async def aclose(self) -> None:
         self._model = self._tokenizer = None

@@ -13,7 +13,7 @@ import inspect
 import math
 from typing import Any, Callable, Sequence
 
-from toa_core.interfaces import RewardError
+from toa_core.interfaces import PairErrors, RewardError
 from toa_core.records import Message
 
 
@@ -55,7 +55,7 @@ class PluginReward:
         except Exception as exc:
             raise RewardError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         if not math.isfinite(value):
-            raise RewardError(f"{self.name}: returned a non-finite reward {value}")
+            raise RewardError(f"{self.name}: returned a non-finite reward {value}", permanent=True)
         return value
 
     async def _call(self, messages: list[Message], response: str) -> object:
@@ -65,7 +65,10 @@ class PluginReward:
         return await value if inspect.isawaitable(value) else value
 
     async def score_batch(self, pairs: Sequence[tuple[list[Message], str]]) -> list[float]:
-        return list(await asyncio.gather(*[self.score(messages, response) for messages, response in pairs]))
+        """Each pair on its own; PairErrors (carrying the other scores) when some of them fail."""
+        results = await asyncio.gather(*[self.score(messages, response) for messages, response in pairs],
+                                       return_exceptions=True)
+        return PairErrors.collect(self.name, results)
 
     async def aclose(self) -> None:
         return None

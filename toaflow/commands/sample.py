@@ -43,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = {f"search.{key}": value for key, value in
                  (("strategy", args.strategy), ("budget", args.budget), ("seed", args.seed)) if value is not None}
     cfg = load_config(args.config, overrides)
-    report = load_prompts(IngestConfig(source=args.prompts, limit=args.limit, seed=cfg.search.seed))
+    # The config's column mapping and checks (synthesis.prompts.*) apply to --prompts too; hints name those keys.
+    mapping = cfg.synthesis.prompts.model_dump(exclude={"source", "format", "limit", "seed"}) \
+        if cfg.synthesis.prompts else {}
+    report = load_prompts(IngestConfig(**mapping, source=args.prompts, limit=args.limit, seed=cfg.search.seed))
     if report.quarantined:
         first = report.quarantined[0]
         print(f"warning: {len(report.quarantined)} bad prompt rows skipped (first: {first['source']} line "
@@ -68,12 +71,15 @@ def run(args: argparse.Namespace) -> int:
     if trees:
         out.with_suffix(".trees.jsonl").write_text(trees_to_jsonl(trees), encoding="utf-8")
     failed = sum(1 for c in candidates if c.error)
+    retries = sum(r.retries for r in results)
     best = [r.best for r in results if r.best is not None]
-    print(f"wrote {table.num_rows} candidates for {len(results)} prompts to {out} ({failed} failed generations)")
+    print(f"wrote {table.num_rows} candidates for {len(results)} prompts to {out}")
     if trees:
         print(f"search trees: {out.with_suffix('.trees.jsonl')}")
     if best:
         print(json.dumps({"example_prompt": results[0].prompt.question[:200],
                           "best_answer": (results[0].best.text or "")[:400] if results[0].best else None},
                          ensure_ascii=False, indent=2))
+    print(f"summary: {table.num_rows} rows, {failed} errors, {retries} retries "
+          f"({len(results)} prompts, {len(report.quarantined)} prompt rows skipped)")
     return 0

@@ -35,9 +35,24 @@ def test_unknown_server_and_duplicate_names_are_clear_errors():
 
 
 def test_rewards_are_wrapped_in_the_batcher():
-    reward = build_reward(RewardConfig(kind="http", model="rm", endpoints=["http://127.0.0.1:1/v1"], batch_size=4))
+    reward = build_reward(RewardConfig(kind="http", model="rm", endpoints=["http://127.0.0.1:1/v1"], batch_size=4,
+                                       max_length=2048))
     assert isinstance(reward, BatchingReward) and isinstance(reward.inner, HTTPReward)
     assert reward.inner.endpoints == ["http://127.0.0.1:1"] and reward.batch_size == 4 and reward.max_attempts == 1
+    assert reward.inner.request_body([], "x")["truncate_prompt_tokens"] == 2048  # vLLM truncates like we would
     asyncio.run(reward.aclose())
     plugin = build_reward(RewardConfig(kind="plugin", callable="tests.toa_core.rewards.plugins:length_reward"))
     assert asyncio.run(plugin.score([{"role": "user", "content": "q"}], "abcd")) == 4.0
+
+
+def test_reward_max_length_must_fit_its_managed_vllm_server():
+    from runconfig import ConfigError, parse_config
+
+    data = {"models": [{"name": "a", "model": "m", "endpoints": ["http://127.0.0.1:1/v1"]}],
+            "servers": {"managed": True, "servers": [{"name": "rm", "kind": "vllm_reward", "model": "org/rm",
+                                                      "max_model_len": 2048}]},
+            "reward": {"kind": "http", "served_by": "rm", "max_length": 4096}}
+    with pytest.raises(ConfigError, match="reward.max_length \\(4096\\) is more than servers 'rm' max_model_len"):
+        parse_config(data)
+    data["reward"]["max_length"] = 2048
+    assert parse_config(data).reward.max_length == 2048

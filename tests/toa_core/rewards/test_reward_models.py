@@ -61,32 +61,6 @@ def test_batcher_gathers_concurrent_calls_into_few_forward_passes(classifier):
     assert scores == pytest.approx([reference[i % len(PAIRS)] for i in range(20)], abs=1e-4)
 
 
-def test_batcher_retries_then_fails_every_waiter_with_reward_error():
-    class Flaky:
-        name = "flaky"
-
-        def __init__(self, failures):
-            self.failures, self.calls = failures, 0
-
-        async def score_batch(self, pairs):
-            self.calls += 1
-            if self.calls <= self.failures:
-                raise ConnectionError("transient")
-            return [float(len(r)) for _, r in pairs]
-
-        async def aclose(self):
-            pass
-
-    async def run(inner):
-        batcher = BatchingReward(inner, batch_size=4, batch_wait_ms=1, retry=FAST)
-        return await asyncio.gather(*[batcher.score(m, r) for m, r in PAIRS[:3]], return_exceptions=True)
-
-    recovered = Flaky(failures=2)
-    assert asyncio.run(run(recovered)) == [4.0, 47.0, 20.0] and recovered.calls == 3
-    results = asyncio.run(run(Flaky(failures=99)))
-    assert all(isinstance(r, RewardError) and "after 3 attempts" in str(r) for r in results)
-
-
 def test_llm_judge_plumbing_on_tiny_llama(tiny_llama_dir):
     judge = LLMJudgeReward(tiny_llama_dir, batch_size=4)
 
