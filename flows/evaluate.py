@@ -21,7 +21,7 @@ def run_of_model(model: str | None) -> str | None:
     """The run id in a store key like runs/<id>/models/dpo (checked: it becomes a store key), else None."""
     parts = (model or "").split("/")
     if len(parts) > 2 and parts[0] == "runs":
-        return check_run_id(parts[1], "run id in --model")
+        return check_run_id(parts[1], "run id in the model location")
     return None
 
 
@@ -55,13 +55,14 @@ def evaluate(config: str | dict[str, Any], run_id: str | None = None, model: str
 
     Returns {"run_id", "model", "benchmarks": {name: {"scores", "report", "plot", "headline", "circular"}}}.
     """
-    logger = get_run_logger()
     if run_id:
-        check_run_id(run_id)
+        check_run_id(run_id)  # before anything else: it becomes store keys and local folders
+    model_run_id = run_of_model(model)
+    logger = get_run_logger()
     cfg = run_config(config)
     store = open_store(cfg.store)
     if not run_id:
-        run_id = run_of_model(model) or new_run_id(f"{cfg.name}-eval")
+        run_id = model_run_id or new_run_id(f"{cfg.name}-eval")
     model = model or default_model(store, run_id)
     reward = synthesis_reward(store, run_id, cfg.reward.model_dump(mode="json"))
     manifest = Manifest.open(store, run_id, config=cfg.model_dump(mode="json"))

@@ -36,9 +36,9 @@ def pipeline(config: str = "configs/demo.yaml", run_id: str | None = None, incre
             false = sample every prompt and train on this run's data only.
         promote: Run the promotion gate and move `latest` when it passes; false = evaluate only.
     """
-    logger = get_run_logger()
     if run_id:
-        check_run_id(run_id)
+        check_run_id(run_id)  # before anything else: it becomes store keys and local folders
+    logger = get_run_logger()
     cfg = load_config(config)
     run_id = run_id or new_run_id(cfg.name)
     store = open_store(cfg.store)

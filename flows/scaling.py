@@ -39,9 +39,9 @@ def scaling(config: str = "configs/demo.yaml", budgets: list[int] | str = "16,40
         prompts: Prompt source overriding `synthesis.prompts.source`.
         bootstrap_samples: Resamples behind each 95% interval.
     """
-    logger = get_run_logger()
     if run_id:
-        check_run_id(run_id)
+        check_run_id(run_id)  # before anything else: it becomes store keys and local folders
+    logger = get_run_logger()
     budget_list = parse_budgets(budgets)
     strategy_list = parse_strategies(strategies)
     overrides: dict[str, Any] = {}

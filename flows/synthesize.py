@@ -44,9 +44,9 @@ def synthesize(config: str = "configs/demo.yaml", run_id: str | None = None, lim
         prompts: Prompt source overriding `synthesis.prompts.source` (file, folder, s3:// URI or dataset name).
         incremental: Skip prompts that earlier runs in this store already synthesized (nightly mode).
     """
-    logger = get_run_logger()
     if run_id:
-        check_run_id(run_id)
+        check_run_id(run_id)  # before anything else: it becomes store keys and local folders
+    logger = get_run_logger()
     overrides: dict[str, Any] = {}
     if limit is not None:
         overrides["synthesis.prompts.limit"] = limit

@@ -26,6 +26,7 @@ from typing import Any, Callable, TypeVar
 
 from infra.config import StoreConfig
 from toa_core.config import RetryConfig
+from toa_core.credentials import mask_url_credentials
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +338,8 @@ class S3Store(Store):
         self.cfg = cfg
         self.bucket: str = location.bucket  # type: ignore[assignment]
         self.prefix = location.prefix
-        self.endpoint = cfg.endpoint_url or f"AWS S3 ({cfg.region})"
+        # what messages call it: credentials written in the URL (http://user:pass@host) are masked
+        self.endpoint = mask_url_credentials(cfg.endpoint_url) if cfg.endpoint_url else f"AWS S3 ({cfg.region})"
         self.on_retry = on_retry
         self.retries = 0
         session = boto3.session.Session(profile_name=cfg.profile, region_name=cfg.region)
@@ -494,7 +496,7 @@ def _is_transfer_error(error: BaseException) -> bool:
 
 
 def _short(error: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(error).split())
+    text = mask_url_credentials(" ".join(str(error).split()))
     return text if len(text) <= limit else text[:limit] + "..."
 
 
