@@ -110,3 +110,22 @@ def test_bad_rows_are_quarantined_with_line_and_reason(tmp_path, good_config, en
     assert "UTF-8" in by_line[4]["reason"] or "utf-8" in by_line[4]["reason"].lower()
     rows = samples_table(store, "corpus")
     assert len({row["prompt_id"] for row in rows}) == 3 and len(rows) == 3 * BUDGET
+
+
+def test_ingest_failure_is_printed_once_and_leaves_the_stage_failed(tmp_path, good_config, env):
+    """No usable row: the user reads the reason once (no Prefect log or state line repeating it), the hints name
+    keys that exist (synthesis.prompts.*) and only what would help, and the manifest says why the stage failed."""
+    prompts = tmp_path / "unusable.jsonl"
+    prompts.write_text(json.dumps({"question": "wrong column"}) + "\n" + json.dumps({"instruction": 42}) + "\n")
+    result = run_toa(["synthesize", "--config", str(good_config(prompts)), "--run-id", "unusable"], env=env)
+
+    assert_user_error(result, "no usable prompt", "synthesis.prompts.prompt_field")
+    output = result.stdout + result.stderr
+    assert output.count("no usable prompt") == 1, output[-4000:]
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == \
+        [f"error: {prompts}: no usable prompt: 2 of 2 rows are unusable. First problems:"]
+    assert "strict" not in output and "ingest." not in output  # strict is already off; the key is synthesis.prompts
+    stage = open_store(str(tmp_path / "store")).read_json("runs/unusable/manifest.json")["stages"]["ingest"]
+    assert stage["status"] == "failed" and "\n" not in stage["error"]
+    assert stage["error"].startswith(f"IngestError: {prompts}: no usable prompt: 2 of 2 rows are unusable.")
+    assert stage["history"][-1]["status"] == "failed"

@@ -176,4 +176,4 @@ def test_toa_pipeline_prints_run_folder_scores_verdict_and_ui(setup, capsys, mon
     assert "make ui" in out and "http://127.0.0.1:4200/runs/flow-run/" in out
 
     assert main(["pipeline", "--config", config, "--run-id", "../escape"]) == 2
-    assert "--run-id: invalid run id" in capsys.readouterr().err
+    assert "error: invalid --run-id '../escape'" in capsys.readouterr().err
