@@ -38,6 +38,9 @@ def model_servers(cfg: "RunConfig", run_id: str) -> Iterator[dict[str, "ServedEn
 
     Stops only the processes it started, and copies their logs into `runs/<run_id>/servers/` in the store.
     """
+    from infra.run_ids import check_run_id
+
+    check_run_id(run_id)  # it names the local log folder and the store folder the logs are copied to
     if not cfg.servers.managed or not cfg.servers.servers:
         yield {}
         return

@@ -68,7 +68,8 @@ class RewardConfig(Section):
     api: Literal["classify", "pooling"] = "classify"
     api_key_env: str | None = None
     callable: str | None = None
-    max_length: int = Field(4096, ge=16, description="pairs longer than this are truncated from the left of the response's end")
+    max_length: int = Field(4096, ge=16, description="tokens per scored pair; longer pairs lose the end of the response "
+                            "(kind http: sent as vLLM's truncate_prompt_tokens, at most the server's max_model_len)")
     batch_size: int = Field(16, ge=1, description="pairs scored per forward pass / request")
     batch_wait_ms: float = Field(5.0, ge=0, description="how long the batcher waits to fill a batch")
     retry: RetryConfig = Field(default_factory=RetryConfig)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from infra.manifest import one_line
 from infra.run_ids import InvalidRunId, check_run_id
 from infra.secrets import redact, redact_log_records, redact_text
 from infra.store import DIR_MARKER, Store, open_store
@@ -318,7 +319,7 @@ def stage_main(stage: str, run: Callable[..., dict[str, Any]], argv: list[str] |
 
 
 def _one_line(error: BaseException) -> str:
-    return " | ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    return one_line(str(error)) or type(error).__name__
 
 
 def log_line(message: str) -> None:
