@@ -8,7 +8,8 @@ finished stages stay finished, so a re-run can skip them.
 Each stage keeps `counts` for the stage as a whole (across attempts: a resume that had nothing left to do still
 reports what the stage produced) and a `history` with one entry per attempt: status, times, that attempt's own
 counts and, when it failed, its one-line reason. A stage whose attempt raised is `failed`, never left `running`
-(`stage_attempt`); only a process killed outright leaves `running` behind, and the next attempt takes over.
+(`stage_attempt`); only a process killed outright leaves `running` behind, and the next attempt marks that entry
+`interrupted`.
 
 Writers: the flow (one process) updates the manifest; tasks return counts and URIs to it. Each update
 re-reads the stored manifest and merges before writing, so a second writer loses at most a concurrent change.
@@ -184,6 +185,8 @@ class Manifest:
         """Mark `name` running and open a new attempt in its `history`."""
         def change(data: dict[str, Any]) -> None:
             stage = _stage_entry(data, name)
+            if stage["history"] and stage["history"][-1]["status"] == "running":
+                stage["history"][-1]["status"] = "interrupted"  # its process died without a word (SIGKILL, OOM)
             stage.update(status="running", started_at=_now(), finished_at=None, error=None)
             stage["attempts"] = stage.get("attempts", 0) + 1
             stage["history"].append({"attempt": stage["attempts"], "status": "running",

@@ -70,6 +70,8 @@ def test_resume_keeps_finished_stages_and_notes_config_changes(store):
     assert again.data["resumes"][-1]["config_changed"] is False
     again.start_stage("sample")
     assert again.stage("sample")["attempts"] == 2 and again.stage("sample")["error"] is None
+    again.start_stage("sample")  # attempt 2 died without a word (SIGKILL): attempt 3 says so
+    assert [h["status"] for h in again.stage("sample")["history"]] == ["failed", "interrupted", "running"]
 
     changed = Manifest.open(store, "run-3", config={"budget": 12})
     assert changed.data["resumes"][-1]["config_changed"] is True
@@ -98,3 +100,24 @@ def test_failure_text_is_redacted_and_bounded(store, monkeypatch):
 def test_load_missing_run(store):
     with pytest.raises(StoreKeyNotFound):
         Manifest.load(store, "never-ran")
+
+
+def test_stage_attempts_keep_cumulative_counts_and_a_history(store):
+    manifest = Manifest.open(store, "run-5", config={})
+    with manifest.stage_attempt("sample") as attempt:
+        attempt.counts = {"candidates_generated": 320, "failed_generations": 83}
+        attempt.attempt_counts = {"candidates_generated": 320}
+    with pytest.raises(ValueError, match="bad rows"):
+        with manifest.stage_attempt("sample") as attempt:
+            attempt.attempt_counts = {"candidates_generated": 0}
+            raise ValueError("bad rows:\n  - line 1\n  - line 2")
+    stage = Manifest.load(store, "run-5").stage("sample")
+    assert stage["status"] == "failed" and stage["error"] == "ValueError: bad rows: | - line 1 | - line 2"
+    assert stage["counts"] == {"candidates_generated": 320, "failed_generations": 83}  # a failed resume keeps them
+    assert [(h["attempt"], h["status"], h["counts"]) for h in stage["history"]] == [
+        (1, "finished", {"candidates_generated": 320}), (2, "failed", {"candidates_generated": 0})]
+    assert stage["history"][1]["error"] == stage["error"]
+    with pytest.raises(KeyboardInterrupt):
+        with manifest.stage_attempt("rank"):
+            raise KeyboardInterrupt
+    assert Manifest.load(store, "run-5").stage("rank")["error"] == "interrupted (KeyboardInterrupt)"

@@ -51,9 +51,9 @@ def user_facing_errors() -> tuple[type[BaseException], ...]:
     from training.launch import StageFailed
     from training.modeling import TrainingSetupError
 
-    return (InvalidRunId, IngestError, StoreError, RankingError, FactoryError, AssetError, PromptTemplateError, ServerError,
-            RegistryError, TrainingConfigError, TrainingSetupError, StageFailed, BenchmarkError, ModelSourceError,
-            CometUnavailable)
+    return (InvalidRunId, IngestError, StoreError, RankingError, FactoryError, AssetError, PromptTemplateError,
+            ServerError, RegistryError, TrainingConfigError, TrainingSetupError, StageFailed, BenchmarkError,
+            ModelSourceError, CometUnavailable)
 
 
 class _UserErrorOnce(logging.Filter):
@@ -76,10 +76,8 @@ class _UserErrorOnce(logging.Filter):
             record.exc_info = None  # the message says what to fix; a traceback only buries it
             record.exc_text = None
             record.toaflow_repeats_user_error = True
-        elif record.levelno >= logging.ERROR or "Finished in state Failed" in record.getMessage():
-            named = _FAILED_WITH.search(record.getMessage())
-            if named and named.group(1) in self.names:
-                record.toaflow_repeats_user_error = True
+        elif (named := _FAILED_WITH.search(record.getMessage())) and named.group(1) in self.names:
+            record.toaflow_repeats_user_error = True  # a state line quoting the error
         if getattr(record, "toaflow_repeats_user_error", False):
             _skip_on_console()
         return True
