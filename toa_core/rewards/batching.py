@@ -113,7 +113,8 @@ class BatchingReward:
 
     async def _score_isolated(self, pairs: list[Pair]) -> list[Outcome]:
         """One outcome per pair: the whole batch first, then pair by pair for what failed (see module docstring)."""
-        keys = [_pair_key(pair) for pair in pairs]
+        # Digests only once some pair is known to be bad: the common path stays free of hashing.
+        keys = [_pair_key(pair) for pair in pairs] if self._bad_pairs else [None] * len(pairs)
         outcomes: list[Outcome | None] = [self._known_bad(key) for key in keys]
         todo = [index for index, outcome in enumerate(outcomes) if outcome is None]
         if todo:
@@ -133,7 +134,7 @@ class BatchingReward:
         for index in todo:
             outcome = outcomes[index]
             if isinstance(outcome, RewardError) and outcome.permanent:
-                self._remember(keys[index], outcome)
+                self._remember(keys[index] or _pair_key(pairs[index]), outcome)
             elif isinstance(outcome, RewardError) and self.max_attempts > 1:
                 outcomes[index] = RewardError(f"{self.name}: scoring failed after {self.max_attempts} attempts: "
                                               f"{outcome}")
@@ -163,9 +164,9 @@ class BatchingReward:
         results = await asyncio.gather(*[self._attempt([pair]) for pair in pairs])
         return [outcome for (outcome,) in results]
 
-    def _known_bad(self, key: str) -> RewardError | None:
+    def _known_bad(self, key: str | None) -> RewardError | None:
         """A fresh RewardError when this pair is known to fail for good, else None."""
-        known = self._bad_pairs.get(key)
+        known = self._bad_pairs.get(key) if key is not None else None
         return RewardError(str(known), permanent=True) if known is not None else None
 
     def _remember(self, key: str, error: RewardError) -> None:
