@@ -32,7 +32,9 @@ def user_facing_errors() -> tuple[type[BaseException], ...]:
     from infra.store import StoreError
     from toa_core.backends.assets import AssetError
     from toa_core.backends.factory import FactoryError
+    from toa_core.decontamination import DecontaminationError
     from toa_core.ingest import IngestError
+    from toa_core.leakage import LeakageError
     from toa_core.prompts import PromptTemplateError
     from toa_core.ranking import RankingError
     from training.config import TrainingConfigError
@@ -41,7 +43,7 @@ def user_facing_errors() -> tuple[type[BaseException], ...]:
 
     return (IngestError, StoreError, RankingError, FactoryError, AssetError, PromptTemplateError, ServerError,
             RegistryError, TrainingConfigError, TrainingSetupError, StageFailed, BenchmarkError, ModelSourceError,
-            CometUnavailable)
+            CometUnavailable, DecontaminationError, LeakageError)
 
 
 class _DropTraceback(logging.Filter):
