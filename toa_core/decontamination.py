@@ -35,12 +35,13 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from pydantic import Field
 
 from toa_core.config import Section
+from toa_core.records import Prompt
 
 SHIPPED_INDEX = Path(__file__).resolve().parent / "data" / "decontamination" / "index.npz"
 INDEX_FORMAT = 1
@@ -347,6 +348,33 @@ class DecontaminationIndex:
 
     def summary(self) -> list[dict[str, object]]:
         return [b.summary() for b in self.benchmarks]
+
+
+def _prompt_texts(prompts: Sequence[Prompt]) -> tuple[list[str], list[int]]:
+    texts, owners = [], []
+    for number, prompt in enumerate(prompts):
+        for message in prompt.messages:
+            if message["role"] in ("user", "system"):
+                texts.append(message["content"])
+                owners.append(number)
+    return texts, owners
+
+
+def check_prompts(index: DecontaminationIndex, prompts: Sequence[Prompt]) -> list[dict[str, Any]]:
+    """Quarantine records of the prompts that overlap the index: every system/user message is checked."""
+    texts, owners = _prompt_texts(prompts)
+    records: dict[int, dict[str, Any]] = {}
+    for owner, match in zip(owners, index.check(texts)):
+        if match is not None and owner not in records:
+            prompt = prompts[owner]
+            records[owner] = {"prompt_id": prompt.prompt_id, "line": prompt.metadata.get("line"),
+                              "source": prompt.source, **match.to_dict(), "reason": match_reason(match)}
+    return [records[k] for k in sorted(records)]
+
+
+def match_reason(match: Match) -> str:
+    return (f"overlaps evaluation set {match.benchmark} item {match.item_id} "
+            f"({match.tokens} normalised tokens in common)")
 
 
 def load_indexes(paths: Iterable[str | Path], shipped: bool = True) -> DecontaminationIndex:

@@ -58,7 +58,7 @@ def _parse_extra(values: list[str]) -> list[tuple[str, str, str]]:
 def run_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tasks.decontamination import build_index_from_sources
+    from evaluation.decontamination_sources import build_index_from_sources
     from toaflow.cli import UserError
 
     extra = _parse_extra(args.add)
@@ -91,8 +91,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from tasks.decontamination import check_prompts
-    from toa_core.decontamination import load_indexes
+    from toa_core.decontamination import check_prompts, load_indexes
     from toa_core.ingest import IngestConfig, load_prompts
 
     report = load_prompts(IngestConfig(source=args.prompts))
