@@ -89,18 +89,28 @@ _LENGTH_SALT = _constants(65)[64]
 
 
 class _TokenHasher:
-    """Stable 64-bit token hashes (blake2b), memoised: real text repeats its words a lot."""
+    """Stable 64-bit token hashes (blake2b, never Python's per-process hash()), computed once per distinct token:
+    Arrow's dictionary encoding maps the tokens to their distinct values in C++, so Python touches each distinct
+    token of a batch once."""
 
     def __init__(self) -> None:
         self._memo: dict[str, int] = {}
 
     def __call__(self, tokens: Sequence[str]) -> np.ndarray:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not tokens:
+            return np.zeros(0, dtype=np.uint64)
         memo = self._memo
         if len(memo) > 2_000_000:  # bound the memory on endless vocabularies (ids, numbers)
             memo.clear()
-        for token in set(tokens).difference(memo):
+        encoded = pc.dictionary_encode(pa.array(tokens, pa.string()))
+        distinct = encoded.dictionary.to_pylist()
+        for token in set(distinct).difference(memo):
             memo[token] = int.from_bytes(hashlib.blake2b(token.encode("utf-8"), digest_size=8).digest(), "big")
-        return np.fromiter(map(memo.__getitem__, tokens), dtype=np.uint64, count=len(tokens))
+        values = np.array([memo[token] for token in distinct], dtype=np.uint64)
+        return values[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
