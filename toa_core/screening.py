@@ -38,9 +38,6 @@ class ScreeningCounts:
         PER_MODEL_KEYS, 0)))
     examples: list[dict[str, str]] = field(default_factory=list)  # a few leaks, for reports
 
-    def model_rows(self) -> list[dict[str, int | str]]:
-        return [{"model": model, **counts} for model, counts in sorted(self.per_model.items())]
-
 
 class Screen:
     """Screens candidate tables for ranking; one instance per ranking run (it accumulates the counts)."""
