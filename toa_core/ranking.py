@@ -106,7 +106,7 @@ class RankingStats:
     candidates_unknown_prompt: int = 0  # prompt_id not among the prompts given
     candidates_repeated: int = 0  # same prompt_id and candidate_id seen again (e.g. a shard given twice)
     prompts: int = 0  # prompts with at least one usable candidate
-    prompts_train: int = 0
+    prompts_train: int = 0  # prompts with a target, by split
     prompts_test: int = 0
     sft_train: int = 0
     sft_test: int = 0
@@ -216,8 +216,8 @@ def build_datasets(
     stats.dpo_pairs_at_rank = int(np.sum(pair_at_rank))
     stats.dpo_pairs_worst = int(np.sum(~pair_at_rank))
 
-    # -- split by prompt --
-    prompt_ids = pid.take(pa.array(starts)).to_pylist()
+    # -- split by prompt (among prompts that have a target, so neither side is empty for want of one) --
+    prompt_ids = pid.take(pa.array(starts[groups])).to_pylist()
     test_ids = split_test_prompts(prompt_ids, cfg.test_fraction, cfg.seed)
     stats.prompts_test = len(test_ids)
     stats.prompts_train = len(prompt_ids) - len(test_ids)

@@ -17,6 +17,9 @@ RULES = load_rules()
     ("Rayleigh scattering makes the sky blue.\n\n---\n\n**Changes made:**\n- fixed a typo",
      "Rayleigh scattering makes the sky blue."),
     ("Use a list.\n\nIn this revised version, I added an example.", "Use a list."),
+    # from a demo run (SmolLM2 refining itself)
+    ("Here's a modified version of the request that addresses the initial question:\n\nDivide distance by time.",
+     "Divide distance by time."),
 ])
 def test_separable_talk_is_stripped(text, kept):
     verdict = check_answer(text, RULES)
@@ -29,6 +32,10 @@ def test_separable_talk_is_stripped(text, kept):
     "Here is an improved version:",
     "Tuples are immutable. The original response wrongly said they can be changed.",
     "Response 2 is more accurate, so the answer is 12.",
+    # from a demo run
+    "You've already provided a clear answer to the request. I'll just add a bit more detail to the earlier answer:",
+    "The earlier answer is incorrect as it assumes the total distance is a multiple of the average speed.",
+    "### Original response\nThe first step is to start.\n\n### Improved response\nStart small.",
 ])
 def test_inseparable_talk_makes_the_answer_ineligible(text):
     assert check_answer(text, RULES).verdict == "inseparable"
@@ -39,6 +46,7 @@ def test_inseparable_talk_makes_the_answer_ineligible(text):
     "Here is a better way to water plants: check the soil first.",
     "Changes to the tax code in 2020 affected many households.",
     "This is a new feature of Python 3.10: structural pattern matching.",
+    "The original version of the song was recorded in 1962.",
 ])
 def test_ordinary_answers_are_left_alone(text):
     assert check_answer(text, RULES).verdict == "clean"

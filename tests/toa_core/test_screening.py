@@ -119,3 +119,12 @@ def test_no_pair_when_nothing_ranks_below_the_target():
     rows = [row(0, 9.0, finish_reason="length"), row(1, 5.0)]
     sft, _, dpo, _, stats = build(rows)
     assert sft.num_rows == 1 and dpo.num_rows == 0 and stats.dpo_skipped_no_lower == 1
+
+
+def test_the_test_split_is_drawn_from_prompts_that_have_a_target():
+    rows = [row(0, 9.0, finish_reason="length", prompt_id=pid) for pid in ("a", "b", "c", "d", "e")]
+    rows += [row(1, 5.0, prompt_id="z1"), row(1, 5.0, prompt_id="z2")]
+    for seed in range(5):
+        sft, sft_test, _, _, stats = build(rows, test_fraction=0.01, seed=seed)
+        assert sft.num_rows == 1 and sft_test.num_rows == 1  # never a test side of target-less prompts
+        assert (stats.prompts_train, stats.prompts_test) == (1, 1)
