@@ -1,4 +1,4 @@
-"""The synthesis flow: ingest prompts -> shard -> sample each shard with the search engine -> rank -> datasets.
+"""The synthesis flow: ingest prompts -> decontaminate -> shard -> sample each shard -> rank -> datasets + card.
 
     toa synthesize --config configs/tiny.yaml --run-id X --limit 8
 
@@ -18,6 +18,8 @@ from infra.run_ids import check_run_id, new_run_id
 from infra.runtime import model_servers
 from infra.store import open_store
 from tasks.artifacts import ProgressReporter
+from tasks.dataset_card import write_dataset_card
+from tasks.decontamination import decontaminate_prompts, decontamination_counts
 from tasks.synthesis import ingest_prompts, plan_shards, rank_candidates, report_synthesis, run_key, sample_shard_task
 from runconfig import load_config
 
@@ -73,7 +75,14 @@ def synthesize(config: str = "configs/demo.yaml", run_id: str | None = None, lim
             ingest = {**(manifest.stage("ingest") or {}).get("counts", {}), **ingest}
         attempt.counts = {k: v for k, v in ingest.items() if isinstance(v, int) and not isinstance(v, bool)}
 
-    excluded = sorted(synthesized_prompt_ids(store, exclude_runs=[run_id])) if incremental else None
+    with manifest.stage_attempt("decontaminate") as attempt:
+        decontamination = decontaminate_prompts(cfg, run_id)
+        manifest.add_lineage("decontaminate", [store.uri(run_key(run_id, "prompts") + "/")],
+                             [store.uri(run_key(run_id, "decontamination") + "/")])
+        attempt.counts = decontamination_counts(decontamination)
+
+    excluded = sorted(synthesized_prompt_ids(store, exclude_runs=[run_id])) if incremental else []
+    excluded = sorted(set(excluded) | set(decontamination["quarantined_ids"])) or None
     plan = plan_shards(cfg, run_id, excluded, sample_limit)
     outcomes: list[dict[str, Any]] = []
     with manifest.stage_attempt("sample") as attempt:
@@ -112,6 +121,7 @@ def synthesize(config: str = "configs/demo.yaml", run_id: str | None = None, lim
         manifest.add_lineage("rank", [o["uri"] for o in outcomes], list(ranking["datasets"].values()))
         attempt.counts = ranking["counts"]
 
-    report = report_synthesis(cfg, run_id, ingest, outcomes, ranking)
+    report = report_synthesis(cfg, run_id, ingest, outcomes, ranking, decontamination)
+    card = write_dataset_card(cfg, run_id, ingest, decontamination, ranking)
     return {"run_id": run_id, "run_uri": store.uri(run_key(run_id) + "/"), "datasets": ranking["datasets"],
-            "counts": ranking["counts"], "report": report, "manifest": manifest.uri}
+            "counts": ranking["counts"], "report": report, "card": card, "manifest": manifest.uri}

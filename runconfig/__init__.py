@@ -8,12 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from evaluation.config import EvaluationConfig
 from infra.config import ServersConfig, StoreConfig
 from toa_core.config import (ModelConfig, RewardConfig, SearchConfig, Section, describe_validation_error,
                              read_yaml_mapping)
+from toa_core.decontamination import DecontaminationConfig
 from toa_core.ingest import IngestConfig
 from toa_core.ranking import RankingConfig
 from training.config import TrainingConfig
@@ -31,6 +32,14 @@ class SynthesisConfig(Section):
     parallel_shards: int = Field(1, ge=1, le=8, description="shards sampled at once in one flow run")
     shard_retries: int = Field(2, ge=0, description="task-level retries of a failed shard (it resumes from checkpoints)")
     shard_retry_delay_s: float = Field(10.0, ge=0)
+    decontaminate: DecontaminationConfig = Field(
+        default_factory=DecontaminationConfig,
+        description="check prompts and chosen answers against the evaluation sets; `false` switches it off")
+
+    @field_validator("decontaminate", mode="before")
+    @classmethod
+    def _decontaminate_shorthand(cls, value: object) -> object:
+        return {"enabled": value} if isinstance(value, bool) else value
 
 
 class RunConfig(Section):

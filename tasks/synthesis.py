@@ -251,23 +251,27 @@ def rank_candidates(cfg: RunConfig, run_id: str, shard_uris: list[str]) -> dict[
     import tempfile
     from pathlib import Path
 
+    from tasks.decontamination import rank_without_contaminated_answers
     from toa_core.ranking import build_datasets, write_datasets
 
     store = open_store(cfg.store)
     with tempfile.TemporaryDirectory(prefix="toaflow-rank-") as scratch:
         local_shards = [store.download_file(store.key_of(uri), Path(scratch) / f"{i:05d}.parquet")
                         for i, uri in enumerate(shard_uris)]
-        *tables, stats = build_datasets([str(p) for p in local_shards], read_prompts(store, run_id),
-                                        cfg.synthesis.ranking, run_id)
+        prompts = read_prompts(store, run_id)
+        *tables, stats = rank_without_contaminated_answers(  # chosen answers are checked against the eval sets
+            cfg, store, run_id, lambda excluded: build_datasets([str(p) for p in local_shards], prompts,
+                                                                cfg.synthesis.ranking, run_id, excluded))
     datasets = write_datasets(store, run_id, *tables, stats=stats)
-    return {"datasets": datasets, "counts": stats.to_dict()}
+    return {"datasets": datasets, "counts": stats.to_dict(), "per_model": stats.per_model}
 
 
 @task(name="report-synthesis", cache_policy=NO_CACHE)
 def report_synthesis(cfg: RunConfig, run_id: str, ingest: dict[str, Any], shards: list[dict[str, Any]],
-                     ranking: dict[str, Any]) -> str:
+                     ranking: dict[str, Any], decontamination: dict[str, Any] | None = None) -> str:
     """Per-model table, markdown summary and reward-distribution PNG: in `reports/` and as Prefect artifacts."""
     from tasks.artifacts import figure_png, publish_markdown, publish_png, publish_table
+    from tasks.dataset_card import quality_markdown
     from tasks.synthesis_report import per_model_table, reward_distribution_figure, summary_markdown
 
     store = open_store(cfg.store)
@@ -285,6 +289,8 @@ def report_synthesis(cfg: RunConfig, run_id: str, ingest: dict[str, Any], shards
     retries_total = Manifest.load(store, run_id).data.get("retries", {}).get("chat+reward", 0)
     markdown = summary_markdown(run_id, store.uri(run_key(run_id) + "/"), ingest, shards, ranking["counts"],
                                 model_rows, datasets, retries_total)
+    markdown += "\n## Data quality\n\n" + "\n".join(quality_markdown(
+        ranking["counts"], ranking.get("per_model", {}), decontamination, cfg.synthesis.ranking.allow_truncated))
     key = run_key(run_id, "reports", "synthesis.md")
     publish_markdown(store, key, markdown, title=f"synthesis run {run_id}", artifact=f"synthesis-summary-{run_id}")
     return store.uri(key)

@@ -61,6 +61,8 @@ class IngestConfig(Section):
     strict: bool = Field(False, description="any bad row is an error instead of being quarantined")
     limit: int | None = Field(None, ge=1, description="keep a seeded random sample of this many prompts")
     seed: int = 0
+    license: str | None = Field(None, description="licence of the prompts (an HF/SPDX id such as apache-2.0 or "
+                                                  "cc-by-nc-4.0), written into the dataset card")
 
 
 @dataclass

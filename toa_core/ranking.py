@@ -2,14 +2,20 @@
 
 Per prompt, the usable candidates (no error, a finite reward, non-blank text) are ordered by raw reward,
 best first; equal rewards are ordered by candidate_id, so the ranking is the same on every run.
-- SFT: the best candidate (rank 1) becomes the assistant turn: `messages` = prompt messages + [assistant].
-- DPO: chosen = rank 1, rejected = rank `dpo_rejected_rank` (k, 1-based).
+The target is the best candidate that may be one (toa_core.screening): not truncated (finish_reason "length",
+unless `allow_truncated`), not inseparable refinement leakage (toa_core.leakage), not excluded by id (e.g. a
+chosen answer that overlaps an evaluation set); refine/aggregate answers with a separable preamble/postscript
+enter the datasets stripped. A prompt whose usable candidates are all ruled out gives no SFT row and no pair.
+- SFT: the target becomes the assistant turn: `messages` = prompt messages + [assistant].
+- DPO: chosen = the target, rejected = rank `dpo_rejected_rank` (k, 1-based, among all usable candidates).
   The paper's README says the rejected response is "the 30th-ranked", while its model names say `ni=30`,
   which would be the 31st best if that index is 0-based. We read the README: k=30 means the 30th best
   (29 candidates rank between chosen and rejected). A prompt with fewer than k usable candidates gets the
   worst one as rejected (`short_policy: worst`) or no pair (`skip`); one usable candidate never gives a pair.
-  A pair is dropped when chosen and rejected have the same text (after trimming whitespace) or when the
-  reward margin chosen - rejected is not above `min_margin` (so the default 0.0 drops exact ties only).
+  The rejected must rank below the chosen (when the target is not rank 1 and k is not below it, the worst is
+  taken with `short_policy: worst`). A pair is dropped when chosen and rejected are near-duplicates (the same
+  text after whitespace/case normalisation) or when the reward margin chosen - rejected is not above
+  `min_margin` (so the default 0.0 drops exact ties only).
 - Train/test split by prompt: a prompt is in test when a seeded hash of its id falls below `test_fraction`,
   so the same prompt is never on both sides, SFT and DPO agree, and a prompt keeps its side across runs. When
   the hash puts no prompt in test although `test_fraction > 0` and there are two prompts or more, the prompt
@@ -24,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Literal, Mapping, Sequence, Union
 
@@ -35,7 +41,9 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from toa_core.config import Section
+from toa_core.leakage import LeakageConfig
 from toa_core.records import Message, Prompt
+from toa_core.screening import SCREEN_COLUMNS, Screen, apply_span, same_answer
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES_TYPE = pa.list_(MESSAGE_TYPE)
@@ -82,6 +90,10 @@ class RankingConfig(Section):
     min_margin: float = Field(0.0, ge=0, description="keep a pair only if chosen_reward - rejected_reward > this")
     test_fraction: float = Field(0.01, ge=0, lt=1, description="share of prompts held out (SFT and DPO alike)")
     seed: int = Field(0, description="seed of the train/test split")
+    allow_truncated: bool = Field(False, description="let answers cut off at max_tokens (finish_reason length) "
+                                                     "be SFT targets and DPO chosen")
+    leakage: LeakageConfig = Field(default_factory=LeakageConfig,
+                                   description="refinement-leakage rules (toa_core/rules/leakage.yaml + extras)")
 
 
 @dataclass
@@ -94,7 +106,7 @@ class RankingStats:
     candidates_unknown_prompt: int = 0  # prompt_id not among the prompts given
     candidates_repeated: int = 0  # same prompt_id and candidate_id seen again (e.g. a shard given twice)
     prompts: int = 0  # prompts with at least one usable candidate
-    prompts_train: int = 0
+    prompts_train: int = 0  # prompts with a target, by split
     prompts_test: int = 0
     sft_train: int = 0
     sft_test: int = 0
@@ -106,9 +118,19 @@ class RankingStats:
     dpo_dropped_margin: int = 0
     dpo_train: int = 0
     dpo_test: int = 0
+    candidates_truncated: int = 0  # usable, finish_reason "length"
+    candidates_leak_checked: int = 0  # refine/aggregate answers checked for leakage
+    candidates_leak_stripped: int = 0  # separable preamble/postscript: datasets hold the stripped text
+    candidates_leak_inseparable: int = 0  # never a target
+    candidates_excluded: int = 0  # ruled out as target by id (e.g. decontamination of chosen answers)
+    prompts_no_eligible_target: int = 0  # usable candidates, none may be a target: no SFT row, no pair
+    targets_below_top: int = 0  # the target is not the top-reward candidate (better ones were ruled out)
+    dpo_skipped_no_lower: int = 0  # no usable candidate ranks below the target
+    per_model: dict[str, dict[str, int]] = field(default_factory=dict)  # screening counts by model
 
     def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+        """The flat counts (manifest, reports); `per_model` is left out."""
+        return {key: value for key, value in asdict(self).items() if key != "per_model"}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -120,17 +142,19 @@ def build_datasets(
     prompts: Mapping[str, list[Message]] | Sequence[Prompt],
     cfg: RankingConfig,
     run_id: str,
+    excluded_ids: Iterable[str] = (),
 ) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table, RankingStats]:
     """Rank candidate rows (tables or parquet paths) into (sft_train, sft_test, dpo_train, dpo_test, stats).
 
     `prompts` maps prompt_id to the prompt's messages (or is a list of Prompt). Tables follow SFT_SCHEMA and
-    DPO_SCHEMA, sorted by prompt_id.
+    DPO_SCHEMA, sorted by prompt_id. `excluded_ids` are candidate ids that must not be a target.
     """
     prompt_messages = _prompt_map(prompts)
     sources = list(candidates)
     stats = RankingStats()
+    screen = Screen(cfg.allow_truncated, cfg.leakage, excluded_ids)
 
-    keys = _usable_keys(sources, prompt_messages, stats)
+    keys = _usable_keys(sources, prompt_messages, stats, screen)
     keys = keys.sort_by([("prompt_id", "ascending"), ("reward", "descending"), ("candidate_id", "ascending")])
     keys = _drop_repeated_candidates(keys, stats)
 
@@ -143,48 +167,64 @@ def build_datasets(
         starts = np.zeros(0, dtype=np.int64)
     sizes = np.diff(np.append(starts, n))
     stats.prompts = len(starts)
+    _add_screening_counts(stats, screen)
+
+    # -- targets: the best candidate of each prompt that may be one --
+    eligible = keys["chosen_ok"].to_numpy(zero_copy_only=False) if n else np.zeros(0, dtype=bool)
+    first_eligible = np.minimum.reduceat(np.where(eligible, np.arange(n), n), starts) if n else starts
+    has_target = first_eligible < np.append(starts[1:], n)
+    stats.prompts_no_eligible_target = int(np.sum(~has_target))
+    target_offset = np.where(has_target, first_eligible - starts, -1)  # 0 = the top-reward candidate
+    stats.targets_below_top = int(np.sum(target_offset > 0))
+    groups = np.flatnonzero(has_target)  # prompts with a target, in prompt order
+    target_pos = first_eligible[groups]
 
     # -- DPO pair selection (positions in the sorted key table) --
     k = cfg.dpo_rejected_rank
-    at_rank = sizes >= k
-    worst = (~at_rank) & (sizes >= 2) & (cfg.short_policy == "worst")
-    stats.dpo_skipped_single = int(np.sum(sizes < 2))
-    stats.dpo_skipped_short = int(np.sum((sizes >= 2) & (sizes < k))) if cfg.short_policy == "skip" else 0
+    sizes_t, offset_t = sizes[groups], target_offset[groups]
+    at_rank = (sizes_t >= k) & (k - 1 > offset_t)
+    worst = (~at_rank) & (sizes_t - 1 > offset_t) & (cfg.short_policy == "worst")
+    stats.dpo_skipped_single = int(np.sum(sizes_t < 2))
+    stats.dpo_skipped_short = int(np.sum((sizes_t >= 2) & (sizes_t < k))) if cfg.short_policy == "skip" else 0
+    stats.dpo_skipped_no_lower = int(np.sum((sizes_t >= 2) & (sizes_t - 1 <= offset_t)))
     paired = at_rank | worst
-    rejected_rank = np.where(at_rank, k, sizes)
+    rejected_rank = np.where(at_rank, k, sizes_t)
     rewards = keys["reward"].to_numpy()
-    chosen_pos = starts[paired]
-    rejected_pos = starts[paired] + rejected_rank[paired] - 1
+    chosen_pos = target_pos[paired]
+    chosen_rank = offset_t[paired] + 1
+    rejected_pos = starts[groups][paired] + rejected_rank[paired] - 1
     margin_ok = (rewards[chosen_pos] - rewards[rejected_pos]) > cfg.min_margin
     stats.dpo_dropped_margin = int(np.sum(~margin_ok))
     pair_at_rank = at_rank[paired][margin_ok]
     chosen_pos, rejected_pos = chosen_pos[margin_ok], rejected_pos[margin_ok]
     pair_rejected_rank = rejected_rank[paired][margin_ok]
+    chosen_rank = chosen_rank[margin_ok]
 
     # -- texts for the selected rows only --
-    texts = _texts_at(sources, keys, np.concatenate([starts, rejected_pos]))  # one read of each shard
-    best_texts, rejected_texts = texts[:len(starts)], texts[len(starts):]
-    position_of_start = {int(p): i for i, p in enumerate(starts)}
-    chosen_texts = [best_texts[position_of_start[int(p)]] for p in chosen_pos]
-    identical = np.array([c.strip() == r.strip() for c, r in zip(chosen_texts, rejected_texts)], dtype=bool)
+    texts = _texts_at(sources, keys, np.concatenate([target_pos, rejected_pos]))  # one read of each shard
+    best_texts, rejected_texts = texts[:len(target_pos)], texts[len(target_pos):]
+    position_of_target = {int(p): i for i, p in enumerate(target_pos)}
+    chosen_texts = [best_texts[position_of_target[int(p)]] for p in chosen_pos]
+    identical = np.array([same_answer(c, r) for c, r in zip(chosen_texts, rejected_texts)], dtype=bool)
     stats.dpo_dropped_identical = int(np.sum(identical))
     keep = ~identical
     chosen_pos, rejected_pos = chosen_pos[keep], rejected_pos[keep]
     pair_rejected_rank, pair_at_rank = pair_rejected_rank[keep], pair_at_rank[keep]
+    chosen_rank = chosen_rank[keep]
     chosen_texts = [t for t, kept in zip(chosen_texts, keep) if kept]
     rejected_texts = [t for t, kept in zip(rejected_texts, keep) if kept]
     stats.dpo_pairs_at_rank = int(np.sum(pair_at_rank))
     stats.dpo_pairs_worst = int(np.sum(~pair_at_rank))
 
-    # -- split by prompt --
-    prompt_ids = pid.take(pa.array(starts)).to_pylist()
+    # -- split by prompt (among prompts that have a target, so neither side is empty for want of one) --
+    prompt_ids = pid.take(pa.array(starts[groups])).to_pylist()
     test_ids = split_test_prompts(prompt_ids, cfg.test_fraction, cfg.seed)
     stats.prompts_test = len(test_ids)
     stats.prompts_train = len(prompt_ids) - len(test_ids)
 
-    sft = _sft_table(keys, starts, best_texts, prompt_messages, run_id)
-    dpo = _dpo_table(keys, chosen_pos, rejected_pos, pair_rejected_rank, chosen_texts, rejected_texts,
-                     prompt_messages, run_id)
+    sft = _sft_table(keys, target_pos, best_texts, prompt_messages, run_id)
+    dpo = _dpo_table(keys, chosen_pos, rejected_pos, chosen_rank, pair_rejected_rank, chosen_texts,
+                     rejected_texts, prompt_messages, run_id)
     sft_train, sft_test = _split(sft, test_ids)
     dpo_train, dpo_test = _split(dpo, test_ids)
     stats.sft_train, stats.sft_test = sft_train.num_rows, sft_test.num_rows
@@ -231,13 +271,23 @@ def _read_source(source: CandidateSource, columns: list[str]) -> pa.Table:
     return pq.read_table(source, columns=columns)
 
 
+def _add_screening_counts(stats: RankingStats, screen: Screen) -> None:
+    counts = screen.counts
+    stats.candidates_truncated = counts.truncated
+    stats.candidates_leak_checked = counts.leak_checked
+    stats.candidates_leak_stripped = counts.leak_stripped
+    stats.candidates_leak_inseparable = counts.leak_inseparable
+    stats.candidates_excluded = counts.excluded_by_id
+    stats.per_model = {model: dict(values) for model, values in sorted(counts.per_model.items())}
+
+
 def _usable_keys(sources: list[CandidateSource], prompt_messages: dict[str, list[Message]],
-                 stats: RankingStats) -> pa.Table:
-    """Key columns (plus source and row index) of every candidate that may enter a dataset."""
+                 stats: RankingStats, screen: Screen) -> pa.Table:
+    """Key columns (plus source, row index and screening columns) of every candidate that may enter a dataset."""
     known = pa.array(list(prompt_messages), pa.string())
     parts = []
     for index, source in enumerate(sources):
-        table = _read_source(source, _KEY_COLUMNS + ["text", "error"])
+        table = _read_source(source, _KEY_COLUMNS + ["error"] + SCREEN_COLUMNS)
         table = table.append_column("source_index", pa.array(np.full(table.num_rows, index, dtype=np.int32)))
         table = table.append_column("row_index", pa.array(np.arange(table.num_rows, dtype=np.int64)))
         stats.candidates += table.num_rows
@@ -253,14 +303,20 @@ def _usable_keys(sources: list[CandidateSource], prompt_messages: dict[str, list
         stats.candidates_blank += pc.sum(pc.cast(pc.and_(ok, pc.invert(has_text)), pa.int64())).as_py() or 0
         ok = pc.and_(ok, has_text)
         table = table.set_column(table.schema.get_field_index("reward"), "reward", reward)
-        table = table.filter(ok).drop_columns(["text", "error"])  # texts are read again for selected rows only
+        table = table.filter(ok)
         known_prompt = pc.is_in(table["prompt_id"], value_set=known)
         stats.candidates_unknown_prompt += table.num_rows - (pc.sum(pc.cast(known_prompt, pa.int64())).as_py() or 0)
-        parts.append(table.filter(known_prompt))
+        table = table.filter(known_prompt)
+        chosen_ok, text_start, text_end = screen.screen(table)
+        table = table.drop_columns(["error"] + SCREEN_COLUMNS)  # texts are read again for selected rows only
+        for name, values in (("chosen_ok", chosen_ok), ("text_start", text_start), ("text_end", text_end)):
+            table = table.append_column(name, pa.array(values))
+        parts.append(table)
     if not parts:
         schema = pa.schema([("prompt_id", pa.string()), ("candidate_id", pa.string()), ("model", pa.string()),
                             ("reward", pa.float64()), ("strategy", pa.string()), ("source_index", pa.int32()),
-                            ("row_index", pa.int64())])
+                            ("row_index", pa.int64()), ("chosen_ok", pa.bool_()), ("text_start", pa.int32()),
+                            ("text_end", pa.int32())])
         return schema.empty_table()
     return pa.concat_tables(parts, promote_options="permissive")
 
@@ -282,19 +338,21 @@ def _drop_repeated_candidates(keys: pa.Table, stats: RankingStats) -> pa.Table:
 
 
 def _texts_at(sources: list[CandidateSource], keys: pa.Table, positions: np.ndarray) -> list[str]:
-    """The candidate texts at `positions` of the sorted key table, read source by source."""
+    """The dataset texts at `positions` of the sorted key table (kept spans applied), read source by source."""
     if len(positions) == 0:
         return []
     positions_arr = pa.array(positions.astype(np.int64))
     source_index = keys["source_index"].take(positions_arr).to_numpy()
     row_index = keys["row_index"].take(positions_arr).to_numpy()
+    span_start = keys["text_start"].take(positions_arr).to_numpy()
+    span_end = keys["text_end"].take(positions_arr).to_numpy()
     texts: list[Any] = [None] * len(positions)
     for index in np.unique(source_index):
         wanted = np.flatnonzero(source_index == index)
         column = _read_source(sources[int(index)], ["text"])["text"]
         taken = column.take(pa.array(row_index[wanted])).to_pylist()
         for slot, text in zip(wanted, taken):
-            texts[slot] = text
+            texts[slot] = apply_span(text, int(span_start[slot]), int(span_end[slot]))
     return texts
 
 
@@ -306,9 +364,9 @@ def _assistant(texts: list[str]) -> pa.Array:
     return pa.array([[{"role": "assistant", "content": t}] for t in texts], MESSAGES_TYPE)
 
 
-def _sft_table(keys: pa.Table, starts: np.ndarray, texts: list[str], prompt_messages: dict[str, list[Message]],
+def _sft_table(keys: pa.Table, target_pos: np.ndarray, texts: list[str], prompt_messages: dict[str, list[Message]],
                run_id: str) -> pa.Table:
-    best = keys.take(pa.array(starts))
+    best = keys.take(pa.array(target_pos.astype(np.int64)))
     messages = [prompt_messages[pid] + [{"role": "assistant", "content": text}]
                 for pid, text in zip(best["prompt_id"].to_pylist(), texts)]
     return pa.table({
@@ -322,9 +380,9 @@ def _sft_table(keys: pa.Table, starts: np.ndarray, texts: list[str], prompt_mess
     }, schema=SFT_SCHEMA)
 
 
-def _dpo_table(keys: pa.Table, chosen_pos: np.ndarray, rejected_pos: np.ndarray, rejected_rank: np.ndarray,
-               chosen_texts: list[str], rejected_texts: list[str], prompt_messages: dict[str, list[Message]],
-               run_id: str) -> pa.Table:
+def _dpo_table(keys: pa.Table, chosen_pos: np.ndarray, rejected_pos: np.ndarray, chosen_rank: np.ndarray,
+               rejected_rank: np.ndarray, chosen_texts: list[str], rejected_texts: list[str],
+               prompt_messages: dict[str, list[Message]], run_id: str) -> pa.Table:
     chosen = keys.take(pa.array(chosen_pos.astype(np.int64)))
     rejected = keys.take(pa.array(rejected_pos.astype(np.int64)))
     prompt_ids = chosen["prompt_id"].to_pylist()
@@ -339,7 +397,7 @@ def _dpo_table(keys: pa.Table, chosen_pos: np.ndarray, rejected_pos: np.ndarray,
         "rejected_model": rejected["model"],
         "chosen_reward": chosen["reward"],
         "rejected_reward": rejected["reward"],
-        "chosen_rank": pa.array(np.ones(len(prompt_ids), dtype=np.int32)),
+        "chosen_rank": pa.array(chosen_rank.astype(np.int32)),
         "rejected_rank": pa.array(rejected_rank.astype(np.int32)),
         "strategy": chosen["strategy"],
         "run_id": pa.array([run_id] * len(prompt_ids), pa.string()),
@@ -371,6 +429,7 @@ def write_datasets(store: Any, run_id: str, sft_train: pa.Table, sft_test: pa.Ta
         pq.write_table(table, buffer, compression="zstd")
         uris[f"{kind}/{split}"] = store.write_bytes(dataset_key(run_id, kind, split), buffer.getvalue())
     if stats is not None:
+        payload = {**stats.to_dict(), "per_model": stats.per_model}
         uris["stats"] = store.write_bytes(f"runs/{run_id}/datasets/stats.json",
-                                          (json.dumps(stats.to_dict(), indent=2) + "\n").encode())
+                                          (json.dumps(payload, indent=2) + "\n").encode())
     return uris

@@ -9,7 +9,7 @@ import sys
 from runconfig import ConfigError
 
 # In the order a user meets them.
-COMMANDS = ("sample", "synthesize", "train", "evaluate", "pipeline", "scaling", "servers", "deploy")
+COMMANDS = ("sample", "synthesize", "train", "evaluate", "pipeline", "scaling", "servers", "decontam", "deploy")
 
 
 class UserError(Exception):

@@ -68,3 +68,13 @@ def test_ranking_quick():
     for n_rows, prompts, sft, dpo in rows:
         assert int(sft) == int(prompts)  # every prompt has usable candidates: one SFT row each
         assert 0 < int(dpo) <= int(prompts)
+
+
+def test_decontamination_quick():
+    out = run_bench("bench_decontamination.py")
+    cells = re.findall(r"^\s*(toaflow|toaflow-small|reference)\s+5000\s+\d+\s+\S+\s+\S+\s+\S+\s+\S+\s+(\d+)/(\d+)\s+(\d+)$",
+                       out, re.MULTILINE)
+    assert [c[0] for c in cells] == ["toaflow", "toaflow-small", "reference"]
+    for _cell, found, seeded, false_positives in cells:
+        assert found == seeded and int(seeded) == 50 and int(false_positives) == 0
+    assert "target < 60 s, < 1024 MiB" in out

@@ -57,7 +57,8 @@ def write_config(path: Path, *, agents: list[dict[str, Any]], store: dict[str, A
         "search": {"strategy": "toa", "budget": budget, "max_tokens": 16, "tau": 1.0, "alpha": 0.05,
                    "prompt_concurrency": prompt_concurrency},
         "synthesis": {"prompts": {"source": str(prompts)}, "shard_size": shard_size, "shard_retries": 0,
-                      "ranking": {"dpo_rejected_rank": 3, "test_fraction": 0.25}},
+                      # the load server stops every answer at max_tokens (finish_reason "length")
+                      "ranking": {"dpo_rejected_rank": 3, "test_fraction": 0.25, "allow_truncated": True}},
     }
     for dotted, value in extra.items():
         node = data

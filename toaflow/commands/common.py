@@ -44,7 +44,9 @@ def user_facing_errors() -> tuple[type[BaseException], ...]:
     from infra.store import StoreError
     from toa_core.backends.assets import AssetError
     from toa_core.backends.factory import FactoryError
+    from toa_core.decontamination import DecontaminationError
     from toa_core.ingest import IngestError
+    from toa_core.leakage import LeakageError
     from toa_core.prompts import PromptTemplateError
     from toa_core.ranking import RankingError
     from training.config import TrainingConfigError
@@ -53,7 +55,7 @@ def user_facing_errors() -> tuple[type[BaseException], ...]:
 
     return (InvalidRunId, IngestError, StoreError, RankingError, FactoryError, AssetError, PromptTemplateError,
             ServerError, RegistryError, TrainingConfigError, TrainingSetupError, StageFailed, BenchmarkError,
-            ModelSourceError, CometUnavailable)
+            ModelSourceError, CometUnavailable, DecontaminationError, LeakageError)
 
 
 class _UserErrorOnce(logging.Filter):

@@ -35,4 +35,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"datasets: SFT {counts['sft_train']} train / {counts['sft_test']} test, "
           f"DPO {counts['dpo_train']} train / {counts['dpo_test']} test")
     print(f"summary: {result['report']}")
+    print(f"dataset card: {result['card']}")
     return 0
