@@ -2,6 +2,11 @@
 
     toa synthesize --config configs/tiny.yaml --run-id X --limit 8
 
+Shards run in a sliding window of `synthesis.max_shards_in_flight`: as tasks of this flow run (executor `local`)
+or as child flow runs of the `sample-shard` deployment on the workers of a GPU pool, one per host (executor
+`workers`, tasks/shard_execution.py). Progress in prompts and generations is aggregated over all shards in the
+run's progress artifact.
+
 Re-running the same run id resumes: finished shards are skipped, and inside an unfinished shard only prompts
 without a checkpoint are searched again. The flow returns store URIs, never big objects.
 """
@@ -17,11 +22,12 @@ from infra.manifest import Manifest
 from infra.run_ids import check_run_id, new_run_id
 from infra.runtime import model_servers
 from infra.store import open_store
-from tasks.artifacts import ProgressReporter
 from tasks.dataset_card import write_dataset_card
 from tasks.decontamination import decontaminate_prompts, decontamination_counts
-from tasks.synthesis import ingest_prompts, plan_shards, rank_candidates, report_synthesis, run_key, sample_shard_task
-from runconfig import load_config
+from tasks.shard_execution import config_digest, run_shards_locally, run_shards_on_workers
+from tasks.synthesis import ingest_prompts, plan_shards, progress_key, rank_candidates, report_synthesis, run_key
+from tasks.synthesis_progress import SynthesisProgress
+from runconfig import LOCAL_MAX_SHARDS_IN_FLIGHT, load_config
 
 
 def sample_attempt_counts(outcomes: list[dict[str, Any]]) -> dict[str, int]:
@@ -34,7 +40,7 @@ def sample_attempt_counts(outcomes: list[dict[str, Any]]) -> dict[str, int]:
             "retries": sum(o["retries"] for o in outcomes)}
 
 
-@flow(name="synthesize", task_runner=ThreadPoolTaskRunner(max_workers=8))
+@flow(name="synthesize", task_runner=ThreadPoolTaskRunner(max_workers=LOCAL_MAX_SHARDS_IN_FLIGHT))
 def synthesize(config: str = "configs/demo.yaml", run_id: str | None = None, limit: int | None = None,
                prompts: str | None = None, incremental: bool = False) -> dict[str, Any]:
     """Synthesize SFT and DPO datasets from a prompt source with the configured search strategy.
@@ -85,25 +91,22 @@ def synthesize(config: str = "configs/demo.yaml", run_id: str | None = None, lim
     excluded = sorted(set(excluded) | set(decontamination["quarantined_ids"])) or None
     plan = plan_shards(cfg, run_id, excluded, sample_limit)
     outcomes: list[dict[str, Any]] = []
+    finished: list[dict[str, Any]] = []  # in the order shards end, also when one fails
     with manifest.stage_attempt("sample") as attempt:
-        progress = ProgressReporter(len(plan), artifact=f"synthesis-progress-{run_id}",
-                                    description=f"shards of run {run_id} finished")
-        sampler = sample_shard_task.with_options(retries=cfg.synthesis.shard_retries,
-                                                 retry_delay_seconds=cfg.synthesis.shard_retry_delay_s)
+        progress = SynthesisProgress(store, lambda index: progress_key(run_id, index), plan, cfg.search.budget,
+                                     artifact=f"synthesis-progress-{run_id}", run_label=run_id)
         try:
-            with model_servers(cfg, run_id) as endpoints:
-                # Shards run `parallel_shards` at a time; each holds `search.prompt_concurrency` trees in flight.
-                waves = [list(enumerate(plan))[i:i + cfg.synthesis.parallel_shards]
-                         for i in range(0, len(plan), cfg.synthesis.parallel_shards)]
-                for wave in waves:
-                    futures = [sampler.submit(cfg, run_id, index, ids, endpoints) for index, ids in wave]
-                    for future in futures:
-                        outcome = future.result()
-                        outcomes.append(outcome)
-                        progress.advance()
-                        logger.info("shard %05d done: %s", outcome["index"], outcome["uri"])
+            if cfg.synthesis.executor == "workers":
+                # Each shard flow run starts or finds the model servers on its own host: none are started here.
+                outcomes = run_shards_on_workers(
+                    cfg, run_id, plan, progress, logger=logger, finished=finished,
+                    parameters={"config": config, "overrides": overrides or None,
+                                "config_digest_expected": config_digest(cfg)})
+            else:
+                with model_servers(cfg, run_id) as endpoints:
+                    outcomes = run_shards_locally(cfg, run_id, plan, endpoints, progress, logger, finished=finished)
         finally:  # what this attempt did is recorded even when a shard failed
-            attempt.attempt_counts = sample_attempt_counts(outcomes)
+            attempt.attempt_counts = sample_attempt_counts(finished)
             manifest.add_retries("chat+reward", attempt.attempt_counts["retries"])
         manifest.add_lineage("sample", [store.uri(run_key(run_id, "prompts") + "/")], [o["uri"] for o in outcomes])
         # The stage as a whole: every published shard, whichever attempt generated it.

@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 
 
@@ -38,3 +39,15 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 15.0) -> None
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)  # stragglers in the group, or a leader that ignored SIGTERM
     process.wait(timeout=30)
+
+
+def die_with_parent() -> None:
+    """In a child process: ask Linux to SIGTERM it when the thread that started it dies, so a parent killed with
+    SIGKILL leaves no orphan behind (model servers, orchestrator processes). Elsewhere this is a no-op."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

@@ -10,12 +10,15 @@ Servers are started once per flow run; clients are per event loop (an HTTP clien
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator, Iterator
 
 from toa_core.backends.factory import aclose_all, build_agents, build_reward
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from toa_core.backends.factory import ServedEndpoint
@@ -32,11 +35,33 @@ def local_run_dir(run_id: str) -> Path:
     return path
 
 
+def detached_servers_folder(cfg: "RunConfig") -> Path:
+    """Where `toa servers up --config C` records the servers it started on this host (state.json, logs)."""
+    from infra.run_ids import run_id_slug
+
+    return local_run_dir(f"servers-{run_id_slug(cfg.name)}")
+
+
+def running_detached_servers(cfg: "RunConfig") -> dict[str, "ServedEndpoint"] | None:
+    """The endpoints of every server of `cfg` that `toa servers up` started on this host, when all of them are
+    running and healthy; else None."""
+    from infra.servers import detached_status
+    from toa_core.backends.factory import ServedEndpoint
+
+    records = {record["name"]: record for record in detached_status(detached_servers_folder(cfg) / "state.json")}
+    wanted = [server.name for server in cfg.servers.servers]
+    if not wanted or not all(name in records and records[name]["healthy"] for name in wanted):
+        return None
+    return {name: ServedEndpoint(records[name]["base_url"], records[name]["model_id"]) for name in wanted}
+
+
 @contextlib.contextmanager
 def model_servers(cfg: "RunConfig", run_id: str) -> Iterator[dict[str, "ServedEndpoint"]]:
-    """Start the servers named in `servers` when `servers.managed` is true; yield {server name: endpoint}.
+    """The servers named in `servers` when `servers.managed` is true, on this host; yield {server name: endpoint}.
 
-    Stops only the processes it started, and copies their logs into `runs/<run_id>/servers/` in the store.
+    Finds them when `toa servers up` started them here (all of them, healthy): those are used and left running.
+    Otherwise starts them for the block, stops only the processes it started, and copies their logs into
+    `runs/<run_id>/servers/` in the store. (A shard flow run of executor `workers` calls this on its own host.)
     """
     from infra.run_ids import check_run_id
 
@@ -46,6 +71,13 @@ def model_servers(cfg: "RunConfig", run_id: str) -> Iterator[dict[str, "ServedEn
         return
     from infra.servers import managed_servers
     from infra.store import open_store
+
+    found = running_detached_servers(cfg)
+    if found is not None:
+        log.info("using the servers `toa servers up` started on this host: %s",
+                 ", ".join(f"{name} at {endpoint.base_url}" for name, endpoint in found.items()))
+        yield found
+        return
 
     log_dir = local_run_dir(run_id)
     try:

@@ -32,7 +32,7 @@ from typing import Iterator
 import httpx
 
 from infra.config import ServerSpec, ServersConfig
-from infra.processes import exited_unreaped, stop_process_group
+from infra.processes import die_with_parent, exited_unreaped, stop_process_group
 from toa_core.backends.assets import resolve_model
 from toa_core.backends.factory import ServedEndpoint
 
@@ -160,7 +160,7 @@ class ManagedServer:
             log_file.flush()
             self.process = subprocess.Popen(self._command.argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True,
-                                            preexec_fn=None if self.detached else _die_with_parent)
+                                            preexec_fn=None if self.detached else die_with_parent)
         log.info("server %s: started pid %d on port %d", self.spec.name, self.process.pid, self.port)
         return self
 
@@ -234,18 +234,6 @@ class ManagedServer:
         with self._lock:
             if self.process is not None:
                 stop_process_group(self.process, STOP_GRACE_S)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGTERM it when the thread that started it dies, so a run killed
-    with SIGKILL leaves no orphaned model server behind (elsewhere this is a no-op)."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    PR_SET_PDEATHSIG = 1
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class RunningServers(dict):

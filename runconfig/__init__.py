@@ -6,9 +6,9 @@ validation errors into messages that name the file and the key.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 
 from evaluation.config import EvaluationConfig
 from infra.config import ServersConfig, StoreConfig
@@ -20,6 +20,9 @@ from toa_core.ranking import RankingConfig
 from training.config import TrainingConfig
 
 
+LOCAL_MAX_SHARDS_IN_FLIGHT = 8  # threads of the synthesize flow's task runner (flows/synthesize.py)
+
+
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file, the key and what to do."""
 
@@ -28,10 +31,25 @@ class SynthesisConfig(Section):
     """The synthesis flow: where prompts come from, how they are sharded, how candidates become datasets."""
     prompts: IngestConfig | None = Field(None, description="the prompt source; `toa synthesize --prompts` overrides it")
     ranking: RankingConfig = Field(default_factory=RankingConfig)
-    shard_size: int = Field(256, ge=1, description="prompts per shard (one Prefect task, one parquet file)")
-    parallel_shards: int = Field(1, ge=1, le=8, description="shards sampled at once in one flow run")
-    shard_retries: int = Field(2, ge=0, description="task-level retries of a failed shard (it resumes from checkpoints)")
+    shard_size: int = Field(500, ge=1, description="prompts per shard (one Prefect task or flow run, one parquet "
+                            "file); keep it >= 500 on a cluster: Prefect's server slows down with thousands of runs")
+    executor: Literal["local", "workers"] = Field(
+        "local", description="local: shards are tasks of the synthesis flow run, in its process; workers: each shard "
+        "is a flow run of the `shard_deployment` deployment, picked up by the workers of its pool (one per host)")
+    max_shards_in_flight: int = Field(
+        1, ge=1, validation_alias=AliasChoices("max_shards_in_flight", "parallel_shards"),
+        description="shards sampled at once (a sliding window: the next shard starts as soon as one ends); "
+        "`parallel_shards` is its old name")
+    processes_per_host: int = Field(
+        1, ge=1, le=64, description="orchestrator processes one shard runs on its host, each searching a part of "
+        "the shard's prompts (one event loop uses one core: ~2,000 generations/s)")
+    shard_retries: int = Field(2, ge=0, description="attempts after the first for a shard that failed or crashed (it "
+                               "resumes from its checkpoints)")
     shard_retry_delay_s: float = Field(10.0, ge=0)
+    shard_deployment: str = Field("synthesize-shard/sample-shard", pattern=r"^[^/]+/[^/]+$",
+                                  description="executor workers: the FLOW/DEPLOYMENT that runs one shard")
+    progress_interval_s: float = Field(10.0, gt=0, description="how often shards report progress and the "
+                                       "synthesis flow follows its shards")
     decontaminate: DecontaminationConfig = Field(
         default_factory=DecontaminationConfig,
         description="check prompts and chosen answers against the evaluation sets; `false` switches it off")
@@ -40,6 +58,15 @@ class SynthesisConfig(Section):
     @classmethod
     def _decontaminate_shorthand(cls, value: object) -> object:
         return {"enabled": value} if isinstance(value, bool) else value
+
+
+    @model_validator(mode="after")
+    def _local_window_fits_the_thread_pool(self) -> "SynthesisConfig":
+        if self.executor == "local" and self.max_shards_in_flight > LOCAL_MAX_SHARDS_IN_FLIGHT:
+            raise ValueError(f"synthesis.max_shards_in_flight {self.max_shards_in_flight}: executor `local` runs at "
+                             f"most {LOCAL_MAX_SHARDS_IN_FLIGHT} shards at once (threads of one process); use "
+                             "`processes_per_host` for more cores, or `executor: workers` for more hosts")
+        return self
 
 
 class RunConfig(Section):

@@ -87,12 +87,17 @@ class ProgressReporter:
                 log.warning("could not create progress artifact: %s", error)
 
     def advance(self, count: int = 1) -> None:
-        self.done += count
+        self.set(self.done + count)
+
+    def set(self, done: int, description: str | None = None) -> None:
+        """Move the bar to `done` of `total`, and show `description` with it when given."""
+        self.done = done
         if self._id is None:
             return
         from prefect.artifacts import update_progress_artifact
 
         try:
-            update_progress_artifact(artifact_id=self._id, progress=min(100.0, 100.0 * self.done / self.total))
+            update_progress_artifact(artifact_id=self._id, progress=min(100.0, 100.0 * self.done / self.total),
+                                     description=description)
         except Exception as error:
             log.warning("could not update progress artifact: %s", error)

@@ -10,10 +10,11 @@ Every task takes the validated RunConfig and a run id, reads its inputs from the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 from prefect import task
@@ -26,6 +27,8 @@ from toa_core.engine import run_search
 from toa_core.ingest import IngestError, load_prompts, read_prompts, write_prompts
 from toa_core.records import Prompt, PromptResult
 from toa_core.strategies import SearchContext
+from tasks.synthesis_progress import (CANDIDATE_ERRORS, CANDIDATES, PROMPTS, RETRIES, CountingChatModel, ShardCounters,
+                                      ShardProgressWriter, sum_counters)
 from runconfig import RunConfig
 
 log = logging.getLogger(__name__)
@@ -121,6 +124,15 @@ def plan_shards(cfg: RunConfig, run_id: str, exclude_prompt_ids: list[str] | Non
 
 # -- sampling --------------------------------------------------------------------------------------------
 
+def progress_key(run_id: str, index: int) -> str:
+    return run_key(run_id, "progress", f"shard-{index:05d}.json")
+
+
+def shard_label(index: int, shards: int) -> str:
+    """How a shard is named in task runs, flow runs and logs: "shard 3/12" (counted from 1)."""
+    return f"shard {index + 1}/{shards}"
+
+
 @dataclass
 class ShardOutcome:
     """One shard's result. `candidates` / `errors` count the rows of the published shard, whichever attempt
@@ -141,9 +153,16 @@ class ShardOutcome:
 
 
 def sample_shard(cfg: RunConfig, run_id: str, index: int, prompt_ids: list[str],
-                 endpoints: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Search every prompt of one shard, checkpointing each finished prompt; publish the shard when complete."""
+                 endpoints: dict[str, Any] | None = None, *, shards: int | None = None, attempt: str | None = None,
+                 on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Search every prompt of one shard, checkpointing each finished prompt; publish the shard when complete.
+
+    Progress (prompts, generations, failures) goes to `progress/shard-NNNNN.json` while the shard runs
+    (tasks/synthesis_progress.py); `attempt` names the task or flow run doing it, `on_progress` sees each record.
+    With `synthesis.processes_per_host` > 1 the prompts are searched by that many processes of this host.
+    """
     store = open_store(cfg.store)
+    label = shard_label(index, shards or index + 1)
     final_key = shard_key(run_id, index)
     if store.exists(final_key):
         rows, errors = _shard_rows_and_errors(store, final_key)
@@ -154,12 +173,24 @@ def sample_shard(cfg: RunConfig, run_id: str, index: int, prompt_ids: list[str],
     finished = {key.rsplit("/", 1)[-1].removesuffix(".parquet") for key in store.list(prefix + "/")
                 if key.endswith(".parquet")}
     pending = [p for p in prompts if p.prompt_id not in finished]
-    log.info("shard %05d: %d prompts, %d already checkpointed, %d to search",
-             index, len(prompts), len(finished & wanted), len(pending))
-    work = asyncio.run(_search_with_checkpoints(cfg, store, prefix, pending, endpoints or {}, index))
-    outcome = _publish_shard(store, run_id, index, prompt_ids, prefix)
-    outcome.retries, outcome.resumed_prompts = work.retries, len(finished & wanted)
-    outcome.new_candidates, outcome.new_errors = work.candidates, work.errors
+    resumed = len(finished & wanted)
+    processes = max(1, min(cfg.synthesis.processes_per_host, len(pending)))
+    log.info("%s: %d prompts, %d already checkpointed, %d to search%s", label, len(prompts), resumed, len(pending),
+             f" in {processes} processes" if processes > 1 else "")
+    counters = [ShardCounters() for _ in range(processes)]
+    with ShardProgressWriter(store, progress_key(run_id, index), shard=index, shards=shards or index + 1,
+                             prompts=len(prompt_ids), resumed=resumed, counters=counters,
+                             interval_s=cfg.synthesis.progress_interval_s, attempt=attempt,
+                             on_update=on_progress) as progress:
+        if processes == 1:
+            asyncio.run(_search_with_checkpoints(cfg, store, prefix, pending, endpoints or {}, label, counters[0]))
+        else:
+            _search_in_processes(cfg, prefix, pending, endpoints or {}, label, counters)
+        outcome = _publish_shard(store, run_id, index, prompt_ids, prefix)
+        totals = sum_counters(counters)
+        outcome.retries, outcome.resumed_prompts = totals[RETRIES], resumed
+        outcome.new_candidates, outcome.new_errors = totals[CANDIDATES], totals[CANDIDATE_ERRORS]
+        progress.finish(outcome.as_dict())
     return outcome.as_dict()
 
 
@@ -173,30 +204,18 @@ def _shard_rows_and_errors(store: Store, key: str) -> tuple[int, int]:
     return len(errors), len(errors) - errors.null_count
 
 
-@dataclass
-class _SearchWork:
-    """What one attempt searched in a shard: candidates generated, failed generations, request retries."""
-    candidates: int = 0
-    errors: int = 0
-    retries: int = 0
-
-
 async def _search_with_checkpoints(cfg: RunConfig, store: Store, prefix: str, prompts: list[Prompt],
-                                   endpoints: dict[str, Any], shard_index: int) -> _SearchWork:
+                                   endpoints: dict[str, Any], label: str, counters: ShardCounters) -> None:
     """Run the engine over `prompts`, writing each result to the store as soon as its search ends."""
     from tqdm import tqdm
 
     from infra.runtime import open_backends
 
-    work = _SearchWork()
     if not prompts:
-        return work
-    bar = tqdm(total=len(prompts), desc=f"shard {shard_index:05d}", unit="prompt", disable=not sys.stderr.isatty())
+        return
+    bar = tqdm(total=len(prompts), desc=label, unit="prompt", disable=not sys.stderr.isatty())
 
     async def checkpoint(result: PromptResult) -> None:
-        work.retries += result.retries
-        work.candidates += len(result.candidates)
-        work.errors += sum(1 for candidate in result.candidates if candidate.error)
         table = candidates_to_table(result.candidates)
         if result.tree is not None:
             await asyncio.to_thread(store.write_text, f"{prefix}/{result.prompt.prompt_id}.tree.jsonl",
@@ -204,15 +223,64 @@ async def _search_with_checkpoints(cfg: RunConfig, store: Store, prefix: str, pr
         # The parquet file is the "prompt finished" marker, so it is written last.
         await asyncio.to_thread(store.write_bytes, f"{prefix}/{result.prompt.prompt_id}.parquet",
                                 table_to_parquet_bytes(table))
+        counters.add(RETRIES, result.retries)
+        counters.add(CANDIDATES, len(result.candidates))
+        counters.add(CANDIDATE_ERRORS, sum(1 for candidate in result.candidates if candidate.error))
+        counters.add(PROMPTS)
         bar.update(1)
 
     try:
         async with open_backends(cfg, endpoints) as (agents, reward):
-            ctx = SearchContext(agents=agents, reward=reward, search=cfg.search)
+            counted = [CountingChatModel(agent, counters) for agent in agents]
+            ctx = SearchContext(agents=counted, reward=reward, search=cfg.search)
             await run_search(prompts, ctx, on_result=checkpoint)
     finally:
         bar.close()
-    return work
+
+
+def _search_in_processes(cfg: RunConfig, prefix: str, prompts: list[Prompt], endpoints: dict[str, Any], label: str,
+                         counters: list[ShardCounters]) -> None:
+    """Split `prompts` over `len(counters)` processes of this host (one event loop and one core each).
+
+    Each process gets its share of the shard's concurrency: `search.prompt_concurrency` trees and every agent's
+    `max_concurrency` are divided among them, so the servers see the same load as from one process.
+    """
+    import multiprocessing
+
+    n = len(counters)
+    share = cfg.model_copy(deep=True)
+    share.search.prompt_concurrency = -(-cfg.search.prompt_concurrency // n)
+    for model in share.models:
+        model.max_concurrency = -(-model.max_concurrency // n)
+    context = multiprocessing.get_context("spawn")
+    children = [context.Process(target=_search_part, name=f"{label} part {k + 1}/{n}",
+                                args=(share, prefix, prompts[k::n], endpoints, f"{label} part {k + 1}/{n}",
+                                      counters[k]))
+                for k in range(n)]
+    for child in children:
+        child.start()
+    try:
+        for child in children:
+            child.join()
+    finally:
+        for child in children:  # the shard itself is stopping (an error, a cancelled run): stop its helpers too
+            if child.is_alive():
+                child.terminate()
+                child.join(30)
+    failed = [f"{child.name} (exit code {child.exitcode})" for child in children if child.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"{label}: orchestrator processes failed: {', '.join(failed)}; their finished prompts are "
+                           "checkpointed, so a retry searches only the rest")
+
+
+def _search_part(cfg: RunConfig, prefix: str, prompts: list[Prompt], endpoints: dict[str, Any], label: str,
+                 counters: ShardCounters) -> None:
+    """One orchestrator process of a shard (the target of `_search_in_processes`)."""
+    from infra.processes import die_with_parent
+
+    die_with_parent()
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {label} %(levelname)s %(name)s: %(message)s")
+    asyncio.run(_search_with_checkpoints(cfg, open_store(cfg.store), prefix, prompts, endpoints, label, counters))
 
 
 def _publish_shard(store: Store, run_id: str, index: int, prompt_ids: list[str], prefix: str) -> ShardOutcome:
@@ -233,14 +301,30 @@ def _publish_shard(store: Store, run_id: str, index: int, prompt_ids: list[str],
     return ShardOutcome(index, uri, len(prompt_ids), table.num_rows, errors, 0, 0, skipped=False)
 
 
-@task(name="sample-shard", cache_policy=NO_CACHE, tags=["gpu"])
+def shard_gpu_slots(cfg: RunConfig) -> int:
+    """GPU slots one shard holds: 0 when it only talks to servers elsewhere, else the GPUs its managed servers
+    name (at least 1 for in-process models or servers without explicit GPUs)."""
+    in_process = any(m.backend == "transformers" for m in cfg.models) or cfg.reward.kind in ("hf_classifier",
+                                                                                               "llm_judge")
+    managed = cfg.servers.servers if cfg.servers.managed else []
+    if not in_process and not managed:
+        return 0
+    gpus = {gpu for server in managed for gpu in (server.gpus or [])}
+    return max(1, len(gpus))
+
+
+@task(name="sample-shard", cache_policy=NO_CACHE)
 def sample_shard_task(cfg: RunConfig, run_id: str, index: int, prompt_ids: list[str],
-                      endpoints: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`sample_shard` as a Prefect task holding a GPU slot (in-process reward models and agents use the GPU)."""
+                      endpoints: dict[str, Any] | None = None, shards: int | None = None) -> dict[str, Any]:
+    """`sample_shard` as a Prefect task of the synthesis flow (executor local), holding its GPU slots."""
+    from prefect.runtime import task_run
+
     from tasks.gpu import gpu_slot
 
-    with gpu_slot(f"sample-shard-{run_id}-{index:05d}"):
-        return sample_shard(cfg, run_id, index, prompt_ids, endpoints)
+    label = shard_label(index, shards or index + 1)
+    slots = shard_gpu_slots(cfg)
+    with gpu_slot(f"{label} of run {run_id}", slots=slots) if slots else contextlib.nullcontext():
+        return sample_shard(cfg, run_id, index, prompt_ids, endpoints, shards=shards, attempt=task_run.get_id())
 
 
 # -- ranking and report ----------------------------------------------------------------------------------

@@ -298,7 +298,7 @@ def build(exp: Experiment, stem: str, strategy: str, single: str | None,
         "reward": dict(exp.reward),
         "search": search,
         "synthesis": {"prompts": dict(exp.prompts), "ranking": dict(exp.ranking), "shard_size": 256,
-                      "parallel_shards": 2, "shard_retries": 2},
+                      "max_shards_in_flight": 2, "shard_retries": 2},
     }
     if exp.training is not None:
         training = copy.deepcopy(exp.training)

@@ -51,8 +51,9 @@ def scheduled_runs(client, deployment_id):
 def test_prefect_yaml_declares_the_operations_contract():
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     by_name = {(d["entrypoint"].rpartition(":")[2], d["name"]): d for d in spec["deployments"]}
-    assert set(by_name) == {("synthesize", "on-demand"), ("train", "on-demand"), ("evaluate", "on-demand"),
-                            ("pipeline", "nightly")}
+    assert set(by_name) == {("synthesize", "on-demand"), ("synthesize_shard", "sample-shard"), ("train", "on-demand"),
+                            ("evaluate", "on-demand"), ("pipeline", "nightly")}
+    assert by_name[("synthesize_shard", "sample-shard")]["work_pool"]["name"] == "toa-gpu"
     nightly = by_name[("pipeline", "nightly")]
     assert nightly["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert nightly["schedules"][0]["cron"] and nightly["schedules"][0]["timezone"] == "UTC"

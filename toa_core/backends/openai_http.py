@@ -1,7 +1,7 @@
 """One async client for OpenAI-compatible chat servers (vLLM, SGLang, TGI, `transformers serve`, hosted APIs).
 
 What it guarantees:
-- Per-endpoint concurrency limit (a semaphore per base URL) and an httpx connection pool sized to it.
+- Per-endpoint concurrency limit (a semaphore per base URL) and a connection pool sized to it.
 - Every request is bounded: connect/read timeouts from RetryConfig plus an overall deadline per attempt.
 - Retries with exponential backoff and full jitter on 429 (Retry-After honoured, up to backoff_max_s), 408, 5xx,
   timeouts, connection errors and truncated or malformed bodies. Other 4xx fail fast with the server's message.
@@ -9,12 +9,16 @@ What it guarantees:
 - `generate` never raises for a failed request: it returns `Generation(error=...)`.
 - The API key (read from the env var named in ModelConfig.api_key_env) never appears in errors, logs or reprs.
 
-We always send chat messages, never a rendered prompt: the server applies its own chat template.
+We always send chat messages, never a rendered prompt: the server applies its own chat template. Streaming is off
+(one JSON answer per request).
+
+Transport: aiohttp with orjson. The orchestrator's CPU per generation is mostly this client (TOA's own
+bookkeeping is a small share), and aiohttp's C HTTP parser and O(1) connection pool cost a fraction of httpx's
+pure-Python stack (bench/bench_orchestration.py measures both side by side).
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
@@ -25,8 +29,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import certifi
-import httpx
+import aiohttp
+import orjson
 
 from toa_core.config import ModelConfig, RetryConfig
 from toa_core.credentials import mask_url_credentials
@@ -72,41 +76,65 @@ def chat_url(base_url: str) -> str:
     return base_url.rstrip("/") + "/chat/completions"
 
 
-class ShardedAsyncClient:
-    """`size` connections spread over small httpx.AsyncClients of at most `per_client` connections each.
+_TLS: ssl.SSLContext | None = None
 
-    Why: httpcore's connection pool scans all of its connections on every request and every response close,
-    asking the OS whether each idle socket is readable (a syscall per connection). With hundreds of connections in
-    one pool that scan dominated the orchestrator's CPU (bench/bench_orchestration.py: 7 ms of CPU per generation at
-    100 trees, and worse at 1000; about 1.3 ms with small pools). Each request goes to the client with the fewest
-    requests in flight, so no client queues while another has a free connection.
+
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context per process: loading the CA bundle costs ~50 ms of CPU, so it is done once."""
+    global _TLS
+    if _TLS is None:
+        import certifi
+
+        _TLS = ssl.create_default_context(cafile=certifi.where())
+    return _TLS
+
+
+@dataclass
+class Response:
+    """What an attempt needs from an HTTP answer: status, body bytes and the Retry-After header."""
+    status: int
+    body: bytes
+    reason: str = ""
+    retry_after: str | None = None
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+class HTTPTransport:
+    """POSTs JSON over one aiohttp session whose pool holds `size` keep-alive connections.
+
+    aiohttp keeps idle connections per host in a deque (taking one is O(1)), where httpx's pool scanned all its
+    connections on every request; with hundreds of trees in flight that scan was most of the orchestrator's CPU.
     """
 
-    def __init__(self, size: int, timeout: httpx.Timeout, per_client: int = 4):
-        n_clients = max(1, -(-size // per_client))
-        per = -(-size // n_clients)
-        # One TLS context for all: each client would otherwise load the CA bundle itself (~50 ms of CPU each).
-        tls = ssl.create_default_context(cafile=certifi.where())
-        self._clients = [httpx.AsyncClient(limits=httpx.Limits(max_connections=per, max_keepalive_connections=per),
-                                           timeout=timeout, verify=tls) for _ in range(n_clients)]
-        self._active = [0] * n_clients
+    def __init__(self, size: int, retry: RetryConfig):
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=size, limit_per_host=0, ssl=_tls_context(), ttl_dns_cache=300),
+            # connect / between-reads timeouts, and a deadline for the whole exchange (a server that trickles
+            # bytes forever must not hang a tree)
+            timeout=aiohttp.ClientTimeout(total=retry.connect_timeout_s + retry.read_timeout_s,
+                                          sock_connect=retry.connect_timeout_s, sock_read=retry.read_timeout_s),
+            headers={"Content-Type": "application/json"},  # bodies go out as orjson bytes
+        )
 
-    async def post(self, url: str, **kwargs: Any) -> httpx.Response:
-        index = min(range(len(self._clients)), key=self._active.__getitem__)
-        self._active[index] += 1
-        try:
-            return await self._clients[index].post(url, **kwargs)
-        finally:
-            self._active[index] -= 1
+    async def post_json(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> Response:
+        """POST `body` as JSON; raise asyncio.TimeoutError or aiohttp.ClientError when the exchange fails."""
+        async with self._session.post(url, data=orjson.dumps(body), headers=headers) as answer:
+            payload = await answer.read()
+            return Response(answer.status, payload, answer.reason or "", answer.headers.get("Retry-After"))
 
     async def aclose(self) -> None:
-        for client in self._clients:
-            await client.aclose()
+        await self._session.close()
 
 
 @dataclass
 class EndpointPool:
-    """A set of replicas sharing one connection pool (ShardedAsyncClient) and one semaphore per replica.
+    """A set of replicas sharing one connection pool (HTTPTransport) and one semaphore per replica.
 
     Agents whose configs list the same endpoints share a pool (see factory.build_agents), so the concurrency limit
     holds per server, not per agent.
@@ -114,7 +142,7 @@ class EndpointPool:
     endpoints: list[str]
     max_concurrency: int
     retry: RetryConfig
-    _client: "ShardedAsyncClient | None" = field(default=None, init=False, repr=False)
+    _client: "HTTPTransport | None" = field(default=None, init=False, repr=False)
     _semaphores: dict[str, asyncio.Semaphore] = field(default_factory=dict, init=False, repr=False)
     _next: int = field(default=0, init=False, repr=False)
     _users: int = field(default=0, init=False, repr=False)
@@ -123,6 +151,7 @@ class EndpointPool:
     def __post_init__(self) -> None:
         if not self.endpoints:
             raise ValueError("an endpoint pool needs at least one base URL")
+        self._urls = {endpoint: chat_url(endpoint) for endpoint in self.endpoints}
 
     def _bind_loop(self) -> None:
         """Connections and semaphores belong to one event loop: start fresh when used from a new one."""
@@ -133,14 +162,14 @@ class EndpointPool:
             self._semaphores = {url: asyncio.Semaphore(self.max_concurrency) for url in self.endpoints}
 
     @property
-    def client(self) -> "ShardedAsyncClient":
+    def client(self) -> "HTTPTransport":
         self._bind_loop()
         if self._client is None:
-            self._client = ShardedAsyncClient(
-                self.max_concurrency * len(self.endpoints),
-                httpx.Timeout(self.retry.read_timeout_s, connect=self.retry.connect_timeout_s),
-            )
+            self._client = HTTPTransport(self.max_concurrency * len(self.endpoints), self.retry)
         return self._client
+
+    def chat_url(self, endpoint: str) -> str:
+        return self._urls[endpoint]
 
     def start_index(self) -> int:
         """Round-robin: each request starts at the next replica; its attempt i uses start + i."""
@@ -241,29 +270,24 @@ class OpenAIChatModel:
                             retry.max_attempts - 1)
 
     async def _attempt(self, endpoint: str, body: dict[str, Any], headers: dict[str, str]) -> Generation:
-        retry = self.config.retry
-        # httpx's read timeout bounds each socket read; this deadline bounds the whole exchange (a server that
-        # trickles bytes forever must not hang a tree).
-        deadline = retry.connect_timeout_s + retry.read_timeout_s
-        async with self._pool.semaphore(endpoint):
+        pool = self._pool
+        async with pool.semaphore(endpoint):
             try:
-                response = await asyncio.wait_for(
-                    self._pool.client.post(chat_url(endpoint), json=body, headers=headers, timeout=httpx.Timeout(
-                        retry.read_timeout_s, connect=retry.connect_timeout_s)), timeout=deadline)
-            except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
+                response = await pool.client.post_json(pool.chat_url(endpoint), body, headers)
+            except asyncio.TimeoutError as exc:  # aiohttp's connect, read and total timeouts all derive from it
                 raise _Retryable(f"timeout from {endpoint} ({type(exc).__name__})") from None
-            except httpx.TransportError as exc:  # connect errors, resets, bodies cut short
+            except aiohttp.ClientError as exc:  # connect errors, resets, bodies cut short
                 raise _Retryable(f"connection error from {endpoint}: {type(exc).__name__}: {exc}") from None
-        status = response.status_code
+        status = response.status
         if status == 200:
             return self._parse(endpoint, response, body)
         message = _server_message(response)
         if status in RETRYABLE_STATUS or status >= 500:
             raise _Retryable(f"HTTP {status} from {endpoint}: {message}",
-                             parse_retry_after(response.headers.get("retry-after")) if status == 429 else None)
+                             parse_retry_after(response.retry_after) if status == 429 else None)
         raise _Fatal(f"HTTP {status} from {endpoint}: {message}")
 
-    def _parse(self, endpoint: str, response: httpx.Response, body: dict[str, Any]) -> Generation:
+    def _parse(self, endpoint: str, response: Response, body: dict[str, Any]) -> Generation:
         try:
             payload = response.json()
             choice = payload["choices"][0]
@@ -317,12 +341,12 @@ def _read_api_key(config: ModelConfig) -> str | None:
     return key
 
 
-def _server_message(response: httpx.Response, limit: int = 500) -> str:
+def _server_message(response: Response, limit: int = 500) -> str:
     """The server's own error message (OpenAI `{"error": {"message"}}`, FastAPI `{"detail"}`, or raw text)."""
     try:
         payload = response.json()
     except ValueError:
-        return response.text[:limit] or response.reason_phrase
+        return response.text[:limit] or response.reason
     if isinstance(payload, dict):
         error = payload.get("error")
         if isinstance(error, dict) and error.get("message"):
@@ -333,4 +357,4 @@ def _server_message(response: httpx.Response, limit: int = 500) -> str:
             return str(payload["detail"])[:limit]
         if payload.get("message"):
             return str(payload["message"])[:limit]
-    return json.dumps(payload)[:limit]
+    return orjson.dumps(payload).decode()[:limit]

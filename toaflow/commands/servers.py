@@ -19,8 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from infra.run_ids import run_id_slug
-    from infra.runtime import local_run_dir
+    from infra.runtime import detached_servers_folder
     from infra.servers import detached_status, start_detached, stop_detached
     from toaflow.cli import UserError
     from runconfig import load_config
@@ -28,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if not cfg.servers.servers:
         raise UserError(f"{args.config}: `servers.servers` is empty; there is nothing to start")
-    folder = local_run_dir(f"servers-{run_id_slug(cfg.name)}")
+    folder = detached_servers_folder(cfg)
     state = folder / "state.json"
     if args.action == "up":
         for record in start_detached(cfg.servers, state, folder / "servers"):

@@ -1,0 +1,66 @@
+"""One shard of a synthesis run as its own flow run: what the `sample-shard` deployment runs on a GPU host.
+
+The synthesis flow with `synthesis.executor: workers` creates these (one per shard, a sliding window of them) as
+its children; a worker of the deployment's pool picks each up on its host. The shard flow run:
+1. loads the same config as the synthesis run (and checks it resolved the same way on this host),
+2. takes its GPU slots (a lease of the global "gpu" limit, when the config computes on this host),
+3. starts or finds the model servers its config names on this host (managed servers; `toa servers up` ones are
+   found and reused), or uses the configured remote endpoints,
+4. searches the shard's prompts not yet checkpointed and publishes `samples/shard-NNNNN.parquet`.
+Running it again for the same shard (a resubmission after a crash) resumes from the checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from infra.runtime import model_servers
+from infra.store import open_store
+from runconfig import ConfigError, load_config
+from tasks.gpu import gpu_slot
+from tasks.shard_execution import config_digest
+from tasks.synthesis import run_key, sample_shard, shard_gpu_slots, shard_label
+from tasks.synthesis_progress import shard_artifact_updater
+
+
+@flow(name="synthesize-shard")
+def synthesize_shard(config: str, run_id: str, shard_index: int, overrides: dict[str, Any] | None = None,
+                     config_digest_expected: str | None = None) -> dict[str, Any]:
+    """Sample one shard of a synthesis run (started by the synthesize flow with `synthesis.executor: workers`).
+
+    Args:
+        config: Run config YAML of the synthesis run, relative to the project folder on the worker host.
+        run_id: The synthesis run the shard belongs to (its prompts and shard plan are in the store).
+        shard_index: Which shard of the run's plan (counted from 0).
+        overrides: Dotted config keys the synthesis run overrode (e.g. synthesis.prompts.limit).
+        config_digest_expected: Fingerprint of the synthesis run's config; a host that resolves another one stops.
+    """
+    logger = get_run_logger()
+    cfg = load_config(config, overrides)
+    if config_digest_expected and config_digest(cfg) != config_digest_expected:
+        raise ConfigError(f"{config}: resolves to another config on this host than on the host that started run "
+                          f"{run_id}; deploy the same project version and configs to every host of the pool")
+    store = open_store(cfg.store)
+    plan_key = run_key(run_id, "shards.json")
+    if not store.exists(plan_key):
+        raise ConfigError(f"run {run_id} has no shard plan at {store.uri(plan_key)}; shards are started by the "
+                          "synthesize flow (synthesis.executor: workers), not on their own")
+    plan = store.read_json(plan_key)
+    if not 0 <= shard_index < len(plan):
+        raise ConfigError(f"shard_index {shard_index} is out of range: run {run_id} has {len(plan)} shards")
+    label = shard_label(shard_index, len(plan))
+    slots = shard_gpu_slots(cfg)
+    with gpu_slot(f"{label} of run {run_id}", slots=slots) if slots else contextlib.nullcontext():
+        with model_servers(cfg, run_id) as endpoints:
+            outcome = sample_shard(cfg, run_id, shard_index, plan[shard_index], endpoints, shards=len(plan),
+                                   attempt=flow_run.get_id(),
+                                   on_progress=shard_artifact_updater(f"synthesis-shard-{run_id}-{shard_index}",
+                                                                      f"{label} of run {run_id}",
+                                                                      len(plan[shard_index])))
+    logger.info("%s done: %d prompts (%d resumed from checkpoints), %d candidates, %d failed generations -> %s",
+                label, outcome["prompts"], outcome["resumed_prompts"], outcome["candidates"], outcome["errors"],
+                outcome["uri"])
+    return outcome
