@@ -6,8 +6,11 @@ next shard starts as soon as any one ends (a slow shard holds one place in the w
   deployment, created with `run_deployment` as a child of the synthesis flow run and picked up by a worker of the
   deployment's pool (one worker per GPU host). The synthesis flow follows their states: a shard whose run failed
   or crashed is submitted again (`synthesis.shard_retries` times; it resumes from its checkpoints, so only the
-  prompts that were in flight are searched again), and so is a shard whose worker Prefect reports OFFLINE (a host
-  that died takes its flow run with it; the run would otherwise stay "Running" forever).
+  prompts that were in flight are searched again), and so is a shard whose host died: its worker has been
+  reported OFFLINE by Prefect (missed heartbeats) for 6 x progress_interval_s AND the shard's progress record has
+  not changed for as long (a live shard rewrites it every interval, and a worker that only looked offline, e.g. a
+  host too busy to send its heartbeat in time, comes back online: neither gets its shard done twice). Such a run
+  is marked Crashed (it would otherwise stay "Running" forever) and submitted again.
 
 Both report progress through `SynthesisProgress` (tasks/synthesis_progress.py) and return one outcome dict per
 shard, in plan order. Prefect does the distribution: no scheduler of our own, only the window and the follow-up.
@@ -28,6 +31,7 @@ from tasks.synthesis_progress import SynthesisProgress, read_progress
 log = logging.getLogger(__name__)
 
 WORKER_LABEL = "prefect.worker.name"  # set on a flow run by the worker that picked it up
+STALE_INTERVALS = 6  # progress intervals a shard must show no sign of life, with its worker offline, to be lost
 
 
 class ShardFailed(RuntimeError):
@@ -136,6 +140,8 @@ class _ShardRunFollower:
         self.errors: list[str] = []
         self.deployment = client.read_deployment_by_name(cfg.synthesis.shard_deployment)
         self.pool = self.deployment.work_pool_name
+        self.signs_of_life: dict[int, tuple[Any, float]] = {}  # index -> (record's updated_at, when it last changed)
+        self.offline_since: dict[str, float] = {}  # worker name -> when it was first seen offline (this spell)
 
     # -- the loop --------------------------------------------------------------------------------------------
 
@@ -152,22 +158,23 @@ class _ShardRunFollower:
                 index = pending.popleft()
                 running[index] = self._submit(index)
             time.sleep(self.cfg.synthesis.progress_interval_s)
-            for index, state in self._states(running).items():
+            records = self.progress.refresh(list(running))
+            for index, state in self._states(running, records).items():
                 if state is None:
                     continue
                 del running[index]
+                self.signs_of_life.pop(index, None)
                 retry = self._settle(index, state)
                 if retry is not None:
                     running[index] = self._submit(index, delay_s=retry)
-            self.progress.refresh(list(running))
             self.progress.publish(len(running))
         if self.errors:
             raise ShardFailed(f"{len(self.errors)} shard(s) failed: {'; '.join(self.errors)}; rerun the same run id "
                               "to resume (finished shards and checkpointed prompts are kept)")
         return [self.outcomes[index] for index in range(self.shards)]
 
-    def _states(self, running: dict[int, Any]) -> dict[int, Any]:
-        """{index: final state or None} for the running shards; a run whose worker went offline is crashed here."""
+    def _states(self, running: dict[int, Any], records: dict[int, dict[str, Any]]) -> dict[int, Any]:
+        """{index: final state or None} for the running shards; a run whose host died is crashed here."""
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
         if not running:
@@ -184,12 +191,24 @@ class _ShardRunFollower:
             elif state is not None and state.is_final():
                 states[index] = state
             elif state is not None and (state.is_running() or state.is_pending()) \
-                    and run.labels.get(WORKER_LABEL) in offline:
+                    and self._lost(index, offline.get(run.labels.get(WORKER_LABEL)), records.get(index)):
                 states[index] = self._crash(run, index, f"its worker {run.labels[WORKER_LABEL]!r} went offline "
-                                                        "(host down or worker killed)")
+                                                        "and the shard stopped reporting progress (host down or "
+                                                        "worker killed)")
             else:
                 states[index] = None
         return states
+
+    def _lost(self, index: int, offline_since: float | None, record: dict[str, Any] | None) -> bool:
+        """True when the shard's worker has been offline, and its progress record unchanged, for a while."""
+        now = time.monotonic()
+        window = STALE_INTERVALS * self.cfg.synthesis.progress_interval_s
+        marker = (record or {}).get("updated_at")
+        last = self.signs_of_life.get(index)
+        if offline_since is None or last is None or last[0] != marker:
+            self.signs_of_life[index] = (marker, now)
+            return False
+        return now - offline_since >= window and now - last[1] >= window
 
     def _settle(self, index: int, state: Any) -> float | None:
         """Record a shard run's end; returns the delay before resubmitting it, or None when it needs no retry."""
@@ -265,13 +284,17 @@ class _ShardRunFollower:
                                  shard_label(index, self.shards), run.id)
         return adopted
 
-    def _offline_workers(self) -> set[str]:
+    def _offline_workers(self) -> dict[str, float]:
+        """{worker name: since when (monotonic) it has been offline without a break} for the deployment's pool."""
         from prefect.client.schemas.objects import WorkerStatus
 
         if not self.pool:
-            return set()
-        return {worker.name for worker in self.client.read_workers_for_work_pool(self.pool)
-                if worker.status == WorkerStatus.OFFLINE}
+            return {}
+        now = time.monotonic()
+        offline = {worker.name for worker in self.client.read_workers_for_work_pool(self.pool)
+                   if worker.status == WorkerStatus.OFFLINE}
+        self.offline_since = {name: self.offline_since.get(name, now) for name in offline}
+        return self.offline_since
 
     def _crash(self, run: Any, index: int, why: str):
         """Mark a shard run that cannot finish as Crashed (so the UI tells the truth) and return that state."""

@@ -87,7 +87,11 @@ class CountingChatModel:
 
 
 class ShardProgressWriter:
-    """Writes one shard's progress record to the store every `interval_s` (when it changed) and at the end.
+    """Writes one shard's progress record to the store every `interval_s` and at the end.
+
+    The record is rewritten every interval even when no count moved (a single generation can take minutes): its
+    changing `updated_at` is the shard's sign of life, which the synthesis flow checks before it declares a shard
+    lost with its host.
 
     Use as a context manager around the shard's search; `finish(outcome)` writes the final record. `on_update`
     (optional) is called with each record written, e.g. to move the shard flow run's own progress artifact.
@@ -122,7 +126,7 @@ class ShardProgressWriter:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.write()
+            self.write(force=True)
 
     def write(self, force: bool = False) -> None:
         prompts, generations, failed, retries = sum_counters(self.counters)[:4]
@@ -208,12 +212,15 @@ class SynthesisProgress:
 
     # -- counts --------------------------------------------------------------------------------------------
 
-    def refresh(self, indices: list[int]) -> None:
-        """Read the progress records of these shards (the ones in flight)."""
+    def refresh(self, indices: list[int]) -> dict[int, dict[str, Any]]:
+        """Read the progress records of these shards (the ones in flight); returns those that exist."""
+        records = {}
         for index in indices:
             record = read_progress(self.store, self.key_of(index))
             if record is not None:
                 self._take(index, record)
+                records[index] = record
+        return records
 
     def _take(self, index: int, record: dict[str, Any]) -> None:
         state = self.shards[index]

@@ -101,3 +101,17 @@ def run_toa(args: list[str], *, env: dict[str, str] | None = None, timeout: floa
     """Run `toa ARGS` to completion and capture its output."""
     return subprocess.run([str(TOA), *args], capture_output=True, text=True, timeout=timeout,
                           env=env or toa_env(), cwd=cwd or REPO)
+
+
+def straggler_reward(messages: list[dict], response: str) -> float:
+    """Reward plug-in that makes every prompt marked "[slow]" a straggler: its scoring waits until all the other
+    shards of the run are published (TOAFLOW_TEST_OTHERS = "<samples folder>:<how many>", waiting up to 60 s).
+    A synthesis that waits for shards in waves never gets there while the straggler holds its wave."""
+    import time
+
+    if "[slow]" in messages[-1]["content"]:
+        folder, count = os.environ["TOAFLOW_TEST_OTHERS"].rsplit(":", 1)
+        deadline = time.monotonic() + 60
+        while len(list(Path(folder).glob("shard-*.parquet"))) < int(count) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return length_reward(messages, response)

@@ -149,3 +149,58 @@ def test_toa_sample_demo_writes_readable_english(tmp_path):
     for row in rows:
         words = row["text"].lower().split()
         assert len(words) >= 5 and sum(w.strip(".,!?:;\"'") in common_words for w in words) >= 2, row["text"]
+
+
+def test_a_straggler_shard_does_not_hold_up_the_others(tmp_path, prefect_harness, monkeypatch):
+    """Sliding window: with 2 shards in flight and shard 1 waiting for all 5 others to be published, the others
+    keep flowing through the second place of the window, and the straggler finishes last."""
+    from bench.loadserver import LoadServer
+    from flows.synthesize import synthesize
+    from tests.faults.helpers import write_config
+
+    prompts = tmp_path / "prompts.jsonl"
+    lines = [f"[slow] straggler prompt {i}" if i < 2 else f"quick prompt {i}" for i in range(12)]
+    prompts.write_text("".join(json.dumps({"instruction": line}) + "\n" for line in lines))
+    store_root = tmp_path / "store"
+    monkeypatch.setenv("TOAFLOW_TEST_OTHERS", f"{store_root / 'runs' / 'window' / 'samples'}:5")
+    with LoadServer(response_tokens=4) as server:
+        config = write_config(tmp_path / "window.yaml", prompts=prompts, store={"root": str(store_root)}, budget=2,
+                              shard_size=2, prompt_concurrency=2, agents=[{"name": "a", "url": server.base_url}],
+                              reward__callable="tests.faults.helpers:straggler_reward",
+                              synthesis__max_shards_in_flight=2, synthesis__progress_interval_s=0.2)
+        result = synthesize(config=str(config), run_id="window")
+    store = open_store(str(store_root))
+    plan = store.read_json("runs/window/shards.json")
+    texts = {row["prompt_id"]: row["messages"][-1]["content"]
+             for row in pq.read_table(io.BytesIO(store.read_bytes(store.list("runs/window/prompts/")[0]))).to_pylist()}
+    assert all("[slow]" in texts[pid] for pid in plan[0]) and len(plan) == 6  # the straggler is shard 1/6
+    finished_at = {i: store.read_json(f"runs/window/progress/shard-{i:05d}.json")["updated_at"] for i in range(6)}
+    assert max(finished_at, key=finished_at.get) == 0, finished_at
+    assert result["counts"]["sft_train"] + result["counts"]["sft_test"] == 12
+
+
+def test_synthesis_progress_counts_prompts_and_generations_and_names_shards(tmp_path, prefect_harness,
+                                                                            tiny_llama_dir, tiny_reward_dir):
+    """The run's progress artifact ends at 100 % of its prompts and states generations, their rate and the ETA;
+    each shard's task run is named "shard i/n"."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    from flows.synthesize import synthesize
+
+    config = tiny_config_file(tmp_path, synthesis={
+        **yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())["synthesis"],
+        "prompts": {"source": str(REPO / "data" / "prompts" / "mixed_instructions.jsonl")},
+        "max_shards_in_flight": 2, "progress_interval_s": 0.2})
+    synthesize(config=str(config), run_id="progress-run", limit=8)
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["synthesis-progress-progress-run"])))
+        assert artifact.type == "progress" and float(artifact.data) == 100.0
+        assert artifact.description.startswith("synthesis run progress-run: 8/8 prompts, 96 generations (0 failed)")
+        assert "generations/s" in artifact.description and "shards 2/2 done" in artifact.description
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[artifact.flow_run_id])))
+    assert {"shard 1/2", "shard 2/2"} <= {run.name for run in task_runs}
+    records = [open_store(str(tmp_path / "store")).read_json(f"runs/progress-run/progress/shard-0000{i}.json")
+               for i in range(2)]
+    assert [(r["prompts_done"], r["generations"], r["finished"]) for r in records] == [(4, 48, True), (4, 48, True)]
