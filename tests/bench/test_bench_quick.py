@@ -30,12 +30,12 @@ def test_orchestration_quick():
     out = run_bench("bench_orchestration.py")
     cells = re.findall(r"^\s+slots=(\d+)\s+in_flight=(\d+)\s+(\S+)\s+([\d.]+) gen/s = ([\d.]+) of capacity.*run-queue wait [\d.]+ s/s, errors (\d+)$",
                        out, re.MULTILINE)
-    assert {c[2] for c in cells} == {"toaflow", "toaflow-single-pool", "reference"}
-    assert len(cells) == 6
+    assert {c[2] for c in cells} == {"toaflow", "toaflow-2proc", "toaflow-httpx", "reference"}
+    assert len(cells) == 8
     for _slots, in_flight, _driver, rate, ratio, errors in cells:
         assert int(errors) == 0 and float(rate) > 0
         assert float(ratio) <= 1.2  # nothing beats the server's capacity (small slack for timer granularity)
-    assert "target 0.9" in out
+    assert "capacity target 0.9" in out and "CPU target 0.5 ms/generation in one process" in out
 
 
 def test_search_quick():
