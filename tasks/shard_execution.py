@@ -61,7 +61,7 @@ def run_shards_locally(cfg: RunConfig, run_id: str, plan: list[list[str]], endpo
     running: dict[int, Any] = {}
     outcomes: dict[int, dict[str, Any]] = {}
     errors: list[str] = []
-    while pending or running:
+    while running or (pending and not errors):
         while pending and not errors and len(running) < cfg.synthesis.max_shards_in_flight:
             index = pending.popleft()
             running[index] = sampler.with_options(task_run_name=shard_label(index, shards)).submit(
@@ -113,26 +113,29 @@ class _Attempts:
 
 def run_shards_on_workers(cfg: RunConfig, run_id: str, plan: list[list[str]], progress: SynthesisProgress, *,
                           parameters: dict[str, Any], logger: logging.Logger | logging.LoggerAdapter = log,
-                          client: Any = None) -> list[dict[str, Any]]:
+                          client: Any = None, create_run: Any = None) -> list[dict[str, Any]]:
     """Sample every shard as a flow run of `synthesis.shard_deployment`, at most `max_shards_in_flight` at once.
 
     `parameters` are the shard flow's parameters besides run_id and shard_index (config, overrides, digest).
+    `client` (a sync PrefectClient) and `create_run` (`run_deployment`) default to Prefect's own.
     """
     from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
 
     if client is None:
         with get_client(sync_client=True) as own_client:
             return run_shards_on_workers(cfg, run_id, plan, progress, parameters=parameters, logger=logger,
-                                         client=own_client)
-    follower = _ShardRunFollower(cfg, run_id, plan, progress, parameters, logger, client)
+                                         client=own_client, create_run=create_run)
+    follower = _ShardRunFollower(cfg, run_id, plan, progress, parameters, logger, client,
+                                 create_run or run_deployment)
     return follower.run()
 
 
 class _ShardRunFollower:
     def __init__(self, cfg: RunConfig, run_id: str, plan: list[list[str]], progress: SynthesisProgress,
-                 parameters: dict[str, Any], logger, client) -> None:
+                 parameters: dict[str, Any], logger, client, create_run) -> None:
         self.cfg, self.run_id, self.plan, self.progress = cfg, run_id, plan, progress
-        self.parameters, self.logger, self.client = parameters, logger, client
+        self.parameters, self.logger, self.client, self.create_run = parameters, logger, client, create_run
         self.shards = len(plan)
         self.store = open_store(cfg.store)
         self.attempts = {index: _Attempts() for index in range(self.shards)}
@@ -153,7 +156,7 @@ class _ShardRunFollower:
             else:
                 pending.append(index)
         running: dict[int, Any] = self._adopt(pending)
-        while pending or running:
+        while running or (pending and not self.errors):
             while pending and not self.errors and len(running) < self.cfg.synthesis.max_shards_in_flight:
                 index = pending.popleft()
                 running[index] = self._submit(index)
@@ -245,12 +248,11 @@ class _ShardRunFollower:
     def _submit(self, index: int, delay_s: float = 0.0):
         from datetime import datetime, timedelta, timezone
 
-        from prefect.deployments import run_deployment
         from prefect.runtime import flow_run
 
         attempts = self.attempts[index]
         parameters = {**self.parameters, "run_id": self.run_id, "shard_index": index}
-        run = run_deployment(
+        run = self.create_run(
             self.cfg.synthesis.shard_deployment, parameters=parameters, timeout=0, as_subflow=True,
             flow_run_name=f"{shard_label(index, self.shards)} of {self.run_id}",
             scheduled_time=datetime.now(timezone.utc) + timedelta(seconds=delay_s),
