@@ -60,7 +60,7 @@ def run_shards_locally(cfg: RunConfig, run_id: str, plan: list[list[str]], endpo
     pending = deque(range(shards))
     running: dict[int, Any] = {}
     outcomes: dict[int, dict[str, Any]] = {}
-    errors: list[str] = []
+    errors: list[tuple[str, Exception]] = []
     while running or (pending and not errors):
         while pending and not errors and len(running) < cfg.synthesis.max_shards_in_flight:
             index = pending.popleft()
@@ -74,8 +74,8 @@ def run_shards_locally(cfg: RunConfig, run_id: str, plan: list[list[str]], endpo
             try:
                 outcomes[index] = future.result()
             except Exception as error:  # failed after its retries: stop starting shards, let the others end
-                errors.append(f"{shard_label(index, shards)}: {type(error).__name__}: {error}")
-                logger.error("%s failed for good: %s", shard_label(index, shards), error)
+                errors.append((shard_label(index, shards), error))
+                logger.error("%s failed for good: %s: %s", shard_label(index, shards), type(error).__name__, error)
                 continue
             progress.shard_done(index, outcomes[index])
             if finished is not None:
@@ -84,8 +84,9 @@ def run_shards_locally(cfg: RunConfig, run_id: str, plan: list[list[str]], endpo
         progress.refresh(list(running))
         progress.publish(len(running))
     if errors:
-        raise ShardFailed(f"{len(errors)} shard(s) failed: {'; '.join(errors)}; rerun the same run id to resume "
-                          "(finished shards and checkpointed prompts are kept)")
+        logger.error("%d shard(s) failed (%s); rerun the same run id to resume: finished shards and checkpointed "
+                     "prompts are kept", len(errors), ", ".join(label for label, _ in errors))
+        raise errors[0][1]  # the shard's own error, so the run's failure states the real reason
     return [outcomes[index] for index in range(shards)]
 
 
@@ -113,11 +114,13 @@ class _Attempts:
 
 def run_shards_on_workers(cfg: RunConfig, run_id: str, plan: list[list[str]], progress: SynthesisProgress, *,
                           parameters: dict[str, Any], logger: logging.Logger | logging.LoggerAdapter = log,
-                          client: Any = None, create_run: Any = None) -> list[dict[str, Any]]:
+                          client: Any = None, create_run: Any = None, finished: list[dict[str, Any]] | None = None
+                          ) -> list[dict[str, Any]]:
     """Sample every shard as a flow run of `synthesis.shard_deployment`, at most `max_shards_in_flight` at once.
 
     `parameters` are the shard flow's parameters besides run_id and shard_index (config, overrides, digest).
-    `client` (a sync PrefectClient) and `create_run` (`run_deployment`) default to Prefect's own.
+    `client` (a sync PrefectClient) and `create_run` (`run_deployment`) default to Prefect's own. Returns the
+    outcomes in plan order; `finished` (optional) receives each as its shard ends, also when another fails the run.
     """
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -125,16 +128,16 @@ def run_shards_on_workers(cfg: RunConfig, run_id: str, plan: list[list[str]], pr
     if client is None:
         with get_client(sync_client=True) as own_client:
             return run_shards_on_workers(cfg, run_id, plan, progress, parameters=parameters, logger=logger,
-                                         client=own_client, create_run=create_run)
+                                         client=own_client, create_run=create_run, finished=finished)
     follower = _ShardRunFollower(cfg, run_id, plan, progress, parameters, logger, client,
-                                 create_run or run_deployment)
+                                 create_run or run_deployment, finished if finished is not None else [])
     return follower.run()
 
 
 class _ShardRunFollower:
     def __init__(self, cfg: RunConfig, run_id: str, plan: list[list[str]], progress: SynthesisProgress,
-                 parameters: dict[str, Any], logger, client, create_run) -> None:
-        self.cfg, self.run_id, self.plan, self.progress = cfg, run_id, plan, progress
+                 parameters: dict[str, Any], logger, client, create_run, finished: list[dict[str, Any]]) -> None:
+        self.cfg, self.run_id, self.plan, self.progress, self.finished = cfg, run_id, plan, progress, finished
         self.parameters, self.logger, self.client, self.create_run = parameters, logger, client, create_run
         self.shards = len(plan)
         self.store = open_store(cfg.store)

@@ -26,10 +26,10 @@ def test_resumed_run_keeps_cumulative_counts_and_per_attempt_history(tmp_path, p
     # Attempt 1: the second shard fails (after the first was published).
     real_sample_shard = tasks.synthesis.sample_shard
 
-    def failing_second_shard(cfg, run_id, index, prompt_ids, endpoints=None):
+    def failing_second_shard(cfg, run_id, index, prompt_ids, endpoints=None, **options):
         if index == 1:
             raise RuntimeError("injected shard failure\nsecond line of the reason")
-        return real_sample_shard(cfg, run_id, index, prompt_ids, endpoints)
+        return real_sample_shard(cfg, run_id, index, prompt_ids, endpoints, **options)
 
     monkeypatch.setattr(tasks.synthesis, "sample_shard", failing_second_shard)
     try:
