@@ -1,27 +1,37 @@
 """Search efficiency: what does each strategy find for the same budget, against a known ground truth?
 
-Environment (built on toa_core.simulated): three agents of different skill whose fresh answers have quality
-~ skill + noise, on a 0..1 scale like COMET-Kiwi's. A refinement or aggregation starts from the best quoted answer
-q and moves it by the agent's delta with diminishing returns: q + delta * (1 - q) for a helpful editor (it closes
-that share of the remaining gap), q + delta * q for a harmful one (it loses that share); plus half the agent's
-noise; qualities are capped to [0, 1] (1 = a perfect answer). The reward model observes the true quality plus
-Gaussian noise. TOA uses the paper's settings for
-0..1 rewards (tau 1, alpha 0.05, as for translation with KIWI). Every strategy runs
-with the same agents, seeds and budget. Per prompt we compute, from the candidates each strategy produced:
+Environments (toa_core.simulated.ENVIRONMENTS): pools of simulated agents whose answers carry a hidden true
+quality on a 0..1 scale (capped at 1), judged by a reward model that sees the quality through noise (and, in two
+of them, a bias for one agent's style):
+- three-agents:  a strong solver, a good editor and a sloppy agent (the environment TOA was first tuned on);
+- specialist:    a steady generalist, a specialist whose fresh answers are usually poor but sometimes the best of
+                 all, an editor that improves only strong answers; the reward model is noisy and likes the
+                 generalist's style;
+- biased-judge:  the reward model likes one agent's (the charmer's) style, whose rewrites are truly a bit worse;
+- mixed-difficulty: the three-agents pool on prompts of which 40% are easy (every answer near-perfect): the case
+                 adaptive budgets are for (in the other three every prompt is equally hard).
+Every variant runs with the same agents, seeds and budget (TOA with tau 1, alpha 0.05: the paper's setting for
+0..1 rewards; MoA with 4 layers). Variants: the five baselines, toa and ab_mcts as configured by default, each
+with 4 rollouts per tree (`-r4`) and with adaptive budgets (`-adaptive`), and a greedy oracle that sees the true
+qualities and knows every agent's expected fresh quality and refinement (an upper reference, not a strategy).
 
-- best_true: the highest true quality generated;      best_obs: the highest observed reward
-- picked_true: the true quality of the candidate with the highest observed reward (what SFT data would get)
-- top10_true / top10_obs: the mean of the 10 best by true quality / by observed reward
+Columns (means over prompts):
+- picked:  true quality of the answer the reward model ranks first (what the SFT dataset gets); /toa: vs TOA
+- best:    the highest true quality generated
+- gens:    generations spent per prompt (adaptive variants spend fewer; never more than budget x prompts in all)
+- trips:   round trips per prompt: the longest chain of requests that waited on each other (a prompt's latency
+           in units of one request)
+- cpu_ms:  CPU of the search logic per generation (selection/backup, treequest's ask/tell), tree strategies only
+- pairs_ok, gap: the DPO pairs the DEFAULT ranking (RankingConfig()) builds from the candidates: share whose
+           chosen is truly better than its rejected, and the mean true gap chosen - rejected
+Then, per environment and budget, the same pair measures for every rejected-selection rule (paper rank 30,
+quantile 0.8125, other lineage, a reward margin of 1 or 2 spreads, and combinations), and the targets of issue 13.
 
-and print the mean over prompts of each strategy relative to TOA at budgets 16, 40, 80, 160, next to an oracle
-(a greedy search that sees the true qualities and knows every agent's skill and refinement delta).
+`--demo` runs the strategies on the demo models (three SmolLM2 agents and the SmolLM2 yes/no judge, in process)
+for a handful of prompts at a small budget; there is no ground truth there, so only observed rewards are printed.
 
-`--demo` runs the same strategies on the demo models (three SmolLM2 agents and the SmolLM2 yes/no judge, in
-process) for a handful of prompts at a small budget; there is no ground truth there, so only the observed
-columns are printed. It is slow (minutes) and never part of --quick.
-
-    python bench/bench_search.py              # 300 prompts x budgets 16,40,80,160
-    python bench/bench_search.py --quick      # under a minute
+    python bench/bench_search.py              # 150 prompts x budgets 40,160 x 4 environments (~30 min)
+    python bench/bench_search.py --quick      # 10 prompts, budget 40, 4 environments (~20 s)
     python bench/bench_search.py --demo       # SmolLM2, slow
 """
 from __future__ import annotations
@@ -31,83 +41,71 @@ import asyncio
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, table  # noqa: E402
 
+import pyarrow as pa  # noqa: E402
+
+from toa_core.candidate_table import candidates_to_table  # noqa: E402
 from toa_core.config import SearchConfig  # noqa: E402
 from toa_core.engine import run_search  # noqa: E402
+from toa_core.ranking import RankingConfig, build_datasets  # noqa: E402
 from toa_core.records import Prompt, PromptResult  # noqa: E402
-from toa_core.simulated import SimulatedAgent, SimulatedReward, quality_marker, read_qualities  # noqa: E402
+from toa_core.simulated import ENVIRONMENTS, Environment, hidden_quality  # noqa: E402
 from toa_core.strategies import STRATEGY_CLASSES, SearchContext, Strategy  # noqa: E402
 from toa_core.strategies.base import refine_depth  # noqa: E402
 
-STRATEGIES = ("toa", "random", "ensemble", "prs", "seq_refine", "moa")
-METRICS = ("best_true", "picked_true", "best_obs", "top10_true", "top10_obs")
-
-# name, skill (mean fresh quality), refine delta (share of the gap closed, < 0: share lost), generation noise
-AGENT_SPECS = (
-    ("strong-solver", 0.55, 0.05, 0.12),   # best fresh answers, refining helps it only a little
-    ("good-editor", 0.40, 0.30, 0.10),     # weaker alone, reliably improves what it is given
-    ("sloppy", 0.30, -0.20, 0.20),         # weak, and its refinements make answers worse
-)
-
-
-class BoundedAgent(SimulatedAgent):
-    """A SimulatedAgent whose refinements have diminishing returns (see the module docstring)."""
-
-    async def generate(self, messages, params):
-        generation = await super().generate(messages, params)
-        if generation.text is None:
-            return generation
-        prompt_text = "\n".join(m["content"] for m in messages)
-        quoted = read_qualities(prompt_text)
-        quality = read_qualities(generation.text)[-1]
-        if quoted:  # the parent class added refine_delta to the best quoted quality; redo it with a bound
-            best = max(quoted)
-            drawn = quality - (best + self.refine_delta)  # the noise it drew
-            gap = (1.0 - best) if self.refine_delta >= 0 else best
-            quality = best + self.refine_delta * gap + drawn / 2
-        # A perfect answer is 1.0: without the cap, best-of-many resampling would climb on noise alone.
-        quality = min(1.0, max(0.0, quality))
-        generation.text = f"Answer from {self.name} {quality_marker(quality)}"
-        return generation
+BASELINES = ("random", "ensemble", "prs", "seq_refine", "moa")
+OURS = ("toa", "toa-r4", "toa-adaptive", "ab_mcts", "ab_mcts-r4", "ab_mcts-adaptive")
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    **{name: (name, {}) for name in BASELINES},
+    "toa": ("toa", {}),
+    "toa-r4": ("toa", {"rollouts_per_tree": 4}),
+    "toa-adaptive": ("toa", {"adaptive": {"enabled": True}}),
+    "ab_mcts": ("ab_mcts", {}),
+    "ab_mcts-r4": ("ab_mcts", {"rollouts_per_tree": 4}),
+    "ab_mcts-adaptive": ("ab_mcts", {"adaptive": {"enabled": True}}),
+}
+DEMO_STRATEGIES = ("toa", "ab_mcts", *BASELINES)
+PAIR_RULES: dict[str, dict[str, Any]] = {
+    "rank30 (paper)": {"dpo_rejected_rank": 30, "rejected_min_spread": 0.0},
+    "quantile.81": {"dpo_rejected_quantile": 0.8125, "rejected_min_spread": 0.0},
+    "rank30+lineage": {"dpo_rejected_rank": 30, "rejected_lineage": "other", "rejected_min_spread": 0.0},
+    "rank30+spread1": {"dpo_rejected_rank": 30, "rejected_min_spread": 1.0},
+    "rank30+spread2": {"dpo_rejected_rank": 30, "rejected_min_spread": 2.0},
+    "quantile+lineage": {"dpo_rejected_quantile": 0.8125, "rejected_lineage": "other", "rejected_min_spread": 0.0},
+    "quantile+spread2": {"dpo_rejected_quantile": 0.8125, "rejected_min_spread": 2.0},
+    "lineage+spread1": {"dpo_rejected_rank": 30, "rejected_lineage": "other", "rejected_min_spread": 1.0},
+}
+PAIR_STUDY_VARIANTS = ("toa", "ab_mcts", "ensemble", "moa", "seq_refine")
 
 
-def make_agents(seed: int) -> list[SimulatedAgent]:
-    return [BoundedAgent(name, skill, refine_delta=delta, noise=noise, seed=seed)
-            for name, skill, delta, noise in AGENT_SPECS]
-
-
-def make_prompts(n: int) -> list[Prompt]:
-    return [Prompt.from_messages([{"role": "user", "content": f"Simulated task {i}: do the thing well."}])
-            for i in range(n)]
-
-
-def _start(ctx: SearchContext, prompt: Prompt, strategy: str, normalize=None):
-    opener = getattr(ctx, "start", None) or getattr(ctx, "open")
-    return opener(prompt, strategy, normalize)
+def make_prompts(n: int, env: Environment | None = None) -> list[Prompt]:
+    texts = env.prompt_texts(n) if env is not None else [f"Simulated task {i}: do the thing well." for i in range(n)]
+    return [Prompt.from_messages([{"role": "user", "content": text}]) for text in texts]
 
 
 class OracleStrategy(Strategy):
     """Greedy with perfect knowledge: each play takes the action with the highest expected true quality.
 
-    It reads the hidden quality of every answer and knows each agent's skill and refinement delta; actions are
-    "agent k answers fresh" (expected skill_k) or "agent k refines the best answer so far" (expected best + delta_k).
-    It is an upper reference, not a strategy anyone can run.
+    It reads the hidden quality of every answer and knows each agent's expected fresh quality and refinement;
+    actions are "agent k answers fresh" or "agent k refines the best answer so far". Greedy on expectations, so
+    it never bets on a high-variance agent: an upper reference for steady environments, not a bound.
     """
     name = "oracle"
 
     async def run(self, prompt: Prompt, ctx: SearchContext) -> PromptResult:
-        session = _start(ctx, prompt, self.name)
+        session = ctx.start(prompt, self.name)
         best = None
         best_quality = float("-inf")
         for _ in range(ctx.search.budget):
-            options = [(agent.skill, i, "fresh") for i, agent in enumerate(ctx.agents)]
+            options = [(agent.profile.expected_fresh, i, "fresh") for i, agent in enumerate(ctx.agents)]
             if best is not None:
-                options += [(best_quality + agent.refine_delta * ((1 - best_quality) if agent.refine_delta >= 0
-                                                                  else best_quality), i, "refine")
+                options += [(agent.profile.expected_refine(best_quality), i, "refine")
                             for i, agent in enumerate(ctx.agents)]
             _, index, kind = max(options, key=lambda o: (o[0], o[2] == "refine", -o[1]))
             agent = ctx.agents[index]
@@ -116,10 +114,9 @@ class OracleStrategy(Strategy):
             else:
                 messages = ctx.templates.refine_messages(prompt, best.text)
                 candidate = await session.generate_and_score(agent, messages, "refine", best, refine_depth(best))
-            if candidate.text is not None:
-                quality = read_qualities(candidate.text)[-1]
-                if quality > best_quality:
-                    best, best_quality = candidate, quality
+            quality = hidden_quality(candidate.text)
+            if quality is not None and quality > best_quality:
+                best, best_quality = candidate, quality
         return session.result()
 
 
@@ -127,59 +124,153 @@ def prompt_metrics(result: PromptResult) -> dict[str, float] | None:
     scored = [c for c in result.candidates if c.reward is not None and c.text]
     if not scored:
         return None
-    true = {c.candidate_id: read_qualities(c.text)[-1] for c in scored}
-    by_obs = sorted(scored, key=lambda c: c.reward, reverse=True)
-    by_true = sorted(scored, key=lambda c: true[c.candidate_id], reverse=True)
+    picked = max(scored, key=lambda c: c.reward)
     return {
-        "best_true": true[by_true[0].candidate_id],
-        "picked_true": true[by_obs[0].candidate_id],
-        "best_obs": by_obs[0].reward,
-        "top10_true": statistics.fmean(true[c.candidate_id] for c in by_true[:10]),
-        "top10_obs": statistics.fmean(c.reward for c in by_obs[:10]),
+        "picked": hidden_quality(picked.text),
+        "best": max(hidden_quality(c.text) for c in scored),
+        "gens": float(len(result.candidates)),
+        "trips": float(result.search.get("round_trips", 0)),
+        "cpu_ms": float(result.search.get("search_cpu_ms_per_generation", float("nan"))),
     }
 
 
-async def evaluate(strategy: Strategy, prompts: list[Prompt], budget: int, args: argparse.Namespace) -> dict:
-    search = SearchConfig(strategy="toa", budget=budget, tau=args.tau, alpha=args.alpha, seed=args.seed,
-                          prompt_concurrency=64, moa_layers=args.moa_layers)
-    ctx = SearchContext(agents=make_agents(args.seed), reward=SimulatedReward(noise=args.reward_noise, seed=args.seed),
-                        search=search)
+def pair_quality(candidates: pa.Table, prompts: list[Prompt], rules: dict[str, Any]) -> dict[str, float]:
+    """DPO pairs built by the real ranking code with `rules`: share truly correct, mean true gap, pairs/prompt."""
+    cfg = RankingConfig(test_fraction=0.0, **rules)
+    _, _, dpo, _, _ = build_datasets([candidates], prompts, cfg, "bench")
+    if dpo.num_rows == 0:
+        return {"ok": float("nan"), "gap": float("nan"), "kept": 0.0, "correct": 0.0}
+    truth = dict(zip(candidates["candidate_id"].to_pylist(),
+                     (hidden_quality(t) for t in candidates["text"].to_pylist())))
+    gaps = [truth[c] - truth[r] for c, r in zip(dpo["chosen_candidate_id"].to_pylist(),
+                                                  dpo["rejected_candidate_id"].to_pylist())]
+    correct = sum(g > 0 for g in gaps)
+    return {"ok": correct / len(gaps), "gap": statistics.fmean(gaps), "kept": len(gaps) / len(prompts),
+            "correct": correct / len(prompts)}
+
+
+@dataclass
+class Outcome:
+    means: dict[str, float]
+    pairs: dict[str, dict[str, float]]  # rule name ("default" included) -> pair measures
+    seconds: float
+
+
+async def evaluate(variant: str, env: Environment, prompts: list[Prompt], budget: int,
+                   args: argparse.Namespace, pair_rules: dict[str, dict[str, Any]]) -> Outcome:
+    started = time.perf_counter()
+    if variant == "oracle":
+        strategy_name, overrides, strategy = "toa", {}, OracleStrategy()
+    else:
+        strategy_name, overrides = VARIANTS[variant]
+        strategy = STRATEGY_CLASSES[strategy_name]()
+    search = SearchConfig.model_validate({
+        "strategy": strategy_name, "budget": budget, "tau": args.tau, "alpha": args.alpha, "seed": args.seed,
+        "prompt_concurrency": 64, "moa_layers": args.moa_layers, **overrides})
+    ctx = SearchContext(agents=env.agents(args.seed), reward=env.reward(args.seed), search=search)
     rows: list[dict[str, float]] = []
-    generations = 0
+    candidates = []
 
     def on_result(result: PromptResult) -> None:
-        nonlocal generations
-        generations += len(result.candidates)
+        candidates.extend(result.candidates)
         metrics = prompt_metrics(result)
         if metrics is not None:
             rows.append(metrics)
 
     await run_search(prompts, ctx, strategy=strategy, on_result=on_result)
-    if generations != budget * len(prompts):
-        raise AssertionError(f"{strategy.name} spent {generations} generations, expected {budget * len(prompts)}")
-    return {m: statistics.fmean(r[m] for r in rows) for m in METRICS}
+    spent = len(candidates)
+    if spent > budget * len(prompts) or (not search.adaptive.enabled and spent != budget * len(prompts)):
+        raise AssertionError(f"{variant} spent {spent} generations for {len(prompts)} prompts at budget {budget}")
+    means = {m: statistics.fmean(r[m] for r in rows) for m in ("picked", "best", "gens", "trips", "cpu_ms")}
+    means["gens"] = spent / len(prompts)
+    table_ = candidates_to_table(candidates)
+    pairs = {name: pair_quality(table_, prompts, rules) for name, rules in pair_rules.items()}
+    return Outcome(means, pairs, time.perf_counter() - started)
+
+
+def _fmt_cpu(value: float) -> str:
+    return "-" if value != value else f"{value:.2f}"
 
 
 def simulated(args: argparse.Namespace) -> None:
-    prompts = make_prompts(args.prompts)
-    print(f"# agents (name, skill, refine delta, noise): {AGENT_SPECS}; reward noise {args.reward_noise}; "
-          f"tau {args.tau}, alpha {args.alpha}; {args.prompts} prompts", flush=True)
-    summary = []
-    for budget in args.budgets:
-        started = time.perf_counter()
-        means = {name: asyncio.run(evaluate(STRATEGY_CLASSES[name](), prompts, budget, args)) for name in STRATEGIES}
-        oracle = asyncio.run(evaluate(OracleStrategy(), prompts, budget, args))
-        toa = means["toa"]
-        rows = [[name, *(means[name][m] / toa[m] for m in METRICS)] for name in STRATEGIES]
-        rows.append(["oracle", *(oracle[m] / toa[m] for m in METRICS)])
-        rows.append(["(toa absolute)", *(toa[m] for m in METRICS)])
-        print(f"\nbudget {budget}: mean over prompts, relative to TOA (1.0 = TOA) "
-              f"[{time.perf_counter() - started:.1f} s]")
-        print(table(["strategy", *METRICS], rows))
-        best_baseline = max((n for n in STRATEGIES if n != "toa"), key=lambda n: means[n]["picked_true"])
-        summary.append(f"N={budget}: TOA picked_true {toa['picked_true']:.3f} vs best baseline {best_baseline} "
-                       f"{means[best_baseline]['picked_true']:.3f}, oracle {oracle['picked_true']:.3f}")
-    print("\nSUMMARY search: " + "; ".join(summary))
+    variants = [v for v in (*BASELINES, *OURS) if v in args.variants] + ["oracle"]
+    print(f"# {args.prompts} prompts; budgets {args.budgets}; TOA tau {args.tau}, alpha {args.alpha}; "
+          f"MoA {args.moa_layers} layers; default ranking {RankingConfig(test_fraction=0).model_dump()}", flush=True)
+    targets: list[str] = []
+    misses = 0
+    for env_name in args.environments:
+        env = ENVIRONMENTS[env_name]
+        prompts = make_prompts(args.prompts, env)
+        print(f"\n## environment {env.name}: {env.description}", flush=True)
+        for budget in args.budgets:
+            rules = {"default": {}, **(PAIR_RULES if not args.quick else {})}
+            out = {}
+            for variant in variants:
+                out[variant] = asyncio.run(evaluate(variant, env, prompts, budget, args,
+                                                    rules if variant in PAIR_STUDY_VARIANTS or args.quick
+                                                    else {"default": {}}))
+            toa = out["toa"].means
+            rows = [[v, o.means["picked"], o.means["picked"] / toa["picked"], o.means["best"], o.means["gens"],
+                     o.means["trips"], _fmt_cpu(o.means["cpu_ms"]), o.pairs["default"]["ok"],
+                     o.pairs["default"]["gap"], f"{o.seconds:.1f}"] for v, o in out.items()]
+            print(f"\n{env.name}, budget {budget}:")
+            print(table(["variant", "picked", "/toa", "best", "gens", "trips", "cpu_ms", "pairs_ok", "gap", "s"],
+                        rows))
+            if not args.quick:
+                study = [[rule, *(f"{out[v].pairs[rule]['ok']:.3f}/{out[v].pairs[rule]['gap']:.3f}/"
+                                  f"{out[v].pairs[rule]['kept']:.2f}" for v in PAIR_STUDY_VARIANTS if v in out)]
+                         for rule in rules]
+                print(f"\nDPO pairs by rejected rule, {env.name}, budget {budget} (share truly correct / mean true "
+                      f"gap / pairs per prompt):")
+                print(table(["rule", *(v for v in PAIR_STUDY_VARIANTS if v in out)], study))
+            lines, missed = check_targets(env.name, budget, out)
+            misses += missed
+            targets += lines
+            for line in lines:
+                print("  " + line)
+    print("\nTARGETS (issue 13):")
+    for line in targets:
+        print("  " + line)
+    print(f"\nSUMMARY search: {len(targets) - misses} of {len(targets)} targets met"
+          + ("" if not misses else f"; missed: " + "; ".join(t for t in targets if "MISSED" in t)))
+
+
+def check_targets(env: str, budget: int, out: dict[str, Outcome]) -> tuple[list[str], int]:
+    """The done-when targets of issue 13 for one environment and budget."""
+    lines = []
+    ours = [v for v in OURS if v in out]
+    base = [v for v in BASELINES if v in out]
+    picked = {v: out[v].means["picked"] for v in out}
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    if ours and base:
+        best_ours = max(ours, key=picked.get)
+        best_base = max(base, key=picked.get)
+        ok = picked[best_ours] >= picked[best_base]
+        lines.append(f"{env} N={budget}: best search {best_ours} picked {picked[best_ours]:.3f} vs best baseline "
+                     f"{best_base} {picked[best_base]:.3f} ({picked[best_ours] / picked[best_base]:.3f}x): "
+                     f"{verdict(ok)}")
+        pairs_ok = out[best_ours].pairs["default"]["ok"]
+        lines.append(f"{env} N={budget}: {best_ours} DPO pairs truly correct (default ranking) {pairs_ok:.3f} "
+                     f"(target >= 0.90): {verdict(pairs_ok >= 0.90)}")
+    if "ab_mcts" in out and "toa" in out:
+        lines.append(f"{env} N={budget}: ab_mcts vs toa picked {picked['ab_mcts']:.3f} vs {picked['toa']:.3f} "
+                     f"({picked['ab_mcts'] / picked['toa']:.3f}x) (reported)")
+    for fixed in ("toa", "ab_mcts"):
+        adaptive = f"{fixed}-adaptive"
+        if adaptive in out and fixed in out:
+            quality = picked[adaptive] / picked[fixed]
+            saved = 1 - out[adaptive].means["gens"] / out[fixed].means["gens"]
+            lines.append(f"{env} N={budget}: {adaptive} picked {quality:.3f}x of {fixed} with {saved:.0%} fewer "
+                         f"generations (target >= 0.99x and >= 25%): {verdict(quality >= 0.99 and saved >= 0.25)}")
+    if "toa-r4" in out and "toa" in out:
+        quality = picked["toa-r4"] / picked["toa"]
+        trips = out["toa-r4"].means["trips"] / out["toa"].means["trips"]
+        lines.append(f"{env} N={budget}: toa-r4 picked {quality:.3f}x of toa with {trips:.3f}x its round trips "
+                     f"(target >= 0.98x and <= 0.333x): {verdict(quality >= 0.98 and trips <= 1 / 3)}")
+    return lines, sum("MISSED" in line for line in lines)
 
 
 # ------------------------------------------------------------------------------------------------ demo
@@ -227,28 +318,31 @@ def demo(args: argparse.Namespace) -> None:
     print(f"# demo: 3 SmolLM2-135M agents + SmolLM2 judge (in process), {n_prompts} prompts, budget {budget}",
           flush=True)
     means = {}
-    for name in STRATEGIES:
+    for name in DEMO_STRATEGIES:
         started = time.perf_counter()
         means[name] = asyncio.run(demo_strategy(name, budget, n_prompts, args.demo_max_tokens))
         print(f"  {name}: {means[name]} [{time.perf_counter() - started:.0f} s]", flush=True)
     toa = means["toa"]
     rows = [[name, means[name]["best_obs"], means[name]["top10_obs"],
              means[name]["best_obs"] - toa["best_obs"], means[name]["top10_obs"] - toa["top10_obs"]]
-            for name in STRATEGIES]
+            for name in DEMO_STRATEGIES]
     # Judge log-odds can be negative, so the demo compares by difference, not ratio.
     print(table(["strategy", "best_obs", "top10_obs", "best - toa", "top10 - toa"], rows))
-    best_other = max((n for n in STRATEGIES if n != "toa"), key=lambda n: means[n]["best_obs"])
+    best_other = max((n for n in DEMO_STRATEGIES if n != "toa"), key=lambda n: means[n]["best_obs"])
     print(f"\nSUMMARY search demo: TOA best judge log-odds {toa['best_obs']:.3f}, best baseline {best_other} "
           f"{means[best_other]['best_obs']:.3f} ({n_prompts} prompts, budget {budget})")
 
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="30 prompts, budgets 16 and 40 (seconds)")
+    parser.add_argument("--quick", action="store_true", help="10 prompts, budget 40, default ranking only")
     parser.add_argument("--demo", action="store_true", help="run on the SmolLM2 demo models instead (slow)")
-    parser.add_argument("--prompts", type=int, default=300)
-    parser.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[16, 40, 80, 160])
-    parser.add_argument("--reward-noise", type=float, default=0.05)
+    parser.add_argument("--prompts", type=int, default=150)
+    parser.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[40, 160])
+    parser.add_argument("--environments", type=lambda s: s.split(","), default=list(ENVIRONMENTS))
+    parser.add_argument("--variants", type=lambda s: s.split(","), default=[*BASELINES, *OURS],
+                        help="comma-separated subset of the variants (toa is always run: it is the reference)")
     parser.add_argument("--tau", type=float, default=1.0, help="TOA value = sigmoid(reward / tau)")
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--moa-layers", type=int, default=4)
@@ -258,7 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-max-tokens", type=int, default=48)
     args = parser.parse_args(argv)
     if args.quick:
-        args.prompts, args.budgets = min(args.prompts, 30), [b for b in args.budgets if b <= 40]
+        args.prompts, args.budgets = min(args.prompts, 10), [min(args.budgets)]
+    unknown = sorted(set(args.environments) - set(ENVIRONMENTS)) + sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown environment or variant: {', '.join(unknown)}")
+    if "toa" not in args.variants:
+        args.variants = ["toa", *args.variants]
     header("search efficiency (simulated agents with ground truth)" if not args.demo else
            "search efficiency on the demo models", sys.argv)
     demo(args) if args.demo else simulated(args)

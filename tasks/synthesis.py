@@ -219,7 +219,7 @@ async def _search_with_checkpoints(cfg: RunConfig, store: Store, prefix: str, pr
         table = candidates_to_table(result.candidates)
         if result.tree is not None:
             await asyncio.to_thread(store.write_text, f"{prefix}/{result.prompt.prompt_id}.tree.jsonl",
-                                    trees_to_jsonl([(result.prompt.prompt_id, result.tree)]))
+                                    trees_to_jsonl([(result.prompt.prompt_id, result.tree, result.search)]))
         # The parquet file is the "prompt finished" marker, so it is written last.
         await asyncio.to_thread(store.write_bytes, f"{prefix}/{result.prompt.prompt_id}.parquet",
                                 table_to_parquet_bytes(table))

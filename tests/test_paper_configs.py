@@ -20,7 +20,7 @@ LARGE = {"meta-llama/Llama-3.1-70B-Instruct", "mistralai/Mistral-Large-Instruct-
 SMALL = {"meta-llama/Llama-3.1-8B-Instruct", "Qwen/Qwen2-7B-Instruct", "mistralai/Mistral-7B-Instruct-v0.2",
          "01-ai/Yi-1.5-9B-Chat-16K"}
 ARMORM = "RLHFlow/ArmoRM-Llama3-8B-v0.1"
-STRATEGIES = {"toa", "random", "ensemble", "prs", "seq_refine", "moa"}
+STRATEGIES = {"toa", "random", "ensemble", "prs", "seq_refine", "moa"}  # the paper's (not ab_mcts)
 
 
 def _load_tool(name: str):
@@ -74,6 +74,12 @@ def test_config_validates_and_says_what_it_reproduces(path):
     assert search.budget == 160
     assert (search.top_p, search.max_tokens, search.topk_child) == (1.0, 2048, 1)
     assert search.strategy in STRATEGIES
+    # The paper's search and ranking: sequential trees, fixed budgets, the 30th-ranked response as rejected.
+    assert search.rollouts_per_tree == 1 and search.adaptive.enabled is False
+    ranking = cfg.synthesis.ranking
+    if path.parent.name != "scaling":  # the scaling figure builds no datasets
+        assert (ranking.dpo_rejected_rank, ranking.dpo_rejected_quantile, ranking.rejected_min_spread,
+                ranking.rejected_lineage) == (30, None, 0.0, "any")
     if search.strategy in ("random", "prs"):
         assert len(cfg.models) == 1 and search.model == cfg.models[0].name
 
@@ -125,7 +131,9 @@ def test_ultrafeedback_configs_match_the_paper():
         assert cfg.reward.model == ARMORM
         assert (cfg.search.tau, cfg.search.alpha, cfg.search.temperature) == (0.1, 0.01, 0.8)
         assert cfg.search.width == 53  # floor(4*40/3)
-        assert cfg.synthesis.ranking.dpo_rejected_rank == 30
+        ranking = cfg.synthesis.ranking
+        assert ranking.dpo_rejected_rank == 30 and ranking.dpo_rejected_quantile is None
+        assert (ranking.rejected_min_spread, ranking.rejected_lineage) == (0.0, "any")  # the paper's rule, not ours
         training = cfg.training
         assert training.common.base_model == "meta-llama/Llama-3.1-8B-Instruct"
         dpo = training.dpo

@@ -48,6 +48,13 @@ def parquet_bytes_to_table(data: bytes) -> pa.Table:
     return pq.read_table(io.BytesIO(data))
 
 
-def trees_to_jsonl(trees: Iterable[tuple[str, list[dict[str, Any]]]]) -> str:
-    """TOA search trees, one JSON line per prompt: {"prompt_id": ..., "nodes": [...]}."""
-    return "".join(json.dumps({"prompt_id": pid, "nodes": nodes}, ensure_ascii=False) + "\n" for pid, nodes in trees)
+def trees_to_jsonl(trees: Iterable[tuple[str, list[dict[str, Any]]] | tuple[str, list[dict[str, Any]], dict]]) -> str:
+    """Search trees (toa, ab_mcts), one JSON line per prompt: {"prompt_id": ..., "nodes": [...]}, plus
+    "search": {...} (stop_reason, generations, round_trips, search CPU) when the item carries PromptResult.search."""
+    lines = []
+    for pid, nodes, *search in trees:
+        record: dict[str, Any] = {"prompt_id": pid, "nodes": nodes}
+        if search and search[0]:
+            record["search"] = search[0]
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    return "".join(lines)

@@ -11,7 +11,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-STRATEGIES = ("toa", "random", "ensemble", "prs", "seq_refine", "moa")
+STRATEGIES = ("toa", "ab_mcts", "random", "ensemble", "prs", "seq_refine", "moa")
+# Strategies whose generations are decided one at a time, so they can stop early and run several in one tree.
+TREE_STRATEGIES = ("toa", "ab_mcts")
 
 
 class Section(BaseModel):
@@ -86,10 +88,66 @@ class RewardConfig(Section):
         return self
 
 
+class AdaptiveConfig(Section):
+    """Adaptive budget (toa and ab_mcts): a prompt whose best reward has stopped improving stops early, and the
+    generations it saved go to prompts that are still improving when they reach `search.budget`, never beyond the
+    run's total (budget x prompts). Off by default: the paper spends exactly N generations on every prompt.
+
+    The stop rule, checked after every finished generation g (failed ones count as spent): stop when
+    g >= min_generations and best(g) - best(g - patience) <= margin x spread, where best(i) is the best reward
+    after i generations and spread the standard deviation of the prompt's rewards so far (so the margin has no
+    unit: it works the same for ArmoRM's 0.05..0.2 and a logit-scale reward). See toa_core/adaptive.py.
+    """
+    enabled: bool = False
+    min_generations: int | None = Field(
+        None, ge=1, description="never stop before this many generations; default budget // 2, at least models + 1")
+    patience: int | None = Field(
+        None, ge=1, description="M: the window of generations without enough improvement; default budget // 4, "
+                                "at least the number of models (toa: at least its width + 1)")
+    margin: float = Field(
+        0.1, ge=0, description="an improvement counts only above margin x the prompt's reward spread (std)")
+    max_budget_factor: float = Field(
+        2.0, ge=1, description="a still-improving prompt may spend up to this many times search.budget from the "
+                               "saved pool")
+
+
+class ABMCTSConfig(Section):
+    """AB-MCTS-A (treequest): Thompson sampling decides per node whether to widen (a new answer) or deepen (refine
+    an existing one), and which model acts. See toa_core/strategies/ab_mcts.py for the reward mapping."""
+    exploration_floor: float | dict[str, float] = Field(
+        0.1, description="minimum share of the generations each model writes (one number for every model, or "
+                         "model name -> share); below it the model answers fresh regardless of the posteriors")
+    dist_type: Literal["gaussian", "beta"] = Field("gaussian", description="treequest's posterior family")
+
+    @model_validator(mode="after")
+    def _floor_in_range(self) -> "ABMCTSConfig":
+        floor = self.exploration_floor
+        shares = list(floor.values()) if isinstance(floor, dict) else [floor]
+        if any(not 0 <= share <= 1 for share in shares):
+            raise ValueError("exploration_floor: every share must be between 0 and 1")
+        if isinstance(self.exploration_floor, dict) and sum(shares) > 1:
+            raise ValueError("exploration_floor: the shares add up to more than 1")
+        return self
+
+    def floor_for(self, model_names: list[str]) -> list[float]:
+        """The floor share of each model, in the given order; ValueError names an unknown model."""
+        if not isinstance(self.exploration_floor, dict):
+            if self.exploration_floor * len(model_names) > 1:
+                raise ValueError(f"search.ab_mcts.exploration_floor {self.exploration_floor} x {len(model_names)} "
+                                 "models is more than the whole budget; use at most 1 / number of models")
+            return [self.exploration_floor] * len(model_names)
+        unknown = sorted(set(self.exploration_floor) - set(model_names))
+        if unknown:
+            raise ValueError(f"search.ab_mcts.exploration_floor names unknown model(s) {', '.join(unknown)}; "
+                             f"models: {', '.join(model_names)}")
+        return [self.exploration_floor.get(name, 0.0) for name in model_names]
+
+
 class SearchConfig(Section):
     """The search strategy and its budget. One generation = one completion + one reward score."""
-    strategy: Literal["toa", "random", "ensemble", "prs", "seq_refine", "moa"] = "toa"
-    budget: int = Field(160, ge=1, description="generations per prompt (N); TOA and the baselines spend exactly N")
+    strategy: Literal["toa", "ab_mcts", "random", "ensemble", "prs", "seq_refine", "moa"] = "toa"
+    budget: int = Field(
+        160, ge=1, description="generations per prompt (N); every strategy spends exactly N unless adaptive")
     task: Literal["chat", "translation"] = "chat"
     # TOA
     tau: float = Field(0.1, gt=0, description="value = sigmoid(reward / tau); 0.1 for ArmoRM-scale rewards, 1 for KIWI")
@@ -97,6 +155,11 @@ class SearchConfig(Section):
     width: int | None = Field(None, ge=1, description="responses per tree depth before the beat-your-parent rule; default floor(N/3)")
     topk_child: int = Field(1, ge=1)
     max_model_failures: int = Field(2, ge=1, description="failed generations after which an agent is dropped from one tree")
+    # toa and ab_mcts
+    rollouts_per_tree: int = Field(
+        1, ge=1, description="selections in flight per tree (virtual loss for toa); 1 = the paper's sequential search")
+    adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
+    ab_mcts: ABMCTSConfig = Field(default_factory=ABMCTSConfig)
     # baselines
     model: str | None = Field(None, description="the single agent for random and prs (default: the first agent)")
     moa_layers: int = Field(4, ge=1, description="MoA stack depth L")
@@ -107,6 +170,13 @@ class SearchConfig(Section):
     seed: int = 0
     prompt_concurrency: int = Field(64, ge=1, description="prompts searched at once")
     prompts: dict[str, str] = Field(default_factory=dict, description="override template files: refine, aggregate, translate, ...")
+
+    @model_validator(mode="after")
+    def _adaptive_needs_a_tree_strategy(self) -> "SearchConfig":
+        if self.adaptive.enabled and self.strategy not in TREE_STRATEGIES:
+            raise ValueError(f"adaptive.enabled: strategy '{self.strategy}' spends a fixed plan and cannot stop "
+                             f"early; use one of {', '.join(TREE_STRATEGIES)} or set adaptive.enabled: false")
+        return self
 
     def effective_width(self, n_models: int) -> int:
         """floor(K*n/3) with N = K*n, never below K (a narrower first layer could leave a model untried)."""

@@ -5,6 +5,9 @@ over 100k prompts holds at most `concurrency` searches and never creates a task 
 sequential inside one tree; throughput comes from many trees at once, and the backends batch and bound the
 requests those trees send.
 
+Adaptive budgets (`search.adaptive`, toa and ab_mcts): one BudgetPool per call collects the generations that
+prompts stopping early did not spend and hands them to prompts still improving at their budget.
+
 Timeouts: every network call is owned by a backend, which applies its own request timeouts and retries and
 returns an error Generation (or raises RewardError) when a call fails for good. A search therefore always
 finishes; this module adds no extra per-prompt timer.
@@ -14,10 +17,12 @@ If a strategy raises (a bug, not a failed request), the other workers are cancel
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 from typing import AsyncIterable, Awaitable, Callable, Iterable
 
+from toa_core.adaptive import BudgetPool
 from toa_core.records import Prompt, PromptResult
 from toa_core.strategies import SearchContext, Strategy, get_strategy
 
@@ -71,6 +76,10 @@ async def run_search(
     concurrency = concurrency if concurrency is not None else ctx.search.prompt_concurrency
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    if ctx.search.adaptive.enabled and ctx.budget_pool is None:
+        # Adaptive budgets: generations saved by prompts that stop early go to the prompts of this call that are
+        # still improving at their budget, never beyond budget x prompts (toa_core/adaptive.py).
+        ctx = dataclasses.replace(ctx, budget_pool=BudgetPool())
     if strategy is None or isinstance(strategy, str):
         strategy = get_strategy(strategy or ctx.search.strategy)
     source = _PromptSource(prompts)

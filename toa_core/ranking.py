@@ -7,7 +7,9 @@ unless `allow_truncated`), not inseparable refinement leakage (toa_core.leakage)
 chosen answer that overlaps an evaluation set); refine/aggregate answers with a separable preamble/postscript
 enter the datasets stripped. A prompt whose usable candidates are all ruled out gives no SFT row and no pair.
 - SFT: the target becomes the assistant turn: `messages` = prompt messages + [assistant].
-- DPO: chosen = the target, rejected = rank `dpo_rejected_rank` (k, 1-based, among all usable candidates).
+- DPO: chosen = the target, rejected = rank `dpo_rejected_rank` (k, 1-based, among all usable candidates),
+  or the rank given by `dpo_rejected_quantile`; eligibility rules (`rejected_min_spread`, on by default, and
+  `rejected_lineage`) can move it further down: toa_core/pair_selection.py has the exact rules.
   The paper's README says the rejected response is "the 30th-ranked", while its model names say `ni=30`,
   which would be the 31st best if that index is 0-based. We read the README: k=30 means the 30th best
   (29 candidates rank between chosen and rejected). A prompt with fewer than k usable candidates gets the
@@ -16,6 +18,12 @@ enter the datasets stripped. A prompt whose usable candidates are all ruled out 
   taken with `short_policy: worst`). A pair is dropped when chosen and rejected are near-duplicates (the same
   text after whitespace/case normalisation) or when the reward margin chosen - rejected is not above
   `min_margin` (so the default 0.0 drops exact ties only).
+  Default (not the paper's): `rejected_min_spread: 2.0` moves the rejected further down until it is at least
+  two standard deviations of the prompt's rewards below the chosen (always possible when the chosen is the top
+  candidate: the worst is at least 2 std below the best). bench/bench_search.py measured it: it is the rule that
+  keeps DPO pairs truly correct (chosen truly better than rejected) on every simulated environment, where the
+  paper's 30th-of-160 is often a near-copy of the best in a TOA tree, or truly better than a chosen the reward
+  model over-rated (bench/README.md). The paper configs set it to 0.
 - Train/test split by prompt: a prompt is in test when a seeded hash of its id falls below `test_fraction`,
   so the same prompt is never on both sides, SFT and DPO agree, and a prompt keeps its side across runs. When
   the hash puts no prompt in test although `test_fraction > 0` and there are two prompts or more, the prompt
@@ -38,10 +46,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from toa_core.config import Section
 from toa_core.leakage import LeakageConfig
+from toa_core.pair_selection import choose_pairs
 from toa_core.records import Message, Prompt
 from toa_core.screening import SCREEN_COLUMNS, Screen, apply_span, same_answer
 
@@ -83,10 +92,20 @@ class RankingError(ValueError):
 
 
 class RankingConfig(Section):
-    """How scored candidates become SFT targets and DPO pairs (see toa_core.ranking for the exact rules)."""
+    """How scored candidates become SFT targets and DPO pairs (see toa_core.ranking and toa_core.pair_selection
+    for the exact rules). `dpo_rejected_rank` and `dpo_rejected_quantile` are two ways to say the same thing:
+    set at most one (setting both is an error)."""
     dpo_rejected_rank: int = Field(30, ge=2, description="1-based rank of the rejected response (30 = 30th best)")
+    dpo_rejected_quantile: float | None = Field(
+        None, gt=0, lt=1, description="the rejected's quantile from the bottom, rank = round((1 - q) x usable "
+                                      "candidates); the paper's 30th of 160 is 0.8125")
     short_policy: Literal["worst", "skip"] = Field(
         "worst", description="fewer than dpo_rejected_rank usable candidates: pair with the worst, or no pair")
+    rejected_lineage: Literal["any", "other"] = Field(
+        "any", description="other: the rejected is never an ancestor or descendant (refinement) of the chosen")
+    rejected_min_spread: float = Field(
+        2.0, ge=0, description="the rejected's reward is at least this many standard deviations of the prompt's "
+                               "rewards below the chosen's (0 = off: the paper's rule, kept by configs/paper/)")
     min_margin: float = Field(0.0, ge=0, description="keep a pair only if chosen_reward - rejected_reward > this")
     test_fraction: float = Field(0.01, ge=0, lt=1, description="share of prompts held out (SFT and DPO alike)")
     seed: int = Field(0, description="seed of the train/test split")
@@ -94,6 +113,13 @@ class RankingConfig(Section):
                                                      "be SFT targets and DPO chosen")
     leakage: LeakageConfig = Field(default_factory=LeakageConfig,
                                    description="refinement-leakage rules (toa_core/rules/leakage.yaml + extras)")
+
+    @model_validator(mode="after")
+    def _one_way_to_place_the_rejected(self) -> "RankingConfig":
+        if self.dpo_rejected_quantile is not None and "dpo_rejected_rank" in self.model_fields_set:
+            raise ValueError("dpo_rejected_rank and dpo_rejected_quantile are both set; keep one (rank: a fixed "
+                             "position such as the paper's 30; quantile: a share of each prompt's candidates)")
+        return self
 
 
 @dataclass
@@ -112,6 +138,8 @@ class RankingStats:
     sft_test: int = 0
     dpo_pairs_at_rank: int = 0  # rejected is the k-th best
     dpo_pairs_worst: int = 0  # fewer than k usable: rejected is the worst
+    dpo_pairs_moved: int = 0  # rejected moved off the target rank by rejected_min_spread / rejected_lineage
+    dpo_skipped_ineligible: int = 0  # no candidate below the chosen passes rejected_min_spread / rejected_lineage
     dpo_skipped_short: int = 0  # fewer than k usable and short_policy skip
     dpo_skipped_single: int = 0  # only one usable candidate
     dpo_dropped_identical: int = 0
@@ -154,7 +182,7 @@ def build_datasets(
     stats = RankingStats()
     screen = Screen(cfg.allow_truncated, cfg.leakage, excluded_ids)
 
-    keys = _usable_keys(sources, prompt_messages, stats, screen)
+    keys = _usable_keys(sources, prompt_messages, stats, screen, lineage=cfg.rejected_lineage == "other")
     keys = keys.sort_by([("prompt_id", "ascending"), ("reward", "descending"), ("candidate_id", "ascending")])
     keys = _drop_repeated_candidates(keys, stats)
 
@@ -179,26 +207,20 @@ def build_datasets(
     groups = np.flatnonzero(has_target)  # prompts with a target, in prompt order
     target_pos = first_eligible[groups]
 
-    # -- DPO pair selection (positions in the sorted key table) --
-    k = cfg.dpo_rejected_rank
-    sizes_t, offset_t = sizes[groups], target_offset[groups]
-    at_rank = (sizes_t >= k) & (k - 1 > offset_t)
-    worst = (~at_rank) & (sizes_t - 1 > offset_t) & (cfg.short_policy == "worst")
-    stats.dpo_skipped_single = int(np.sum(sizes_t < 2))
-    stats.dpo_skipped_short = int(np.sum((sizes_t >= 2) & (sizes_t < k))) if cfg.short_policy == "skip" else 0
-    stats.dpo_skipped_no_lower = int(np.sum((sizes_t >= 2) & (sizes_t - 1 <= offset_t)))
-    paired = at_rank | worst
-    rejected_rank = np.where(at_rank, k, sizes_t)
+    # -- DPO pair selection (positions in the sorted key table): toa_core/pair_selection.py --
     rewards = keys["reward"].to_numpy()
-    chosen_pos = target_pos[paired]
-    chosen_rank = offset_t[paired] + 1
-    rejected_pos = starts[groups][paired] + rejected_rank[paired] - 1
+    pairs = choose_pairs(starts, sizes, rewards, rank=cfg.dpo_rejected_rank, quantile=cfg.dpo_rejected_quantile,
+                         short_policy=cfg.short_policy, offsets=target_offset, min_spread=cfg.rejected_min_spread,
+                         parent_pos=_parent_positions(keys) if cfg.rejected_lineage == "other" else None)
+    stats.dpo_skipped_single, stats.dpo_skipped_short = pairs.skipped_single, pairs.skipped_short
+    stats.dpo_skipped_no_lower, stats.dpo_skipped_ineligible = pairs.skipped_no_lower, pairs.skipped_ineligible
+    chosen_pos, rejected_pos = pairs.chosen, pairs.rejected
     margin_ok = (rewards[chosen_pos] - rewards[rejected_pos]) > cfg.min_margin
     stats.dpo_dropped_margin = int(np.sum(~margin_ok))
-    pair_at_rank = at_rank[paired][margin_ok]
+    pair_at_rank, pair_moved = pairs.at_target[margin_ok], pairs.moved[margin_ok]
     chosen_pos, rejected_pos = chosen_pos[margin_ok], rejected_pos[margin_ok]
-    pair_rejected_rank = rejected_rank[paired][margin_ok]
-    chosen_rank = chosen_rank[margin_ok]
+    pair_rejected_rank = pairs.rejected_rank[margin_ok]
+    chosen_rank = pairs.chosen_rank[margin_ok]
 
     # -- texts for the selected rows only --
     texts = _texts_at(sources, keys, np.concatenate([target_pos, rejected_pos]))  # one read of each shard
@@ -209,12 +231,13 @@ def build_datasets(
     stats.dpo_dropped_identical = int(np.sum(identical))
     keep = ~identical
     chosen_pos, rejected_pos = chosen_pos[keep], rejected_pos[keep]
-    pair_rejected_rank, pair_at_rank = pair_rejected_rank[keep], pair_at_rank[keep]
+    pair_rejected_rank, pair_at_rank, pair_moved = pair_rejected_rank[keep], pair_at_rank[keep], pair_moved[keep]
     chosen_rank = chosen_rank[keep]
     chosen_texts = [t for t, kept in zip(chosen_texts, keep) if kept]
     rejected_texts = [t for t, kept in zip(rejected_texts, keep) if kept]
     stats.dpo_pairs_at_rank = int(np.sum(pair_at_rank))
-    stats.dpo_pairs_worst = int(np.sum(~pair_at_rank))
+    stats.dpo_pairs_moved = int(np.sum(pair_moved))
+    stats.dpo_pairs_worst = int(np.sum(~pair_at_rank & ~pair_moved))
 
     # -- split by prompt (among prompts that have a target, so neither side is empty for want of one) --
     prompt_ids = pid.take(pa.array(starts[groups])).to_pylist()
@@ -282,12 +305,14 @@ def _add_screening_counts(stats: RankingStats, screen: Screen) -> None:
 
 
 def _usable_keys(sources: list[CandidateSource], prompt_messages: dict[str, list[Message]],
-                 stats: RankingStats, screen: Screen) -> pa.Table:
-    """Key columns (plus source, row index and screening columns) of every candidate that may enter a dataset."""
+                 stats: RankingStats, screen: Screen, lineage: bool = False) -> pa.Table:
+    """Key columns (plus source, row index and screening columns; parent_id for the lineage rule) of every
+    candidate that may enter a dataset."""
     known = pa.array(list(prompt_messages), pa.string())
+    columns = _KEY_COLUMNS + (["parent_id"] if lineage else [])
     parts = []
     for index, source in enumerate(sources):
-        table = _read_source(source, _KEY_COLUMNS + ["error"] + SCREEN_COLUMNS)
+        table = _read_source(source, columns + ["error"] + [c for c in SCREEN_COLUMNS if c not in columns])
         table = table.append_column("source_index", pa.array(np.full(table.num_rows, index, dtype=np.int32)))
         table = table.append_column("row_index", pa.array(np.arange(table.num_rows, dtype=np.int64)))
         stats.candidates += table.num_rows
@@ -314,11 +339,20 @@ def _usable_keys(sources: list[CandidateSource], prompt_messages: dict[str, list
         parts.append(table)
     if not parts:
         schema = pa.schema([("prompt_id", pa.string()), ("candidate_id", pa.string()), ("model", pa.string()),
-                            ("reward", pa.float64()), ("strategy", pa.string()), ("source_index", pa.int32()),
-                            ("row_index", pa.int64()), ("chosen_ok", pa.bool_()), ("text_start", pa.int32()),
-                            ("text_end", pa.int32())])
+                            ("reward", pa.float64()), ("strategy", pa.string())]
+                           + ([("parent_id", pa.string())] if lineage else [])
+                           + [("source_index", pa.int32()), ("row_index", pa.int64()), ("chosen_ok", pa.bool_()),
+                              ("text_start", pa.int32()), ("text_end", pa.int32())])
         return schema.empty_table()
     return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _parent_positions(keys: pa.Table) -> np.ndarray:
+    """Each row's parent row in the sorted key table (-1: fresh, or a parent that is not usable)."""
+    prompt_ids = keys["prompt_id"].to_pylist()  # candidate ids are unique within a prompt only
+    position_of = {key: i for i, key in enumerate(zip(prompt_ids, keys["candidate_id"].to_pylist()))}
+    return np.array([position_of.get((pid, parent), -1) if parent is not None else -1
+                     for pid, parent in zip(prompt_ids, keys["parent_id"].to_pylist())], dtype=np.int64)
 
 
 def _drop_repeated_candidates(keys: pa.Table, stats: RankingStats) -> pa.Table:

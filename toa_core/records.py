@@ -99,8 +99,11 @@ class PromptResult:
     """Everything one search produced for one prompt."""
     prompt: Prompt
     candidates: list[Candidate]
-    tree: list[dict[str, Any]] | None = None  # TOA only: node records, see toa_core.strategies.toa
+    tree: list[dict[str, Any]] | None = None  # toa and ab_mcts: node records, see toa_core.strategies.toa / ab_mcts
     retries: int = 0  # client-side retries spent on this prompt (for the manifest)
+    # How the search went: generations, round_trips (the longest chain of requests that waited on each other),
+    # and for toa/ab_mcts stop_reason, budget, allowance and search_cpu_s (CPU of the search logic itself).
+    search: dict[str, Any] = field(default_factory=dict)
 
     @property
     def best(self) -> Candidate | None:

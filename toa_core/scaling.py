@@ -17,6 +17,8 @@ plan for N is the plan for M cut short, generation for generation:
               (independent fresh answers, n_k(N) <= n_k(M)). Distributionally equal, not byte-identical;
 - toa, prs    no reuse: what TOA does at play t depends on the budget (width = N/3), and PRS refines the best of
               its first N/2 answers, so every budget is its own search.
+- ab_mcts     no reuse: its exploration floor is a share of the plays so far, but its Thompson draws interleave
+              with the budget's plays, so a smaller budget is not a prefix of a larger one (kept separate to be safe).
 With a seeded backend (the sampling seed is honoured) the prefix strategies reproduce the smaller run exactly.
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ REUSE: dict[str, ReuseMode] = {
     "moa": "prefix",
     "ensemble": "per_model",
     "toa": "none",
+    "ab_mcts": "none",
     "prs": "none",
 }
 assert set(REUSE) == set(STRATEGIES), "every strategy needs a reuse rule"

@@ -7,6 +7,9 @@ among the answers quoted in its prompt and adds `refine_delta` (positive: refine
 Everything is seeded from (agent seed, request seed, prompt), so a search with a fixed seed is reproducible.
 The bench uses these to compare strategies against the ground truth.
 
+ENVIRONMENTS (bottom of this file) are the bench's worlds: ProfileAgent pools (a steady generalist next to a
+high-variance specialist, a reward model biased toward one agent's style, ...) judged by a StyledReward.
+
 ScriptedChatModel / ScriptedReward return exactly what a test scripts, count and record their calls, and fail
 on demand, to pin the strategies' semantics.
 """
@@ -239,3 +242,190 @@ class ScriptedReward(_CallTracking):
 
     async def aclose(self) -> None:
         return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Environments: pools of agents with a known ground truth, and reward models that see it imperfectly.
+#
+# Qualities are on a 0..1 scale (1 = a perfect answer) and capped there. A ProfileAgent writes a fresh answer
+# with a quality drawn from its profile; asked to refine (or aggregate) it starts from the best quality quoted in
+# its prompt and applies its profile's refine rule. A StyledReward observes quality + seeded noise + a bias for
+# the style of the agent that wrote the text (its name is in the text). Each environment comes with its agents'
+# expected fresh quality and expected refinement, for the bench's greedy oracle.
+
+
+@dataclass(frozen=True)
+class AgentProfile:
+    """How one simulated agent writes.
+
+    fresh(rng) -> quality of a fresh answer; refine(q, rng) -> quality after refining an answer of quality q.
+    expected_fresh / expected_refine(q): their means (what an oracle that knows the agent would expect).
+    Each rule draws `rng.random()` at most once and `rng.gauss` as it needs; the first draw of every request is
+    the failure draw (`failure_rate`).
+    """
+    name: str
+    fresh: Callable[[random.Random], float]
+    refine: Callable[[float, random.Random], float]
+    expected_fresh: float
+    expected_refine: Callable[[float], float]
+    failure_rate: float = 0.0
+
+
+def _clip(quality: float) -> float:
+    return min(1.0, max(0.0, quality))
+
+
+EASY_TAG = "[easy]"
+
+
+class ProfileAgent(_CallTracking):
+    """A ChatModel that writes according to an AgentProfile; qualities are capped to [0, 1].
+
+    On a prompt tagged EASY_TAG every answer is lifted: it keeps only `easy_gap` of its distance to a perfect
+    answer (a question every agent handles well, where more search has little left to find).
+    """
+
+    def __init__(self, profile: AgentProfile, *, seed: int = 0, latency_s: float = 0.0, easy_gap: float = 1.0):
+        self.profile = profile
+        self.name = profile.name
+        self.seed = seed
+        self.latency_s = latency_s
+        self.easy_gap = easy_gap
+        self._init_tracking()
+
+    async def generate(self, messages: list[Message], params: SamplingParams) -> Generation:
+        call_index = self._enter()
+        try:
+            await asyncio.sleep(self.latency_s)
+            prompt_text = "\n".join(m["content"] for m in messages)
+            request_seed = params.seed if params.seed is not None else call_index
+            rng = random.Random(_stable_seed(self.seed, self.name, request_seed, prompt_text))
+            if rng.random() < self.profile.failure_rate:
+                return Generation(text=None, error=f"{self.name}: simulated failure", latency_s=self.latency_s)
+            quoted = read_qualities(prompt_text)
+            quality = _clip(self.profile.refine(max(quoted), rng) if quoted else self.profile.fresh(rng))
+            if EASY_TAG in prompt_text and not quoted:
+                quality = 1.0 - self.easy_gap * (1.0 - quality)
+            text = f"Answer from {self.name} {quality_marker(_clip(quality))}"
+            return Generation(text=text, prompt_tokens=_words(messages), completion_tokens=len(text.split()),
+                              latency_s=self.latency_s, finish_reason="stop")
+        finally:
+            self._exit()
+
+    async def aclose(self) -> None:
+        return None
+
+
+_AUTHOR = re.compile(r"Answer from (\S+)")
+
+
+class StyledReward(SimulatedReward):
+    """A SimulatedReward that also adds `style_bias[author]` to the answers written by that agent."""
+
+    def __init__(self, *, noise: float = 0.0, seed: int = 0, style_bias: Mapping[str, float] | None = None,
+                 name: str = "styled-reward"):
+        super().__init__(noise=noise, seed=seed, name=name)
+        self.style_bias = dict(style_bias or {})
+
+    async def score(self, messages: list[Message], response: str) -> float:
+        observed = await super().score(messages, response)
+        author = _AUTHOR.search(response)
+        return observed + (self.style_bias.get(author.group(1), 0.0) if author else 0.0)
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A pool of agent profiles and the reward model that judges them."""
+    name: str
+    description: str
+    profiles: tuple[AgentProfile, ...]
+    reward_noise: float
+    style_bias: Mapping[str, float] = field(default_factory=dict)
+    easy_share: float = 0.0  # share of prompts tagged EASY_TAG (every 1/easy_share-th one)
+    easy_gap: float = 1.0  # on an easy prompt a fresh answer keeps this share of its distance to 1
+
+    def agents(self, seed: int = 0) -> list[ProfileAgent]:
+        return [ProfileAgent(profile, seed=seed, easy_gap=self.easy_gap) for profile in self.profiles]
+
+    def prompt_texts(self, n: int) -> list[str]:
+        """The bench's n task texts; with `easy_share`, an evenly spread share of them is tagged easy."""
+        texts = []
+        for i in range(n):
+            easy = self.easy_share > 0 and int((i + 1) * self.easy_share) > int(i * self.easy_share)
+            texts.append(f"Simulated task {i}{' ' + EASY_TAG if easy else ''}: do the thing well.")
+        return texts
+
+    def reward(self, seed: int = 0) -> StyledReward:
+        return StyledReward(noise=self.reward_noise, seed=seed, style_bias=self.style_bias)
+
+
+def _gap_closer(skill: float, delta: float, noise: float) -> AgentProfile:
+    """Fresh ~ N(skill, noise); a refinement closes `delta` of the gap to 1 (delta < 0: loses -delta of q), with
+    half the noise. The bench's original three agents."""
+    def refine_mean(q: float) -> float:
+        return q + delta * ((1.0 - q) if delta >= 0 else q)
+    return AgentProfile(
+        name="", fresh=lambda rng: skill + rng.gauss(0.0, noise),
+        refine=lambda q, rng: refine_mean(q) + rng.gauss(0.0, noise) / 2,
+        expected_fresh=skill, expected_refine=refine_mean)
+
+
+def _named(profile: AgentProfile, name: str) -> AgentProfile:
+    return AgentProfile(name, profile.fresh, profile.refine, profile.expected_fresh, profile.expected_refine,
+                        profile.failure_rate)
+
+
+def _specialist_fresh(rng: random.Random) -> float:
+    return rng.gauss(0.90, 0.03) if rng.random() < 0.12 else rng.gauss(0.30, 0.10)
+
+
+def _editor_refine_mean(q: float) -> float:
+    return q + 0.5 * (1.0 - q) if q >= 0.7 else q - 0.05
+
+
+ENVIRONMENTS: dict[str, Environment] = {
+    "three-agents": Environment(
+        "three-agents",
+        "a strong solver (fresh ~0.55, refining helps it a little), a good editor (~0.40 alone, closes 30% of the "
+        "gap when it refines) and a sloppy agent (~0.30, its refinements lose 20%); reward = quality + N(0, 0.05)",
+        (_named(_gap_closer(0.55, 0.05, 0.12), "strong-solver"),
+         _named(_gap_closer(0.40, 0.30, 0.10), "good-editor"),
+         _named(_gap_closer(0.30, -0.20, 0.20), "sloppy")),
+        reward_noise=0.05),
+    "specialist": Environment(
+        "specialist",
+        "a steady generalist (~0.55, refinements close 10% of the gap), a specialist whose fresh answers are "
+        "usually poor (~0.30) but 12% of the time the best of all (~0.90; it rewrites from scratch when asked to "
+        "refine), an editor (~0.40) that improves only strong answers (q >= 0.7: closes half the gap; else -0.05); "
+        "reward = quality + N(0, 0.06) + 0.06 for the generalist's style",
+        (AgentProfile("generalist", lambda rng: rng.gauss(0.55, 0.07),
+                      lambda q, rng: q + 0.10 * (1.0 - q) + rng.gauss(0.0, 0.03),
+                      0.55, lambda q: q + 0.10 * (1.0 - q)),
+         AgentProfile("specialist", _specialist_fresh, lambda q, rng: _specialist_fresh(rng),
+                      0.12 * 0.90 + 0.88 * 0.30, lambda q: 0.12 * 0.90 + 0.88 * 0.30),
+         AgentProfile("editor", lambda rng: rng.gauss(0.40, 0.08),
+                      lambda q, rng: _editor_refine_mean(q) + rng.gauss(0.0, 0.02 if q >= 0.7 else 0.03),
+                      0.40, _editor_refine_mean)),
+        reward_noise=0.06, style_bias={"generalist": 0.06}),
+    "biased-judge": Environment(
+        "biased-judge",
+        "an expert (~0.62, refinements close 15% of the gap), a charmer (~0.50) whose refinements restyle an "
+        "answer and lose a little (-0.03), an editor (~0.42, closes 30% of the gap); reward = quality + "
+        "N(0, 0.04) + 0.10 for the charmer's style",
+        (AgentProfile("expert", lambda rng: rng.gauss(0.62, 0.08),
+                      lambda q, rng: q + 0.15 * (1.0 - q) + rng.gauss(0.0, 0.03),
+                      0.62, lambda q: q + 0.15 * (1.0 - q)),
+         AgentProfile("charmer", lambda rng: rng.gauss(0.50, 0.08),
+                      lambda q, rng: q - 0.03 + rng.gauss(0.0, 0.03),
+                      0.50, lambda q: q - 0.03),
+         AgentProfile("editor", lambda rng: rng.gauss(0.42, 0.10),
+                      lambda q, rng: q + 0.30 * (1.0 - q) + rng.gauss(0.0, 0.04),
+                      0.42, lambda q: q + 0.30 * (1.0 - q))),
+        reward_noise=0.04, style_bias={"charmer": 0.10}),
+}
+ENVIRONMENTS["mixed-difficulty"] = Environment(
+    "mixed-difficulty",
+    "the three-agents pool on prompts of mixed difficulty: on 40% of them (easy) every fresh answer keeps only "
+    "a fifth of its distance to a perfect answer (~0.9, where search has little left to find); reward = quality + "
+    "N(0, 0.05)",
+    ENVIRONMENTS["three-agents"].profiles, reward_noise=0.05, easy_share=0.4, easy_gap=0.2)

@@ -185,7 +185,7 @@ EXPERIMENTS = [
         n_prompts=805, completion_tokens=500,
         reward=ARMORM, reward_gpus=ARMORM_GPUS, reward_pairs_per_s=ARMORM_PAIRS_PER_S,
         reward_note="ArmoRM's gated `.score` output, in process (trust_remote_code: its own model class)",
-        ranking={"dpo_rejected_rank": 30, "test_fraction": 0.0},
+        ranking={"dpo_rejected_rank": 30, "rejected_min_spread": 0.0, "test_fraction": 0.0},
         run_line="toa synthesize --config {path} --run-id {run}   # then export the best responses: docs/reproduce.md",
     ),
     Experiment(
@@ -203,7 +203,7 @@ EXPERIMENTS = [
         reward_note=f"COMET-Kiwi (wmt22-cometkiwi-da, reference-free: source + translation) over HTTP (kind http, "
                     f"vLLM's /classify protocol) at {' and '.join(KIWI_ENDPOINTS)}: start tools/kiwi_server.py by hand first "
                     "(docs/reproduce.md, 'Reward models'); the reference translation is never shown to it",
-        ranking={"dpo_rejected_rank": 30, "test_fraction": 0.0},
+        ranking={"dpo_rejected_rank": 30, "rejected_min_spread": 0.0, "test_fraction": 0.0},
         evaluation={"benchmarks": [{"name": "wmt22", "kind": "wmt", "source": "data/paper/wmt22/wmt22_{lang}_to_en.jsonl",
                                     "languages": ["cs", "de", "is", "ru", "zh"]}],
                     "judges": {"comet": True, "comet_model": "Unbabel/wmt22-comet-da",
@@ -223,7 +223,8 @@ EXPERIMENTS = [
         n_prompts=59876, completion_tokens=400,
         reward=ARMORM, reward_gpus=ARMORM_GPUS, reward_pairs_per_s=ARMORM_PAIRS_PER_S,
         reward_note="ArmoRM's gated `.score` output, in process (trust_remote_code: its own model class)",
-        ranking={"dpo_rejected_rank": 30, "short_policy": "worst", "test_fraction": 0.01, "seed": 0},
+        ranking={"dpo_rejected_rank": 30, "rejected_min_spread": 0.0, "short_policy": "worst", "test_fraction": 0.01,
+                 "seed": 0},
         training=TRAINING_8B,
         evaluation={"benchmarks": [{"name": "alpaca_eval", "kind": "alpaca_eval"},
                                    {"name": "arena_hard", "kind": "arena_hard", "version": "v0.1"}],
@@ -249,7 +250,7 @@ EXPERIMENTS = [
         reward_pairs_per_s=MATH_RM_PAIRS_PER_S, reward_where="for its managed vLLM pooling server",
         reward_note="Qwen2.5-Math-RM-72B served by vLLM (--runner pooling) and read through /pooling; the system "
                     "message it expects ('reason step by step ... \\boxed{}') is added to every prompt",
-        ranking={"dpo_rejected_rank": 30, "test_fraction": 0.0},
+        ranking={"dpo_rejected_rank": 30, "rejected_min_spread": 0.0, "test_fraction": 0.0},
         run_line="toa synthesize --config {path} --run-id {run}   # then grade the best answers: docs/reproduce.md",
     ),
 ]

@@ -58,7 +58,7 @@ def test_best_is_sft_target_and_kth_best_is_rejected():
 
 def test_rank_is_configurable():
     rows = [candidate("p1", i, reward=float(i)) for i in range(10)]
-    _, _, dpo, _, _ = build(rows, dpo_rejected_rank=3)
+    _, _, dpo, _, _ = build(rows, dpo_rejected_rank=3, rejected_min_spread=0.0)
     assert dpo.to_pylist()[0]["rejected_reward"] == 7.0  # 9, 8, 7: the third best
 
 
@@ -75,7 +75,7 @@ def test_short_prompts_pair_with_worst_or_are_skipped():
 def test_ties_break_by_candidate_id_and_are_deterministic():
     rows = [candidate("p1", i, reward=5.0 if i in (3, 7) else float(i % 3)) for i in range(8)]
     for shuffled in (rows, rows[::-1], rows[2:] + rows[:2]):
-        sft, _, dpo, _, _ = build(shuffled, dpo_rejected_rank=3)
+        sft, _, dpo, _, _ = build(shuffled, dpo_rejected_rank=3, rejected_min_spread=0.0)
         assert sft.to_pylist()[0]["candidate_id"] == "p1-c003"  # equal best rewards: the smaller id wins
         # order: c003(5) c007(5) c002(2) c005(2) c001(1) c004(1) c000(0) c006(0): third best is c002
         assert dpo.to_pylist()[0]["rejected_candidate_id"] == "p1-c002"
@@ -216,7 +216,8 @@ def test_trl_trains_on_the_datasets(written, tiny_llama_dir, tmp_path):
 def test_a_candidate_given_twice_counts_once():
     rows = [candidate("p1", i, reward=float(i)) for i in range(4)]
     sft, _, dpo, _, stats = build_datasets([table(rows), table(rows[2:])], prompts_for("p1"),
-                                           RankingConfig(dpo_rejected_rank=3, test_fraction=0), "r")
+                                           RankingConfig(dpo_rejected_rank=3, rejected_min_spread=0, test_fraction=0),
+                                           "r")
     assert dpo.to_pylist()[0]["rejected_candidate_id"] == "p1-c001"  # 3, 2, 1: not 3, 3, 2
     assert stats.candidates_repeated == 2 and stats.candidates == 6
 
@@ -227,3 +228,86 @@ def test_candidate_ids_may_repeat_across_prompts():
         row["candidate_id"] = row["candidate_id"].split("-")[1]  # "c000" in both prompts
     sft, _, _, _, stats = build(rows)
     assert sft["prompt_id"].to_pylist() == ["a", "b"] and stats.candidates_repeated == 0
+
+
+# -- where the rejected comes from: quantile, lineage, reward spread (toa_core/pair_selection.py) ------------
+
+def chain_candidate(prompt_id, index, reward, parent=None):
+    row = candidate(prompt_id, index, reward)
+    if parent is not None:
+        row["parent_id"], row["kind"] = f"{prompt_id}-c{parent:03d}", "refine"
+    return row
+
+
+@pytest.mark.parametrize("n, quantile, rank", [(160, 0.8125, 30), (160, 0.81, 30), (40, 0.8125, 8),
+                                               (40, 0.5, 20), (10, 0.99, 2), (3, 0.01, 3)])
+def test_quantile_places_the_rejected_at_a_share_of_each_prompts_candidates(n, quantile, rank):
+    rows = [candidate("p1", i, reward=float(i)) for i in range(n)]
+    _, _, dpo, _, stats = build(rows, dpo_rejected_quantile=quantile, rejected_min_spread=0.0)
+    pair = dpo.to_pylist()[0]
+    assert pair["rejected_rank"] == rank and pair["rejected_reward"] == float(n - rank)
+    assert stats.dpo_pairs_at_rank == 1
+
+
+def test_trees_of_different_sizes_get_comparable_pairs_by_quantile():
+    rows = [candidate("big", i, reward=float(i)) for i in range(160)] + \
+           [candidate("small", i, reward=float(i)) for i in range(40)]
+    _, _, dpo, _, _ = build(rows, dpo_rejected_quantile=0.8125, rejected_min_spread=0.0)
+    ranks = {r["prompt_id"]: r["rejected_rank"] / n for r, n in zip(dpo.to_pylist(), (160, 40))}
+    assert ranks == {"big": 30 / 160, "small": 8 / 40}
+
+
+def test_rank_and_quantile_together_are_an_error_naming_both():
+    with pytest.raises(ValueError, match="dpo_rejected_rank and dpo_rejected_quantile are both set"):
+        RankingConfig(dpo_rejected_rank=30, dpo_rejected_quantile=0.8)
+    assert RankingConfig(dpo_rejected_quantile=0.8).dpo_rejected_quantile == 0.8  # the rank default is fine
+
+
+def test_other_lineage_skips_the_chosens_ancestors_and_descendants():
+    # c0 -> c1 -> c2 (a refine chain; c2 is the best), c3 fresh, c4 refines c3, c5 refines c1 (a sibling branch
+    # of c2: not an ancestor, not a descendant).
+    rows = [chain_candidate("p", 0, 5.0), chain_candidate("p", 1, 8.0, parent=0), chain_candidate("p", 2, 9.0, parent=1),
+            chain_candidate("p", 3, 2.0), chain_candidate("p", 4, 3.0, parent=3), chain_candidate("p", 5, 1.0, parent=1)]
+    # Sorted: c2 9, c1 8, c0 5, c4 3, c3 2, c5 1. Rank 2 would be c1 (the chosen's own draft).
+    _, _, dpo, _, stats = build(rows, dpo_rejected_rank=2, rejected_min_spread=0.0)
+    assert dpo.to_pylist()[0]["rejected_candidate_id"] == "p-c001"
+    _, _, dpo, _, stats = build(rows, dpo_rejected_rank=2, rejected_lineage="other", rejected_min_spread=0.0)
+    pair = dpo.to_pylist()[0]
+    assert pair["rejected_candidate_id"] == "p-c004" and pair["rejected_rank"] == 4
+    assert stats.dpo_pairs_moved == 1 and stats.dpo_pairs_at_rank == 0
+    # Rank 6 (c5, a sibling branch) is allowed: it is neither above nor below the chosen.
+    _, _, dpo, _, _ = build(rows, dpo_rejected_rank=6, rejected_lineage="other", rejected_min_spread=0.0)
+    assert dpo.to_pylist()[0]["rejected_candidate_id"] == "p-c005"
+
+
+def test_when_nothing_eligible_is_below_the_target_the_closest_above_is_taken_or_no_pair():
+    rows = [chain_candidate("p", 0, 9.0), chain_candidate("p", 1, 5.0), chain_candidate("p", 2, 1.0, parent=0)]
+    _, _, dpo, _, _ = build(rows, dpo_rejected_rank=3, rejected_lineage="other", rejected_min_spread=0.0)
+    assert dpo.to_pylist()[0]["rejected_candidate_id"] == "p-c001"
+    only_chain = [chain_candidate("q", 0, 9.0), chain_candidate("q", 1, 1.0, parent=0)]
+    # Candidate ids may repeat across prompts: a lineage never crosses into another prompt.
+    other_prompt = [chain_candidate("z", 0, 9.0), chain_candidate("z", 1, 1.0)]
+    for row in only_chain + other_prompt:
+        row["candidate_id"], row["parent_id"] = row["candidate_id"][2:], row["parent_id"] and row["parent_id"][2:]
+    _, _, dpo, _, stats = build(only_chain + other_prompt, dpo_rejected_rank=2, rejected_lineage="other")
+    assert dpo["prompt_id"].to_pylist() == ["z"] and stats.dpo_skipped_ineligible == 1
+
+
+def test_min_spread_moves_the_rejected_below_the_reward_noise():
+    rewards = [10.0, 9.9, 9.8, 9.7, 5.0, 4.0, 3.0, 2.0]  # std ~3.3
+    rows = [candidate("p", i, reward=r) for i, r in enumerate(rewards)]
+    _, _, dpo, _, stats = build(rows, dpo_rejected_rank=2, rejected_min_spread=1.0)
+    pair = dpo.to_pylist()[0]
+    assert pair["rejected_reward"] == 5.0 and pair["rejected_rank"] == 5 and stats.dpo_pairs_moved == 1
+    _, _, dpo, _, _ = build(rows, dpo_rejected_rank=2, rejected_min_spread=0.0)
+    assert dpo.to_pylist()[0]["rejected_reward"] == 9.9
+
+
+def test_defaults_place_the_rejected_at_rank_30_at_least_two_spreads_below_the_chosen():
+    cfg = RankingConfig()
+    assert (cfg.dpo_rejected_rank, cfg.dpo_rejected_quantile, cfg.rejected_lineage, cfg.rejected_min_spread) == \
+        (30, None, "any", 2.0)
+    # Two standard deviations below the best always exist (the worst is): the default never loses a pair.
+    rows = [candidate("p", i, reward=r) for i, r in enumerate([1.0, 1.0, 0.0, 0.0])]
+    _, _, dpo, _, stats = build(rows)
+    assert dpo.num_rows == 1 and dpo.to_pylist()[0]["rejected_reward"] == 0.0 and stats.dpo_skipped_ineligible == 0

@@ -1,6 +1,7 @@
-"""Search strategies: TOA and the five baselines, behind one interface (`Strategy.run(prompt, ctx)`)."""
+"""Search strategies: TOA, AB-MCTS and the five baselines, behind one interface (`Strategy.run(prompt, ctx)`)."""
 from __future__ import annotations
 
+from toa_core.strategies.ab_mcts import ABMCTSStrategy
 from toa_core.strategies.base import PromptSession, SearchContext, Strategy, derive_seed
 from toa_core.strategies.ensemble import EnsembleStrategy
 from toa_core.strategies.moa import MoAStrategy
@@ -11,7 +12,7 @@ from toa_core.strategies.toa import TOAStrategy, render_tree
 
 STRATEGY_CLASSES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (TOAStrategy, RandomSamplingStrategy, EnsembleStrategy, PRSStrategy, SeqRefineStrategy, MoAStrategy)
+    for cls in (TOAStrategy, ABMCTSStrategy, RandomSamplingStrategy, EnsembleStrategy, PRSStrategy, SeqRefineStrategy, MoAStrategy)
 }
 
 
@@ -25,5 +26,5 @@ def get_strategy(name: str) -> Strategy:
 
 __all__ = [
     "STRATEGY_CLASSES", "PromptSession", "SearchContext", "Strategy", "derive_seed", "get_strategy", "render_tree",
-    "TOAStrategy", "RandomSamplingStrategy", "EnsembleStrategy", "PRSStrategy", "SeqRefineStrategy", "MoAStrategy",
+    "TOAStrategy", "ABMCTSStrategy", "RandomSamplingStrategy", "EnsembleStrategy", "PRSStrategy", "SeqRefineStrategy", "MoAStrategy",
 ]

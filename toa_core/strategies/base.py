@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, ClassVar
 
+from toa_core.adaptive import BudgetPool
 from toa_core.config import SearchConfig
 from toa_core.interfaces import ChatModel, RewardError, RewardModel, SamplingParams
 from toa_core.prompts import Templates, load_templates
@@ -51,12 +52,15 @@ class SearchContext:
     agents: the chat models in configured order (that order is the deterministic tie-break everywhere).
     templates: defaults to the packaged templates with `search.prompts` overrides, for `search.task`.
     seed: defaults to `search.seed`.
+    budget_pool: generations saved by prompts that stopped early (adaptive budgets); `run_search` gives each run
+    its own. None: a tree strategy run on its own keeps its savings to itself.
     """
     agents: list[ChatModel]
     reward: RewardModel
     search: SearchConfig
     templates: Templates | None = None
     seed: int | None = None
+    budget_pool: BudgetPool | None = None
 
     def __post_init__(self) -> None:
         if not self.agents:
@@ -102,6 +106,10 @@ class PromptSession:
     _next_index: int = 0
     _candidates: dict[int, Candidate | None] = field(default_factory=dict)
     _retries: int = 0
+    # Round trips: a virtual clock in which every generation takes one unit. A generation starts at the time of the
+    # latest one that had finished when it was requested and ends one unit later; the clock ends at the length of
+    # the longest chain of requests that waited on each other (N for sequential TOA, 1 for random sampling).
+    _clock: int = 0
 
     # --- indices and seeds --------------------------------------------------------------------------------
 
@@ -147,10 +155,19 @@ class PromptSession:
         """
         claimed = self._claim(index)
         return self._generate(claimed, model, messages, kind, parent, depth,
-                              question_messages if question_messages is not None else self.prompt.messages)
+                              question_messages if question_messages is not None else self.prompt.messages,
+                              self._clock)
 
     async def _generate(self, index: int, model: ChatModel, messages: list[Message], kind: CandidateKind,
-                        parent: Candidate | None, depth: int, question_messages: list[Message]) -> Candidate:
+                        parent: Candidate | None, depth: int, question_messages: list[Message],
+                        requested_at: int) -> Candidate:
+        try:
+            return await self._generate_and_score(index, model, messages, kind, parent, depth, question_messages)
+        finally:
+            self._clock = max(self._clock, requested_at + 1)
+
+    async def _generate_and_score(self, index: int, model: ChatModel, messages: list[Message], kind: CandidateKind,
+                                  parent: Candidate | None, depth: int, question_messages: list[Message]) -> Candidate:
         params = self.sampling_params(index)
         try:
             generation = await model.generate(messages, params)
@@ -214,13 +231,22 @@ class PromptSession:
 
     # --- result -------------------------------------------------------------------------------------------
 
-    def result(self, tree: list[dict[str, Any]] | None = None) -> PromptResult:
-        """All candidates in index order. Every claimed index must have produced a candidate."""
+    @property
+    def round_trips(self) -> int:
+        """The longest chain of generations that waited on each other so far (see `_clock`)."""
+        return self._clock
+
+    def result(self, tree: list[dict[str, Any]] | None = None, search: dict[str, Any] | None = None) -> PromptResult:
+        """All candidates in index order. Every claimed index must have produced a candidate.
+        `search` adds to the result's search record (generations and round_trips are always filled in)."""
         pending = sorted(i for i, c in self._candidates.items() if c is None)
         if pending:
             raise RuntimeError(f"prompt {self.prompt.prompt_id}: generations {pending} were claimed but never run")
         candidates = [self._candidates[i] for i in sorted(self._candidates)]
-        return PromptResult(prompt=self.prompt, candidates=candidates, tree=tree, retries=self._retries)
+        record = {"strategy": self.strategy, "generations": len(candidates), "round_trips": self._clock,
+                  **(search or {})}
+        return PromptResult(prompt=self.prompt, candidates=candidates, tree=tree, retries=self._retries,
+                            search=record)
 
 
 def refine_depth(parent: Candidate | None) -> int:

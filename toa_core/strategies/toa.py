@@ -10,7 +10,8 @@ backed-up values) taken the first time selection passes through R, exactly as in
 kept in sync afterwards. (The reference creates the refine arms eagerly under every response; we create both
 sets lazily on that first pass. Behaviour is identical: nothing can reach an arm before selection passes R.)
 
-One play = selection -> one generation -> backup. Exactly `search.budget` plays, no early stop.
+One play = selection -> one generation -> backup. Exactly `search.budget` plays, no early stop (unless
+`search.adaptive` is on).
 - Selection from the root: response nodes pass through. A model node at depth L is expanded (selection stops
   there) while fewer than `width` responses exist at depth L+1 in the whole tree (a per-depth counter), and
   after that until one of its responses beats its parent response's reward strictly. A root-level model node
@@ -36,6 +37,18 @@ Fault fixes:
 - A response whose reward failed (RewardError) is recorded with its text but cannot join the tree (it has no
   value): the play is spent like a failed generation, without counting against the model.
 
+Parallel rollouts (`search.rollouts_per_tree` = R > 1, a deviation from the paper, which is sequential): up to R
+plays are in flight in one tree. A selected model node is pending until its generation comes back; meanwhile it
+and every node on its path to the root carry a virtual loss: one extra visit with a pessimistic value, the lowest
+value ever backed up through the selected node (for a node never backed up: the lowest in the tree, 0 before
+any; bench_search compared it with 0 and with the node's mean). So the next selections spread over other arms
+instead of piling onto the same one. Pending generations also count toward their layer's `width`, and a
+root-level arm whose first answer is in flight counts as tried. When the reward comes back the virtual loss is
+removed and the real backup happens. With R = 1 nothing is ever pending at selection time, so the search is
+exactly the sequential one. Adaptive budgets (`search.adaptive`) stop a tree early; without an explicit
+`search.width` its width is then a third of `adaptive.min_generations` (toa_core/adaptive.py: toa_width).
+The play loop itself is toa_core/strategies/rollouts.py.
+
 Records. Candidates: kind fresh (parent_id None, depth 1) or refine (parent_id = the refined response,
 depth = its depth + 1); `reward_norm` = the tree value sigmoid(reward/tau). The tree comes back as
 PromptResult.tree: node dicts for the root, every response and every model node that was expanded at least once
@@ -45,10 +58,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Awaitable, Literal
 
+from toa_core.adaptive import PromptBudget, toa_width
 from toa_core.records import Candidate, Prompt, PromptResult
 from toa_core.strategies.base import PromptSession, SearchContext, Strategy, refine_depth, stable_sigmoid
+from toa_core.strategies.rollouts import Pending, run_plays
 
 NodeType = Literal["root", "model", "response"]
 Arm = Literal["fresh", "refine"]
@@ -69,6 +84,12 @@ class _Node:
     candidate: Candidate | None = None  # response nodes
     arms_created: bool = False  # response nodes: refine + fresh arms exist
     expansions: int = 0  # model nodes: generations attempted here
+    # Virtual loss of the plays in flight below this node (parallel rollouts only; kept apart from the real
+    # statistics so that removing it restores them exactly).
+    value_min: float | None = None  # the lowest value backed up through this node (the virtual loss charged)
+    pending: int = 0  # model nodes: generations in flight here
+    virtual_visits: int = 0
+    virtual_value_sum: float = 0.0
 
     @property
     def value_mean(self) -> float | None:
@@ -100,6 +121,8 @@ class _Tree:
         self.alpha = alpha
         self.nodes: list[_Node] = []
         self.responses_at_depth: dict[int, int] = {}
+        self.pending_at_depth: dict[int, int] = {}  # generations in flight per response depth
+        self.lowest_value: float | None = None  # the virtual loss's pessimistic value
         self.excluded: set[int] = set()
         self.root = self._new("root", 0, None)
         self.root_arms = [self._new("model", 1, self.root, model_index=k, arm="fresh") for k in range(n_models)]
@@ -140,16 +163,23 @@ class _Tree:
         response.arms_created = True
 
     def _fully_explored(self, node: _Node) -> bool:
-        if self.responses_at_depth.get(node.depth + 1, 0) < self.width:
+        layer = node.depth + 1
+        if self.responses_at_depth.get(layer, 0) + self.pending_at_depth.get(layer, 0) < self.width:
             return False
         if not node.children:
-            return False
+            # A root-level arm whose only answer is still in flight counts like one that has it (R > 1 only).
+            return node.parent is self.root and node.pending > 0
         if node.parent is self.root:
             return True
         best_child = max(c.candidate.reward for c in node.children)
         return best_child > node.parent.candidate.reward
 
     def score(self, node: _Node, t: int) -> float:
+        if node.virtual_visits:
+            visits = node.visits + node.virtual_visits
+            count = node.value_count + node.virtual_visits
+            exploit = (node.value_sum + node.virtual_value_sum) / count
+            return exploit + self.alpha * math.sqrt(2.0 * math.log(t) / visits)
         if node.visits == 1 and node.value_count == 0:
             return math.inf
         exploit = node.value_mean if node.value_count else 0.0  # a node that only ever failed
@@ -170,13 +200,43 @@ class _Tree:
         self.responses_at_depth[depth] = self.responses_at_depth.get(depth, 0) + 1
         return self._new("response", depth, model_node, model_index=model_node.model_index, candidate=candidate)
 
-    @staticmethod
-    def backup(model_node: _Node, value: float) -> None:
+    def backup(self, model_node: _Node, value: float) -> None:
         node: _Node | None = model_node
         while node is not None:
             node.visits += 1
             node.value_sum += value
             node.value_count += 1
+            node.value_min = value if node.value_min is None else min(node.value_min, value)
+            node = node.parent
+        self.lowest_value = value if self.lowest_value is None else min(self.lowest_value, value)
+
+    def add_pending(self, model_node: _Node, virtual_loss: bool) -> float:
+        """Mark a play in flight below `model_node`; returns the virtual value charged (to remove it later)."""
+        layer = model_node.depth + 1
+        self.pending_at_depth[layer] = self.pending_at_depth.get(layer, 0) + 1
+        model_node.pending += 1
+        if not virtual_loss:
+            return 0.0
+        if model_node.value_min is not None:
+            value = model_node.value_min
+        else:
+            value = self.lowest_value if self.lowest_value is not None else 0.0
+        node: _Node | None = model_node
+        while node is not None:
+            node.virtual_visits += 1
+            node.virtual_value_sum += value
+            node = node.parent
+        return value
+
+    def remove_pending(self, model_node: _Node, virtual_value: float, virtual_loss: bool) -> None:
+        self.pending_at_depth[model_node.depth + 1] -= 1
+        model_node.pending -= 1
+        if not virtual_loss:
+            return
+        node: _Node | None = model_node
+        while node is not None:
+            node.virtual_visits -= 1
+            node.virtual_value_sum = node.virtual_value_sum - virtual_value if node.virtual_visits else 0.0
             node = node.parent
 
     def export(self, model_names: list[str]) -> list[dict[str, Any]]:
@@ -194,40 +254,50 @@ class TOAStrategy(Strategy):
         tau = search.tau
         session = ctx.start(prompt, self.name, normalize=lambda reward: stable_sigmoid(reward / tau))
         names = ctx.agent_names
-        tree = _Tree(len(ctx.agents), search.effective_width(len(ctx.agents)), search.topk_child, search.alpha)
+        tree = _Tree(len(ctx.agents), toa_width(search, len(ctx.agents)), search.topk_child, search.alpha)
         failures = [0] * len(ctx.agents)
+        budget = PromptBudget.for_search(search, len(ctx.agents), ctx.budget_pool)
+        virtual_loss = search.rollouts_per_tree > 1
 
-        for play in range(search.budget):
+        def select(play: int) -> Pending | Candidate | None:
             node = tree.select(t=play + 1)
             if node is None:
-                session.record_skipped(
+                if budget.adaptive is not None:
+                    return None  # the budget gives up and returns the rest to the pool
+                return session.record_skipped(
                     "", "fresh", 1, index=play,
                     error=f"not attempted: every model failed {search.max_model_failures} times in this tree",
                 )
-                continue
-            candidate = await self._expand(session, ctx, node, play)
+            charged = tree.add_pending(node, virtual_loss)
+            return Pending((node, charged), self._expand(session, ctx, node, play))
+
+        def take(token: tuple[_Node, float], candidate: Candidate) -> None:
+            node, charged = token
+            tree.remove_pending(node, charged, virtual_loss)
             node.expansions += 1
             if candidate.error is None:
                 tree.add_response(node, candidate)
                 tree.backup(node, candidate.reward_norm)
-                continue
+                return
             node.visits += 1  # spent a play: no longer "never tried", so it cannot hold +inf forever
             if candidate.text is None:  # the model failed (a reward failure is not the model's fault)
                 failures[node.model_index] += 1
                 if failures[node.model_index] >= search.max_model_failures:
                     tree.excluded.add(node.model_index)
 
-        return session.result(tree=tree.export(names))
+        stats = await run_plays(budget, search.rollouts_per_tree, select, take)
+        return session.result(tree=tree.export(names), search={
+            **budget.summary(), **stats.as_dict(), "rollouts_per_tree": search.rollouts_per_tree})
 
     @staticmethod
-    async def _expand(session: PromptSession, ctx: SearchContext, node: _Node, play: int) -> Candidate:
+    def _expand(session: PromptSession, ctx: SearchContext, node: _Node, play: int) -> Awaitable[Candidate]:
         model = ctx.agents[node.model_index]
         if node.arm == "refine":
             parent = node.parent.candidate
             messages = ctx.templates.refine_messages(session.prompt, parent.text)
-            return await session.generate_and_score(model, messages, "refine", parent, refine_depth(parent), index=play)
+            return session.generate_and_score(model, messages, "refine", parent, refine_depth(parent), index=play)
         messages = ctx.templates.fresh_messages(session.prompt)
-        return await session.generate_and_score(model, messages, "fresh", None, 1, index=play)
+        return session.generate_and_score(model, messages, "fresh", None, 1, index=play)
 
 
 def render_tree(tree: list[dict[str, Any]]) -> str:

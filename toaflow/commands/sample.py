@@ -14,8 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_config_option(parser)
     parser.add_argument("--prompts", required=True, metavar="FILE",
                         help="JSONL with `instruction`, `prompt` or `messages` per line (any ingest source works)")
-    parser.add_argument("--strategy", choices=("toa", "random", "ensemble", "prs", "seq_refine", "moa"),
-                        help="override search.strategy")
+    from toa_core.config import STRATEGIES
+
+    parser.add_argument("--strategy", choices=STRATEGIES, help="override search.strategy")
     parser.add_argument("--budget", type=int, help="override search.budget (generations per prompt)")
     parser.add_argument("--out", required=True, metavar="FILE.parquet", help="where to write the candidate rows")
     parser.add_argument("--limit", type=int, help="use a seeded sample of at most M prompts")
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     tmp = out.with_name(out.name + ".tmp")
     pq.write_table(table, tmp)
     tmp.replace(out)
-    trees = [(r.prompt.prompt_id, r.tree) for r in results if r.tree is not None]
+    trees = [(r.prompt.prompt_id, r.tree, r.search) for r in results if r.tree is not None]
     if trees:
         out.with_suffix(".trees.jsonl").write_text(trees_to_jsonl(trees), encoding="utf-8")
     failed = sum(1 for c in candidates if c.error)

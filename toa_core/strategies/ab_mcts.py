@@ -1,0 +1,298 @@
+"""AB-MCTS: Adaptive Branching MCTS (Sakana AI, arXiv 2503.04412) through treequest's AB-MCTS-A.
+
+treequest does the search: we ask it which node to expand with which action, run that generation, and tell it
+the score. One action per agent, named after it: "this model writes or refines". Expanding the root with model k
+is a fresh answer from k (widen); expanding a response R with model k is k's refinement of R (deepen). At every
+node treequest decides by Thompson sampling whether to generate a new child there (GEN) or to continue into an
+existing child (CONT), and, for GEN, which model acts (a Thompson draw over every model's scores in this tree:
+treequest's "multiarm_bandit_thompson" model selection).
+
+Scores in [0, 1]: treequest's posteriors expect scores in [0, 1] and raw rewards have any scale (ArmoRM 0.05..0.2,
+Skywork logits, Kiwi 0..1), and a prompt's rewards sit in a narrow band that differs from prompt to prompt. So
+each prompt starts with a warm-up of one fresh answer per model (in configured order), and every reward r is then
+told as score = sigmoid((r - c) / s), with c the mean of the warm-up rewards and s = 2 x their standard deviation
+(at least search.tau / 10, for a warm-up whose rewards are all equal). The mapping is frozen after the warm-up, so
+every score in a tree is on the same scale: 0.5 = a typical first draft, 0.73 = two warm-up spreads better,
+0.88 = four. The warm-up results are told once the mapping is known. `reward_norm` of a candidate is its score.
+The posteriors' prior mean is 0.5 to match (treequest's default Gaussian prior is centred on 0).
+
+Exploration floor (`search.ab_mcts.exploration_floor`): a model that has written fewer than floor x (plays so far)
+of this tree's generations writes the next one, as a fresh answer, whatever the posteriors say; this keeps weak
+models contributing (the rejected side of DPO pairs needs them, and a high-variance model gets the draws it needs
+to show its rare best answer). Forced generations go into the tree like the others and update its statistics.
+
+Failures: a failed generation consumes its play and is told nothing (a failure is not a low score); after
+`search.max_model_failures` failures a model is excluded from the tree: when treequest picks it, we ask again, and
+after a few refusals the same node is expanded by the non-excluded model with the best mean score. A response
+whose reward failed is recorded and left out of the tree.
+
+Parallel rollouts (`search.rollouts_per_tree` = R): R asks in flight (treequest's batch ask, one at a time as
+slots free up). Thompson sampling is randomised, so concurrent asks spread over nodes and models by themselves;
+AB-MCTS-A has no visit counts to charge a virtual loss to, so none is added (TOA's deterministic UCB needs it).
+
+Randomness: treequest draws from numpy's global generator. Every call into it runs with this tree's own
+generator state (seeded from search.seed and the prompt id) swapped in and out, so a run is reproducible and
+trees searched concurrently do not disturb each other.
+
+Tree export (PromptResult.tree): the root and one node per response with its treequest statistics: `decision`
+(warmup, floor, thompson or redirected), `arm` (fresh = widen at the root, refine = deepen), `score`, `visits` (scores
+observed in its subtree) and, where cheap, `posterior` (its Gaussian/Beta parameters as seen from its parent);
+the root also holds each model's score count and mean, and the GEN/CONT posteriors. Node ids are treequest's
+expansion order + 1 (the root is 0).
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from toa_core.adaptive import PromptBudget
+from toa_core.records import Candidate, Prompt, PromptResult
+from toa_core.strategies.base import PromptSession, SearchContext, Strategy, derive_seed, refine_depth, stable_sigmoid
+from toa_core.strategies.rollouts import Pending, run_plays
+
+_REASKS = 4  # asks before an excluded model's turn is redirected
+
+
+@dataclass
+class _Play:
+    trial_id: str
+    parent: Any  # treequest Node
+    model_index: int
+    decision: str
+
+
+class _ABTree:
+    """treequest's ABMCTSA state for one prompt, with our warm-up, floor, exclusions and score mapping."""
+
+    def __init__(self, names: list[str], floors: list[float], dist_type: str, seed: int, scale_floor: float):
+        from treequest import ABMCTSA  # imported here: only this strategy needs treequest (and scipy)
+        from treequest.algos.ab_mcts_a.prob_state import BetaPrior, GaussianPrior, PriorConfig
+
+        self.names = names
+        self.floors = floors
+        # Priors centred on 0.5, which our mapping makes "a typical first draft": an option nobody has tried yet
+        # is assumed to be as good as a first draft. (treequest's Gaussian default centres on 0, which suits
+        # scores like "share of tests passed" but, on our scale, makes every untried CONT look bad, so the tree
+        # mostly widens; Jeffreys' Beta prior is centred on 0.5 already.)
+        prior = GaussianPrior(m=0.5) if dist_type == "gaussian" else BetaPrior()
+        self.algo = ABMCTSA(dist_type=dist_type, prior_config=PriorConfig(dist_type=dist_type, prior=prior))
+        self.state = self.algo.init_tree()
+        self.rng_state = np.random.RandomState(seed).get_state()
+        self.scale_floor = scale_floor
+        self.excluded: set[int] = set()
+        self.written = [0] * len(names)  # plays issued per model (pending ones included)
+        self.warmup_issued = 0
+        self.warmup_rewards: list[float] = []
+        self.warmup_pending = 0
+        self.center: float | None = None
+        self.scale: float | None = None
+        self.held: list[tuple[_Play, Candidate]] = []  # scored before the mapping was known
+        self.decisions: dict[str, str] = {}  # candidate_id -> decision
+        for name in names:
+            _ = self.state.all_rewards_store[name]  # every model is an arm from the start
+
+    # --- randomness ---------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        saved = np.random.get_state()
+        np.random.set_state(self.rng_state)
+        try:
+            yield
+        finally:
+            self.rng_state = np.random.get_state()
+            np.random.set_state(saved)
+
+    # --- choosing the next play ---------------------------------------------------------------------------
+
+    @property
+    def mapped(self) -> bool:
+        return self.center is not None
+
+    def next_play(self, play: int) -> _Play | None:
+        live = [k for k in range(len(self.names)) if k not in self.excluded]
+        if not live:
+            return None
+        root = self.state.tree.root
+        if self.warmup_issued < len(self.names) or (not self.mapped and not self.warmup_pending
+                                                   and not self.warmup_rewards):
+            # Warm-up: one fresh answer per model in configured order (more, round robin, if all failed).
+            k = self.warmup_issued % len(self.names)
+            if k in self.excluded:
+                k = live[self.warmup_issued % len(live)]
+            self.warmup_issued += 1
+            self.warmup_pending += 1
+            return self._force(root, k, "warmup")
+        for k in live:
+            if self.floors[k] > 0 and self.written[k] < self.floors[k] * (play + 1):
+                return self._force(root, k, "floor")
+        for _ in range(_REASKS):
+            with self._own_rng():
+                self.state, trials = self.algo.ask_batch(self.state, 1, self.names)
+            trial = trials[0]
+            k = self.names.index(trial.action)
+            if k not in self.excluded:
+                self.written[k] += 1
+                return _Play(trial.trial_id, self.state.tree.get_node(trial.node_to_expand), k, "thompson")
+            self.state.trial_store.running_trials.pop(trial.trial_id, None)  # never told: drop it
+        node = self.state.tree.get_node(trial.node_to_expand)
+        best = max(live, key=lambda i: (self._mean_score(i), -i))
+        return self._force(node, best, "redirected")
+
+    def _force(self, node: Any, k: int, decision: str) -> _Play:
+        """A play treequest did not choose (warm-up, floor, redirect), registered so that it can be told."""
+        self.state.thompson_states.get_or_create(node, self.names)
+        trial = self.state.trial_store.create_trial(node, self.names[k])
+        self.written[k] += 1
+        return _Play(trial.trial_id, node, k, decision)
+
+    def _mean_score(self, k: int) -> float:
+        scores = self.state.all_rewards_store[self.names[k]]
+        return statistics.fmean(scores) if scores else 0.5
+
+    # --- results ------------------------------------------------------------------------------------------
+
+    def take(self, play: _Play, candidate: Candidate) -> None:
+        scored = candidate.reward is not None and candidate.text is not None
+        if play.decision == "warmup":
+            self.warmup_pending -= 1
+            if scored:
+                self.warmup_rewards.append(candidate.reward)
+        if not scored:
+            self.state.trial_store.running_trials.pop(play.trial_id, None)  # never told
+        else:
+            self.decisions[candidate.candidate_id] = play.decision
+            if self.mapped:
+                self._tell(play, candidate)
+            else:
+                self.held.append((play, candidate))
+        if (not self.mapped and self.warmup_issued >= len(self.names) and not self.warmup_pending
+                and self.warmup_rewards):
+            self._freeze_mapping(self.warmup_rewards)
+
+    def finish(self) -> None:
+        """At the end of the search: a tree smaller than its warm-up still gets its scores (from what it has)."""
+        if not self.mapped and self.held:
+            self._freeze_mapping(self.warmup_rewards or [c.reward for _, c in self.held])
+
+    def _freeze_mapping(self, reference: list[float]) -> None:
+        self.center = statistics.fmean(reference)
+        spread = statistics.pstdev(reference) if len(reference) > 1 else 0.0
+        self.scale = max(2.0 * spread, self.scale_floor)
+        held, self.held = self.held, []
+        for play, candidate in held:  # in the order they came back
+            self._tell(play, candidate)
+
+    def score(self, reward: float) -> float:
+        return stable_sigmoid((reward - self.center) / self.scale)
+
+    def _tell(self, play: _Play, candidate: Candidate) -> None:
+        candidate.reward_norm = self.score(candidate.reward)
+        self.state = self.algo.tell(self.state, play.trial_id, (candidate, candidate.reward_norm))
+
+    # --- export -------------------------------------------------------------------------------------------
+
+    def export(self) -> list[dict[str, Any]]:
+        thompson = self.state.thompson_states
+        root = self.state.tree.root
+        root_state = thompson.get(root)
+        models = {name: {"n": len(scores), "mean": statistics.fmean(scores) if scores else None}
+                  for name, scores in self.state.all_rewards_store.items()}
+        all_scores = [s for scores in self.state.all_rewards_store.values() for s in scores]
+        nodes: list[dict[str, Any]] = [{
+            "node_id": 0, "parent_id": None, "type": "root", "model": None, "arm": None, "depth": 0,
+            "visits": 1 + len(all_scores), "value_mean": statistics.fmean(all_scores) if all_scores else None,
+            "expansions": len(root.children), "candidate_id": None, "reward": None,
+            "models": models, "score_center": self.center, "score_scale": self.scale,
+            **(_gen_cont(root_state) if root_state is not None else {}),
+        }]
+        tree_nodes = self.state.tree.get_nodes()
+        subtree: dict[int, list[float]] = {}  # expand_idx -> scores in its subtree (itself included)
+        for node in reversed(tree_nodes):  # children are expanded after their parent: post-order by expand_idx
+            if node.is_root():
+                continue
+            scores = subtree.setdefault(node.expand_idx, [])
+            scores.append(node.score)
+            if not node.parent.is_root():
+                subtree.setdefault(node.parent.expand_idx, []).extend(scores)
+        for node in tree_nodes:
+            if node.is_root():
+                continue
+            candidate: Candidate = node.state
+            parent_state = thompson.get(node.parent)
+            posterior = None
+            if parent_state is not None:
+                index = next(i for i, child in enumerate(node.parent.children) if child is node)
+                dist = parent_state.node_probas.get("shared", {}).get(index)
+                if dist is not None:
+                    posterior = {key: float(value) for key, value in dist.params.items()}
+            own_state = thompson.get(node)
+            scores = subtree[node.expand_idx]
+            nodes.append({
+                "node_id": node.expand_idx + 1, "parent_id": node.parent.expand_idx + 1, "type": "response",
+                "model": candidate.model, "arm": candidate.kind, "depth": node.depth, "visits": len(scores),
+                "value_mean": statistics.fmean(scores), "expansions": len(node.children),
+                "candidate_id": candidate.candidate_id, "reward": candidate.reward, "score": node.score,
+                "decision": self.decisions.get(candidate.candidate_id), "posterior": posterior,
+                **(_gen_cont(own_state) if own_state is not None else {}),
+            })
+        return nodes
+
+
+def _gen_cont(node_state: Any) -> dict[str, Any]:
+    """The GEN (widen here) and CONT (go into a child) posteriors of a node treequest has expanded from."""
+    shared = node_state.gen_vs_cont_probas.get("shared", {})
+    return {"gen_posterior": {k: float(v) for k, v in shared["GEN"].params.items()} if "GEN" in shared else None,
+            "cont_posterior": {k: float(v) for k, v in shared["CONT"].params.items()} if "CONT" in shared else None}
+
+
+class ABMCTSStrategy(Strategy):
+    """AB-MCTS-A via treequest (see the module docstring)."""
+    name = "ab_mcts"
+
+    async def run(self, prompt: Prompt, ctx: SearchContext) -> PromptResult:
+        search = ctx.search
+        names = ctx.agent_names
+        floors = search.ab_mcts.floor_for(names)
+        session = ctx.start(prompt, self.name)  # reward_norm is set to the tree score once the mapping is known
+        tree = _ABTree(names, floors, search.ab_mcts.dist_type, derive_seed(ctx.seed, prompt.prompt_id, self.name),
+                       scale_floor=search.tau / 10)
+        failures = [0] * len(names)
+        budget = PromptBudget.for_search(search, len(names), ctx.budget_pool)
+
+        def select(play: int) -> Pending | Candidate | None:
+            chosen = tree.next_play(play)
+            if chosen is None:
+                if budget.adaptive is not None:
+                    return None
+                return session.record_skipped(
+                    "", "fresh", 1, index=play,
+                    error=f"not attempted: every model failed {search.max_model_failures} times in this tree")
+            return Pending(chosen, self._expand(session, ctx, chosen, play))
+
+        def take(chosen: _Play, candidate: Candidate) -> None:
+            if candidate.text is None:
+                failures[chosen.model_index] += 1
+                if failures[chosen.model_index] >= search.max_model_failures:
+                    tree.excluded.add(chosen.model_index)
+            tree.take(chosen, candidate)
+
+        stats = await run_plays(budget, search.rollouts_per_tree, select, take)
+        tree.finish()
+        return session.result(tree=tree.export(), search={
+            **budget.summary(), **stats.as_dict(), "rollouts_per_tree": search.rollouts_per_tree})
+
+    @staticmethod
+    def _expand(session: PromptSession, ctx: SearchContext, chosen: _Play, play: int):
+        model = ctx.agents[chosen.model_index]
+        parent: Candidate | None = chosen.parent.state
+        if parent is None:
+            messages = ctx.templates.fresh_messages(session.prompt)
+            return session.generate_and_score(model, messages, "fresh", None, 1, index=play)
+        messages = ctx.templates.refine_messages(session.prompt, parent.text)
+        return session.generate_and_score(model, messages, "refine", parent, refine_depth(parent), index=play)
+
