@@ -16,8 +16,10 @@ The rejected always ranks below the chosen.
    - `rejected_lineage: other`: the rejected must not be an ancestor or a descendant of the chosen (parent_id
      links among the prompt's usable candidates). A refinement of the chosen, or the draft the chosen was refined
      from, differs from it mostly by reward noise; a pair across lineages compares two different answers.
-   - `rejected_min_spread` m > 0: the rejected's reward must be at least m x (the prompt's reward standard
-     deviation) below the chosen's, so the pair is not decided by the reward model's noise.
+   - `rejected_min_spread` m > 0: the rejected's reward must be at least m x (the standard deviation of the
+     rewards of the chosen and every candidate below it: all of the prompt's when the chosen is the top one)
+     below the chosen's, so the pair is not decided by the reward model's noise. With m <= 2 the worst
+     candidate always qualifies.
 3. The rejected is the first eligible candidate at rank k or below (same or lower reward). If there is none, the
    lowest-ranked eligible candidate above rank k is taken instead (closest to the target); if no candidate is
    eligible at all, the prompt gets no pair (counted in `dpo_skipped_ineligible`).
@@ -115,9 +117,12 @@ def choose_pairs(starts: np.ndarray, sizes: np.ndarray, rewards: np.ndarray, *, 
     if parent_pos is not None:
         eligible &= ~lineage_mask(parent_pos, prompt_of_row, chosen_of_prompt)
     if min_spread > 0 and n_rows:
-        count = np.maximum(sizes, 1)
-        mean = np.add.reduceat(rewards, starts) / count
-        std = np.sqrt(np.add.reduceat((rewards - mean[prompt_of_row]) ** 2, starts) / count)
+        # The spread of the rewards the pair is drawn from: the chosen and everything ranked below it (with the
+        # chosen on top, as usual, all of the prompt's). Then the worst is always at least 2 std below the chosen.
+        pool = (position >= offsets[prompt_of_row]).astype(np.float64)
+        count = np.maximum(np.add.reduceat(pool, starts), 1.0)
+        mean = np.add.reduceat(rewards * pool, starts) / count
+        std = np.sqrt(np.add.reduceat(pool * (rewards - mean[prompt_of_row]) ** 2, starts) / count)
         eligible &= rewards[chosen_of_prompt][prompt_of_row] - rewards >= min_spread * std[prompt_of_row]
     target_row = targets[prompt_of_row]
     big = np.iinfo(np.int64).max

@@ -311,3 +311,13 @@ def test_defaults_place_the_rejected_at_rank_30_at_least_two_spreads_below_the_c
     rows = [candidate("p", i, reward=r) for i, r in enumerate([1.0, 1.0, 0.0, 0.0])]
     _, _, dpo, _, stats = build(rows)
     assert dpo.num_rows == 1 and dpo.to_pylist()[0]["rejected_reward"] == 0.0 and stats.dpo_skipped_ineligible == 0
+
+
+def test_spread_is_measured_from_the_chosen_down_when_better_answers_could_not_be_targets():
+    rows = [candidate("p", i, reward=r) for i, r in enumerate([9.0, 5.0, 4.0, 1.0])]
+    rows[0]["finish_reason"] = "length"  # truncated: not a target, so the chosen is the 5.0 one
+    _, _, dpo, _, stats = build(rows, dpo_rejected_rank=3)
+    pair = dpo.to_pylist()[0]
+    # std of (5, 4, 1) is 1.7: two of them below 5.0 leaves only 1.0 (the worst always qualifies).
+    assert (pair["chosen_reward"], pair["rejected_reward"], pair["rejected_rank"]) == (5.0, 1.0, 4)
+    assert stats.dpo_skipped_ineligible == 0

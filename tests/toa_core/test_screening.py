@@ -26,6 +26,7 @@ def row(index, reward, text=None, kind="fresh", finish_reason="stop", model="m1"
 def build(rows, excluded_ids=(), **options):
     options.setdefault("test_fraction", 0.0)
     options.setdefault("dpo_rejected_rank", 3)
+    options.setdefault("rejected_min_spread", 0.0)  # the paper's rule: these tests place the rejected by rank
     prompts = {pid: [{"role": "user", "content": f"question {pid}"}] for pid in {r["prompt_id"] for r in rows}}
     table = pa.Table.from_pylist(rows).select(list(CANDIDATE_COLUMNS))
     return build_datasets([table], prompts, RankingConfig(**options), "run-x", excluded_ids=excluded_ids)
