@@ -11,6 +11,17 @@ length, `usage` in every answer. Faults are injected by rate:
 - ``drop_rate``  headers and half the body are sent, then the connection is cut
 - ``dead_rate``  the connection is closed without any answer (1.0 = a dead replica)
 
+A prefix cache like vLLM's automatic prefix caching, per server (= per replica): the prompt (the chat messages,
+role markers included; words stand for tokens) is cut into blocks of ``block_tokens`` (16, as vLLM) whose hashes
+chain, seeded by the model name; the leading blocks already in the cache are hits, the rest are computed and
+cached, and the least recently used blocks are evicted beyond ``prefix_cache_blocks`` (0 = no cache). A request's
+prefill costs ``prefill_ms_per_token`` per uncached prompt token, then decoding costs ``token_delay_ms`` per
+generated token, all while it holds a slot; pooling requests (/classify, /pooling) cost their prefill only.
+``GET /stats`` counts ``prefix_cache_queries`` and ``prefix_cache_hits`` in tokens, as vLLM's
+``vllm:prefix_cache_queries`` / ``vllm:prefix_cache_hits`` counters do, and the same for requests whose prompt
+contains ``refine_marker`` (``refine_prefix_cache_*``), plus ``in_flight_seconds`` (the integral of requests in
+flight over time: divided by a run's wall time it is the mean load the replica carried).
+
 ``max_faults_per_request`` bounds how often one logical request (the ``X-Request-Id`` header the toaflow client
 sends, the same on every retry) is faulted, which makes fault tests deterministic: rate 1.0 with a bound of 1 means
 "every request fails exactly once, then succeeds". ``GET /stats`` reports counts; ``POST /admin/faults`` changes
@@ -35,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -73,6 +84,10 @@ class EngineSettings:
     model: str | None = None  # when set, requests for another model get 404 (as vLLM does)
     faults: Faults = field(default_factory=Faults)
     seed: int = 0
+    prefill_ms_per_token: float = 0.0  # time per prompt token not found in the prefix cache
+    prefix_cache_blocks: int = 0  # cache capacity in blocks (0 = no prefix cache: every token is prefilled)
+    block_tokens: int = 16
+    refine_marker: str | None = None  # prompts containing it are also counted under refine_prefix_cache_*
 
 
 class LoadEngine:
@@ -87,12 +102,64 @@ class LoadEngine:
         self.in_flight = 0
         self.busy_slots = 0
         self.faults_per_request: Counter[str] = Counter()
+        self.prefix_cache: OrderedDict[int, None] = OrderedDict()  # block hash -> (LRU order)
+        self._in_flight_area = 0.0
+        self._in_flight_since = time.monotonic()
 
     def snapshot(self) -> dict[str, Any]:
+        self.change_in_flight(0)
         return {
             **self.stats, "in_flight": self.in_flight, "busy_slots": self.busy_slots,
             "slots": self.settings.slots, "faults": asdict(self.settings.faults),
+            "in_flight_seconds": self._in_flight_area, "prefix_cache_blocks_used": len(self.prefix_cache),
         }
+
+    def change_in_flight(self, delta: int) -> None:
+        """Add `delta` to the requests in flight, integrating the count over time first."""
+        now = time.monotonic()
+        self._in_flight_area += self.in_flight * (now - self._in_flight_since)
+        self._in_flight_since = now
+        self.in_flight += delta
+
+    def prefill(self, model: str, messages: list[Any]) -> tuple[int, int]:
+        """Look the prompt up in the prefix cache and cache its blocks: (prompt tokens, tokens found cached)."""
+        text = " ".join(f"<|{m.get('role', 'user')}|> {m.get('content', '')}" for m in messages
+                        if isinstance(m, dict))
+        tokens = text.split()
+        settings = self.settings
+        hits = 0
+        if settings.prefix_cache_blocks > 0:
+            block = settings.block_tokens
+            chained = hash(("model", model))
+            missed = False
+            for start in range(0, len(tokens) - block + 1, block):  # only full blocks are cached, as in vLLM
+                chained = hash((chained, *tokens[start:start + block]))
+                if not missed and chained in self.prefix_cache:
+                    hits += block
+                    self.prefix_cache.move_to_end(chained)
+                    continue
+                missed = True
+                self.prefix_cache[chained] = None
+                self.prefix_cache.move_to_end(chained)
+            while len(self.prefix_cache) > settings.prefix_cache_blocks:
+                self.prefix_cache.popitem(last=False)
+        self.stats["prefix_cache_queries"] += len(tokens)
+        self.stats["prefix_cache_hits"] += hits
+        if settings.refine_marker and settings.refine_marker in text:
+            self.stats["refine_prefix_cache_queries"] += len(tokens)
+            self.stats["refine_prefix_cache_hits"] += hits
+            self.stats["refine_requests"] += 1
+        return len(tokens), hits
+
+    async def _occupy_slot(self, seconds: float) -> None:
+        async with self.slots:
+            self.busy_slots += 1
+            self.stats["peak_busy_slots"] = max(self.stats["peak_busy_slots"], self.busy_slots)
+            try:
+                if seconds > 0:
+                    await asyncio.sleep(seconds)
+            finally:
+                self.busy_slots -= 1
 
     def choose_fault(self, request_id: str | None) -> str | None:
         faults = self.settings.faults
@@ -114,14 +181,9 @@ class LoadEngine:
         n_tokens = max(1, min(int(requested), self.settings.response_tokens))
         finish_reason = "length" if int(requested) <= self.settings.response_tokens else "stop"
         prompt_text = " ".join(str(m.get("content", "")) for m in body.get("messages", []))
-        async with self.slots:
-            self.busy_slots += 1
-            self.stats["peak_busy_slots"] = max(self.stats["peak_busy_slots"], self.busy_slots)
-            try:
-                if self.settings.token_delay_ms > 0:
-                    await asyncio.sleep(n_tokens * self.settings.token_delay_ms / 1000)
-            finally:
-                self.busy_slots -= 1
+        prompt_tokens, cached = self.prefill(str(body.get("model")), body.get("messages", []))
+        prefill_s = (prompt_tokens - cached) * self.settings.prefill_ms_per_token / 1000
+        await self._occupy_slot(prefill_s + n_tokens * self.settings.token_delay_ms / 1000)
         words = [f"w{i}" for i in range(n_tokens)]
         return {
             "id": f"chatcmpl-{self.stats['received']}",
@@ -135,9 +197,12 @@ class LoadEngine:
         }
 
 
-    def pool(self, api: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def pool(self, api: str, body: dict[str, Any]) -> dict[str, Any]:
         """A fake vLLM pooling answer (/classify or /pooling) for reward clients: the score of a conversation is
-        the number of words of its last message (a sigmoid of it for /classify unless use_activation is false)."""
+        the number of words of its last message (a sigmoid of it for /classify unless use_activation is false).
+        It costs the prefill of the uncached tokens, like a reward model's forward pass."""
+        prompt_tokens, cached = self.prefill(str(body.get("model")), body.get("messages") or [])
+        await self._occupy_slot((prompt_tokens - cached) * self.settings.prefill_ms_per_token / 1000)
         last = (body.get("messages") or [{"content": ""}])[-1].get("content", "")
         score = float(len(str(last).split()))
         if api == "classify":
@@ -233,7 +298,7 @@ class LoadHTTPServer:
                     api: str = "completions") -> bool:
         engine = self.engine
         engine.stats["received"] += 1
-        engine.in_flight += 1
+        engine.change_in_flight(+1)
         engine.stats["peak_in_flight"] = max(engine.stats["peak_in_flight"], engine.in_flight)
         try:
             settings = engine.settings
@@ -275,7 +340,7 @@ class LoadHTTPServer:
                 return True
             if fault == "slow":
                 await asyncio.sleep(settings.faults.slow_s)
-            answer = await engine.complete(payload) if api == "completions" else engine.pool(api, payload)
+            answer = await engine.complete(payload) if api == "completions" else await engine.pool(api, payload)
             data = _response_bytes(200, answer)
             if fault == "drop":
                 writer.write(data[: len(data) - len(data) // 3])  # headers and part of the body
@@ -287,7 +352,7 @@ class LoadHTTPServer:
             engine.stats["served"] += 1
             return True
         finally:
-            engine.in_flight -= 1
+            engine.change_in_flight(-1)
 
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes] | None:
@@ -414,6 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key-env", help="require the bearer token held in this environment variable")
     parser.add_argument("--model", help="only accept requests for this model name")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prefill-ms-per-token", type=float, default=0.0,
+                        help="time per prompt token missing from the prefix cache")
+    parser.add_argument("--prefix-cache-blocks", type=int, default=0,
+                        help="prefix cache capacity in blocks of --block-tokens (0 = no cache)")
+    parser.add_argument("--block-tokens", type=int, default=16)
+    parser.add_argument("--refine-marker", help="count prompts containing this text under refine_prefix_cache_*")
     for kind in FAULT_KINDS:
         parser.add_argument(f"--{kind}-rate", type=float, default=0.0)
     parser.add_argument("--retry-after-s", type=float, default=1.0)
@@ -430,7 +501,10 @@ def main(argv: list[str] | None = None) -> int:
                     max_faults_per_request=args.max_faults_per_request)
     settings = EngineSettings(slots=args.slots, token_delay_ms=args.token_delay_ms,
                               response_tokens=args.response_tokens, api_key=api_key, model=args.model,
-                              faults=faults.validate(), seed=args.seed)
+                              faults=faults.validate(), seed=args.seed,
+                              prefill_ms_per_token=args.prefill_ms_per_token,
+                              prefix_cache_blocks=args.prefix_cache_blocks, block_tokens=args.block_tokens,
+                              refine_marker=args.refine_marker)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         asyncio.run(serve(settings, args.host, args.port, args.port_file))

@@ -44,6 +44,10 @@ class ModelConfig(Section):
     max_concurrency: int = Field(64, ge=1, description="requests in flight per endpoint")
     retry: RetryConfig = Field(default_factory=RetryConfig)
     served_by: str | None = Field(None, description="name of a managed server in `servers` that provides this model")
+    routing: Literal["round_robin", "affinity"] | None = Field(
+        None, description="replica choice: affinity keeps each prompt's requests on one replica (its prefix cache) "
+                          "under a load bound; round_robin uses replicas in turn; default: affinity with several endpoints")
+    affinity_load_factor: float = Field(1.25, ge=1.0, description="affinity: no replica above this x the mean in-flight requests")
 
     @model_validator(mode="after")
     def _endpoints_for_http(self) -> "ModelConfig":
@@ -76,6 +80,10 @@ class RewardConfig(Section):
     batch_wait_ms: float = Field(5.0, ge=0, description="how long the batcher waits to fill a batch")
     retry: RetryConfig = Field(default_factory=RetryConfig)
     served_by: str | None = None
+    routing: Literal["round_robin", "affinity"] | None = Field(
+        None, description="http: replica choice; affinity sends every pair of one prompt to one replica (its prefix "
+                          "cache holds the prompt) under a load bound; default: affinity with several endpoints")
+    affinity_load_factor: float = Field(1.25, ge=1.0, description="http affinity: no replica above this x the mean in-flight pairs")
 
     @model_validator(mode="after")
     def _kind_needs(self) -> "RewardConfig":

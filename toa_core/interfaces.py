@@ -17,6 +17,9 @@ class SamplingParams:
     top_p: float = 1.0
     max_tokens: int = 2048
     seed: int | None = None
+    # What this request belongs to (the prompt id for a search): HTTP backends keep one session's requests on one
+    # replica, whose prefix cache then holds the prompt (toa_core/backends/routing.py). None: no affinity.
+    session_id: str | None = None
 
 
 @runtime_checkable

@@ -1,7 +1,7 @@
 """Build the agents and the reward model a run's config names.
 
 `build_agents(models)` returns one ChatModel per ModelConfig, in config order. OpenAI agents that list the same
-endpoints share one connection pool and one concurrency limit per endpoint. An agent with `served_by: NAME` gets
+endpoints (and routing) share one connection pool, one concurrency limit per endpoint and one replica router. An agent with `served_by: NAME` gets
 its endpoint (and the model id that server serves) from `endpoints_override[NAME]`, which is what
 `infra.servers.managed_servers` yields. `build_reward(config)` returns the reward model wrapped in a
 BatchingReward. `aclose_all(...)` closes whatever these built.
@@ -53,7 +53,7 @@ def build_agents(models: list[ModelConfig], endpoints_override: Mapping[str, End
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise FactoryError(f"agent names must be unique; repeated: {duplicates}")
-    pools: dict[tuple[str, ...], EndpointPool] = {}
+    pools: dict[tuple, EndpointPool] = {}
     agents: list[ChatModel] = []
     for config in models:
         if config.backend == "transformers":
@@ -65,10 +65,11 @@ def build_agents(models: list[ModelConfig], endpoints_override: Mapping[str, End
                                        config.model, endpoints_override)
         if not endpoints:
             raise FactoryError(f"model '{config.name}': no endpoints")
-        key = tuple(endpoints)
+        key = (tuple(endpoints), config.routing, config.affinity_load_factor)
         pool = pools.get(key)
         if pool is None:
-            pool = pools[key] = EndpointPool(endpoints, config.max_concurrency, config.retry)
+            pool = pools[key] = EndpointPool(endpoints, config.max_concurrency, config.retry, config.routing,
+                                             config.affinity_load_factor)
         if model_id != config.model:
             config = config.model_copy(update={"model": model_id})
         agents.append(OpenAIChatModel(config, endpoints, pool=pool))
@@ -99,7 +100,8 @@ def build_reward(config: RewardConfig, endpoints_override: Mapping[str, Endpoint
         if not model_id:
             raise FactoryError("reward kind 'http' needs `model` (the served model name) or a `served_by` server")
         inner = HTTPReward(endpoints, model_id, api=config.api, api_key_env=config.api_key_env, retry=config.retry,
-                           max_length=config.max_length)
+                           max_length=config.max_length, routing=config.routing,
+                           load_factor=config.affinity_load_factor)
         max_attempts = 1  # the HTTP client retries each pair itself
     elif config.kind == "plugin":
         from toa_core.rewards.plugin import PluginReward

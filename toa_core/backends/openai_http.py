@@ -5,7 +5,9 @@ What it guarantees:
 - Every request is bounded: connect/read timeouts from RetryConfig plus an overall deadline per attempt.
 - Retries with exponential backoff and full jitter on 429 (Retry-After honoured, up to backoff_max_s), 408, 5xx,
   timeouts, connection errors and truncated or malformed bodies. Other 4xx fail fast with the server's message.
-- Replicas are used in turn; a request's retry goes to the next replica.
+- Replicas: `routing: affinity` (the default with several endpoints) keeps each (model, prompt) on one replica
+  under a load bound, so its prefix cache serves the tree; `round_robin` uses them in turn (toa_core/backends/
+  routing.py). Either way a request's retry goes to the next replica of its plan.
 - `generate` never raises for a failed request: it returns `Generation(error=...)`.
 - The API key (read from the env var named in ModelConfig.api_key_env) never appears in errors, logs or reprs.
 
@@ -32,6 +34,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from toa_core.backends.routing import DEFAULT_LOAD_FACTOR, SESSION_HEADER, ReplicaRouter, session_key
 from toa_core.config import ModelConfig, RetryConfig
 from toa_core.credentials import mask_url_credentials
 from toa_core.records import Generation, Message
@@ -142,9 +145,11 @@ class EndpointPool:
     endpoints: list[str]
     max_concurrency: int
     retry: RetryConfig
+    routing: str | None = None  # round_robin | affinity; None = affinity with several endpoints
+    load_factor: float = DEFAULT_LOAD_FACTOR
+    router: ReplicaRouter = field(init=False, repr=False)
     _client: "HTTPTransport | None" = field(default=None, init=False, repr=False)
     _semaphores: dict[str, asyncio.Semaphore] = field(default_factory=dict, init=False, repr=False)
-    _next: int = field(default=0, init=False, repr=False)
     _users: int = field(default=0, init=False, repr=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
 
@@ -152,6 +157,7 @@ class EndpointPool:
         if not self.endpoints:
             raise ValueError("an endpoint pool needs at least one base URL")
         self._urls = {endpoint: chat_url(endpoint) for endpoint in self.endpoints}
+        self.router = ReplicaRouter(self.endpoints, self.routing, load_factor=self.load_factor)
 
     def _bind_loop(self) -> None:
         """Connections and semaphores belong to one event loop: start fresh when used from a new one."""
@@ -170,12 +176,6 @@ class EndpointPool:
 
     def chat_url(self, endpoint: str) -> str:
         return self._urls[endpoint]
-
-    def start_index(self) -> int:
-        """Round-robin: each request starts at the next replica; its attempt i uses start + i."""
-        index = self._next
-        self._next = (self._next + 1) % len(self.endpoints)
-        return index
 
     def semaphore(self, endpoint: str) -> asyncio.Semaphore:
         self._bind_loop()
@@ -206,7 +206,8 @@ class OpenAIChatModel:
         self.config = config
         self.name = config.name
         urls = list(endpoints if endpoints is not None else config.endpoints)
-        self._pool = (pool or EndpointPool(urls, config.max_concurrency, config.retry)).acquire()
+        self._pool = (pool or EndpointPool(urls, config.max_concurrency, config.retry, config.routing,
+                                           config.affinity_load_factor)).acquire()
         self._closed = False
         self._rng = rng or random.Random()
         self._api_key = _read_api_key(config)
@@ -242,14 +243,17 @@ class OpenAIChatModel:
         headers = {"X-Request-Id": uuid.uuid4().hex}  # the same on every retry: servers can trace and dedupe
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
+        session = session_key(self.config.model, params.session_id) if params.session_id else None
+        if session:
+            headers[SESSION_HEADER] = session  # a vllm-router in front of replicas keeps the session together too
         retry = self.config.retry
-        endpoints = self._pool.endpoints
-        start = self._pool.start_index()
+        plan = self._pool.router.plan(session)
         last_error = "no attempt made"
         for attempt in range(retry.max_attempts):
-            endpoint = endpoints[(start + attempt) % len(endpoints)]
+            endpoint = plan[attempt % len(plan)]
             try:
-                generation = await self._attempt(endpoint, body, headers)
+                with self._pool.router.attempt(endpoint, faults=(_Retryable,)):
+                    generation = await self._attempt(endpoint, body, headers)
             except _Fatal as exc:
                 return self._failed(str(exc), started, attempt)
             except _Retryable as exc:

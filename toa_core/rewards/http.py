@@ -19,6 +19,8 @@ retry policy as the chat client: backoff with jitter on 408/429/5xx/timeouts/con
 A pair the server rejects (another 4xx) or scores with a non-finite value fails at once and for good
 (`RewardError.permanent`); `score_batch` reports failed pairs with PairErrors, so the rest of the batch keeps its
 scores.
+With several replicas, every pair of one question goes to one replica under a load bound (``routing: affinity``,
+toa_core/backends/routing.py), so that replica's prefix cache holds the question for all of its responses.
 """
 from __future__ import annotations
 
@@ -32,10 +34,16 @@ from typing import Any, Literal, Sequence
 import httpx
 
 from toa_core.backends.openai_http import RETRYABLE_STATUS, backoff_delay, parse_retry_after
+from toa_core.backends.routing import DEFAULT_LOAD_FACTOR, SESSION_HEADER, ReplicaRouter, session_key
 from toa_core.config import RetryConfig
 from toa_core.credentials import mask_url_credentials
 from toa_core.interfaces import PairErrors, RewardError
 from toa_core.records import Message
+
+
+# Attempt failures another replica may not have: they cool the replica down (toa_core/backends/routing.py).
+_REPLICA_FAULTS = (asyncio.TimeoutError, httpx.TimeoutException, httpx.TransportError, ValueError, KeyError,
+                   IndexError, TypeError)
 
 
 def server_root(endpoint: str) -> str:
@@ -60,7 +68,8 @@ class HTTPReward:
 
     def __init__(self, endpoints: list[str], model: str, *, api: Literal["classify", "pooling"] = "classify",
                  api_key_env: str | None = None, retry: RetryConfig | None = None, max_concurrency: int = 64,
-                 name: str | None = None, max_length: int | None = None):
+                 name: str | None = None, max_length: int | None = None, routing: str | None = None,
+                 load_factor: float = DEFAULT_LOAD_FACTOR):
         if not endpoints:
             raise ValueError("http reward needs at least one endpoint")
         self.endpoints = [server_root(e) for e in endpoints]
@@ -76,7 +85,7 @@ class HTTPReward:
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._next = 0
+        self.router = ReplicaRouter(self.endpoints, routing, load_factor=load_factor)
         self._rng = random.Random()
 
     def __repr__(self) -> str:
@@ -111,25 +120,32 @@ class HTTPReward:
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         client = self._bind_loop()
-        start, self._next = self._next, (self._next + 1) % len(self.endpoints)
+        # The question is the shared prefix: all of its pairs go to one replica (the session key names it).
+        session = session_key(self.model, *(f"{m['role']}\x1e{m['content']}" for m in messages))
+        headers[SESSION_HEADER] = session
+        plan = self.router.plan(session)
         last = "no attempt made"
         for attempt in range(self.retry.max_attempts):
-            endpoint = self.endpoints[(start + attempt) % len(self.endpoints)]
+            endpoint = plan[attempt % len(plan)]
             wait_s: float | None = None
             try:
-                async with self._semaphores[endpoint]:
-                    reply = await asyncio.wait_for(
-                        client.post(f"{endpoint}/{self.api}", json=body, headers=headers),
-                        timeout=self.retry.connect_timeout_s + self.retry.read_timeout_s)
-                if reply.status_code == 200:
-                    value = extract_score(self.api, reply.json())
-                    if not math.isfinite(value):
-                        raise RewardError(f"{self.name}: non-finite score {value} from {endpoint}", permanent=True)
-                    return value
-                message = self._scrub(reply.text[:300])
-                if reply.status_code not in RETRYABLE_STATUS and reply.status_code < 500:
-                    raise RewardError(self._scrub(f"{self.name}: HTTP {reply.status_code} from {endpoint}/{self.api}: "
-                                                  f"{message}"), permanent=True)
+                with self.router.attempt(endpoint, faults=_REPLICA_FAULTS) as tracked:
+                    async with self._semaphores[endpoint]:
+                        reply = await asyncio.wait_for(
+                            client.post(f"{endpoint}/{self.api}", json=body, headers=headers),
+                            timeout=self.retry.connect_timeout_s + self.retry.read_timeout_s)
+                    if reply.status_code == 200:
+                        value = extract_score(self.api, reply.json())
+                        if not math.isfinite(value):
+                            raise RewardError(f"{self.name}: non-finite score {value} from {endpoint}",
+                                              permanent=True)
+                        return value
+                    message = self._scrub(reply.text[:300])
+                    if reply.status_code not in RETRYABLE_STATUS and reply.status_code < 500:
+                        tracked.succeed()  # a client error: no replica would answer it differently
+                        raise RewardError(self._scrub(f"{self.name}: HTTP {reply.status_code} from {endpoint}/"
+                                                      f"{self.api}: {message}"), permanent=True)
+                    tracked.fail()
                 last = f"HTTP {reply.status_code} from {endpoint}: {message}"
                 if reply.status_code == 429:
                     wait_s = parse_retry_after(reply.headers.get("retry-after"))

@@ -129,10 +129,12 @@ class PromptSession:
         return derive_seed(self.ctx.seed, self.prompt.prompt_id, index)
 
     def sampling_params(self, index: int) -> SamplingParams:
-        """The search-level sampling settings; per-agent overrides (ModelConfig) are applied by the backend."""
+        """The search-level sampling settings; per-agent overrides (ModelConfig) are applied by the backend.
+        The prompt id is the session: HTTP backends keep a tree's requests on one replica (prefix cache)."""
         search = self.ctx.search
         return SamplingParams(temperature=search.temperature, top_p=search.top_p,
-                              max_tokens=search.max_tokens, seed=self.request_seed(index))
+                              max_tokens=search.max_tokens, seed=self.request_seed(index),
+                              session_id=self.prompt.prompt_id)
 
     # --- one generation -----------------------------------------------------------------------------------
 
