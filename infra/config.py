@@ -23,12 +23,16 @@ class ServerSpec(Section):
     - vllm:          `vllm serve MODEL` (chat), in vLLM's own environment (`executable` = path to its `vllm`).
     - vllm_reward:   the same with `--runner pooling`, for a reward model scored over /classify or /pooling.
     - transformers:  `transformers serve MODEL_DIR --device cpu`, for CPU runs, demos and tests.
+    - router:        `vllm-router` (pip extra `router`) in front of replicas: the servers named in `replicas` (started
+                     first) and/or running servers at `worker_urls`; `policy` picks the replica (consistent_hash on
+                     the X-Session-ID header the toaflow clients send keeps each prompt on one replica's prefix cache).
     Agents and the reward model refer to it by `served_by: <name>`.
     """
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
                       description="referenced by ModelConfig/RewardConfig.served_by; also its log file's name")
-    kind: Literal["vllm", "vllm_reward", "transformers"] = "vllm"
-    model: str = Field(..., description="HF folder, hub id (vLLM downloads it itself) or builtin:NAME")
+    kind: Literal["vllm", "vllm_reward", "transformers", "router"] = "vllm"
+    model: str | None = Field(None, description="HF folder, hub id (vLLM downloads it itself) or builtin:NAME; "
+                              "router: the model id clients send (default: what its replicas serve)")
     served_model_name: str | None = Field(None, description="vLLM --served-model-name (default: `model`)")
     host: str = "127.0.0.1"
     port: int = Field(0, ge=0, le=65535, description="0 = pick a free port")
@@ -42,6 +46,25 @@ class ServerSpec(Section):
     startup_timeout_s: float = Field(900.0, gt=0, description="health-check deadline (vLLM may load and compile for minutes)")
     cpu_threads: int | None = Field(1, ge=1, description="transformers kind: torch CPU threads (OMP_NUM_THREADS); "
                                     "1 avoids thrashing when the server shares the cores with other processes")
+    replicas: list[str] = Field(default_factory=list, description="router: names of servers of this config behind it")
+    worker_urls: list[str] = Field(default_factory=list, description="router: root URLs of running replicas behind it")
+    policy: Literal["consistent_hash", "cache_aware", "round_robin", "power_of_two", "random"] = Field(
+        "consistent_hash", description="router: how vllm-router picks a replica (docs/operations.md explains the choice)")
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> "ServerSpec":
+        if self.kind == "router":
+            if not (self.replicas or self.worker_urls):
+                raise ValueError(f"server '{self.name}': a router needs `replicas` (server names) or `worker_urls`")
+            if self.worker_urls and not self.replicas and not self.model:
+                raise ValueError(f"server '{self.name}': a router in front of `worker_urls` only needs `model` "
+                                 "(the model id its replicas serve)")
+        else:
+            if not self.model:
+                raise ValueError(f"server '{self.name}': kind '{self.kind}' needs `model`")
+            if self.replicas or self.worker_urls:
+                raise ValueError(f"server '{self.name}': `replicas` and `worker_urls` are for kind 'router'")
+        return self
 
     @model_validator(mode="after")
     def _gpus_cover_parallelism(self) -> "ServerSpec":
@@ -65,4 +88,21 @@ class ServersConfig(Section):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"server names must be unique; repeated: {repeated}")
+        by_name = {s.name: s for s in self.servers}
+        for router in (s for s in self.servers if s.kind == "router"):
+            for name in router.replicas:
+                replica = by_name.get(name)
+                if replica is None or replica.kind == "router":
+                    raise ValueError(f"server '{router.name}': replica '{name}' is not a model server of this "
+                                     f"config ({', '.join(n for n, s in by_name.items() if s.kind != 'router')})")
+                if replica.kind == "transformers":
+                    # measured: the router re-serialises chat requests with vLLM/SGLang fields (skip_special_tokens,
+                    # include_reasoning, ...), which vLLM accepts and `transformers serve` rejects with HTTP 422
+                    raise ValueError(f"server '{router.name}': replica '{name}' is `transformers serve`, which "
+                                     "rejects the extra fields vllm-router adds to requests; front vLLM replicas, "
+                                     "or list several endpoints on the model instead (client-side affinity)")
+            served = {by_name[n].served_model_name or by_name[n].model for n in router.replicas}
+            if len(served) > 1:
+                raise ValueError(f"server '{router.name}': its replicas serve different models {sorted(served)}; "
+                                 "a router fronts copies of one model")
         return self

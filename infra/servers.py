@@ -1,5 +1,5 @@
-"""Model servers a run starts, watches and stops itself: `vllm serve` (chat or pooling/reward) on GPU hosts and
-`transformers serve` on CPU.
+"""Model servers a run starts, watches and stops itself: `vllm serve` (chat or pooling/reward) on GPU hosts,
+`transformers serve` on CPU, and `vllm-router` in front of a model's replicas.
 
 Each server runs in its own process group (so stopping it also stops the workers it forks), logs to
 `<run_dir>/servers/<name>.log`, and is healthy when `GET /health` answers 200 before its deadline (otherwise the
@@ -11,6 +11,9 @@ error quotes the log tail). A watcher thread restarts a server that exits during
 
 vLLM lives in its own environment (it pins its own torch and fastapi): point `executable` at that environment's
 `vllm`. Its command line is built by the pure function `server_command` and tested without a GPU.
+
+A router (kind `router`) starts after the servers it fronts are healthy (it checks them itself too), and clients
+reach the model through it: `served_by: <router name>`.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ from toa_core.backends.factory import ServedEndpoint
 log = logging.getLogger(__name__)
 
 HEALTH_POLL_S = 0.5
+ROUTER_PROCTITLE = "vllm::router"  # what vllm-router's process calls itself once running
 STOP_GRACE_S = 15.0
 
 
@@ -53,19 +57,22 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
-def _default_executable(name: str) -> str:
+def _default_executable(name: str, hint: str = "") -> str:
     beside_python = Path(sys.executable).parent / name
     if beside_python.exists():
         return str(beside_python)
     found = shutil.which(name)
     if not found:
-        raise ServerError(f"cannot find the `{name}` executable; set `executable:` in the server spec")
+        raise ServerError(f"cannot find the `{name}` executable; set `executable:` in the server spec"
+                          + (f" or {hint}" if hint else ""))
     return found
 
 
-def model_argument(spec: ServerSpec) -> str:
+def model_argument(spec: ServerSpec) -> str | None:
     """What the server is told to load: builtins and local folders become paths; hub ids pass through (vLLM
-    downloads them itself on hosts with access; `transformers serve` needs a folder)."""
+    downloads them itself on hosts with access; `transformers serve` needs a folder). A router loads nothing."""
+    if spec.kind == "router" or spec.model is None:
+        return spec.model
     if spec.model.startswith("builtin:") or spec.kind == "transformers" or Path(spec.model).expanduser().exists():
         return str(resolve_model(spec.model))
     return spec.model
@@ -78,11 +85,15 @@ class ServerCommand:
     model_id: str  # the `model` clients must send
 
 
-def server_command(spec: ServerSpec, port: int, model: str | None = None) -> ServerCommand:
+def server_command(spec: ServerSpec, port: int, model: str | None = None,
+                   workers: list[str] | None = None) -> ServerCommand:
     """The command line, extra environment and served model id for `spec` on `port` (pure; `model` is the
-    already-resolved model argument, see `model_argument`)."""
+    already-resolved model argument, see `model_argument`; for a router, the model id its replicas serve, and
+    `workers` their root URLs)."""
     model = model if model is not None else spec.model
     env: dict[str, str] = {}
+    if spec.kind == "router":
+        return router_command(spec, port, model, workers if workers is not None else list(spec.worker_urls))
     if spec.kind == "transformers":
         argv = [spec.executable or _default_executable("transformers"), "serve", model,
                 "--host", spec.host, "--port", str(port), "--device", "cpu"]
@@ -111,6 +122,21 @@ def server_command(spec: ServerSpec, port: int, model: str | None = None) -> Ser
     return ServerCommand(argv + list(spec.extra_args), env, model_id=served_name)
 
 
+def router_command(spec: ServerSpec, port: int, model: str | None, workers: list[str]) -> ServerCommand:
+    """`vllm-router` in front of `workers` (root URLs, no /v1). It waits for them itself (checked every second) up to
+    the spec's startup deadline; per-request routing logs stay off (`--log-level warning`): at thousands of
+    requests per second they would cost more than the routing."""
+    if not workers:
+        raise ServerError(f"server '{spec.name}': a router needs at least one replica")
+    if not model:
+        raise ServerError(f"server '{spec.name}': set `model` (the model id its replicas serve)")
+    executable = spec.executable or _default_executable("vllm-router", hint="pip install 'toaflow[router]'")
+    argv = [executable, "--host", spec.host, "--port", str(port), "--worker-urls", *[w.rstrip("/") for w in workers],
+            "--policy", spec.policy, "--worker-startup-timeout-secs", str(max(1, int(spec.startup_timeout_s))),
+            "--worker-startup-check-interval", "1", "--log-level", "warning"]
+    return ServerCommand(argv + list(spec.extra_args), env={}, model_id=model)
+
+
 class ManagedServer:
     """One server process (group) we started: start, wait healthy, watch/restart, stop."""
 
@@ -124,6 +150,7 @@ class ManagedServer:
         self.process: subprocess.Popen | None = None
         self.failed: str | None = None  # set by the watcher when restarts are exhausted
         self._command: ServerCommand | None = None
+        self.fronted: list[ManagedServer] = []  # a router's replicas among the servers started with it
         self._stopping = threading.Event()
         self._watcher: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -147,7 +174,11 @@ class ManagedServer:
 
     def start(self) -> "ManagedServer":
         """Launch the process (its own session/process group). Does not wait: see wait_healthy()."""
-        if self._command is None:
+        if self._command is None and self.spec.kind == "router":
+            workers = [replica.root_url for replica in self.fronted] + list(self.spec.worker_urls)
+            model = self.spec.model or (self.fronted[0].endpoint.model_id if self.fronted else None)
+            self._command = server_command(self.spec, self.port, model, workers)
+        elif self._command is None:
             self._command = server_command(self.spec, self.port, model_argument(self.spec))
         env = {**os.environ, **self._command.env}
         if self.spec.kind == "transformers":
@@ -259,18 +290,34 @@ def managed_servers(config: ServersConfig, run_dir: str | Path) -> Iterator[Runn
         yield RunningServers()
         return
     log_dir = Path(run_dir) / "servers"
-    servers = [ManagedServer(spec, log_dir, max_restarts=config.max_restarts) for spec in config.servers]
+    servers = _servers_of(config, log_dir, max_restarts=config.max_restarts)
     try:
-        for server in servers:  # launch all first: vLLM start-ups then overlap
-            server.start()
-        for server in servers:
-            server.wait_healthy()
-            if config.restart_on_crash:
+        _start_in_order(servers)
+        if config.restart_on_crash:
+            for server in servers:
                 server.watch()
         yield RunningServers(servers)
     finally:
-        for server in servers:
+        for server in sorted(servers, key=lambda s: s.spec.kind != "router"):  # routers first, then their replicas
             server.stop()
+
+
+def _servers_of(config: ServersConfig, log_dir: Path, **options) -> list[ManagedServer]:
+    """One ManagedServer per spec, routers wired to the servers they front."""
+    servers = [ManagedServer(spec, log_dir, **options) for spec in config.servers]
+    by_name = {server.spec.name: server for server in servers}
+    for server in servers:
+        server.fronted = [by_name[name] for name in server.spec.replicas]
+    return servers
+
+
+def _start_in_order(servers: list[ManagedServer]) -> None:
+    """Model servers first, all launched before any is waited for (vLLM start-ups overlap), then the routers."""
+    for phase in ([s for s in servers if s.spec.kind != "router"], [s for s in servers if s.spec.kind == "router"]):
+        for server in phase:
+            server.start()
+        for server in phase:
+            server.wait_healthy()
 
 
 # -- servers started by `toa servers up` and stopped by `toa servers down` ------------------------------------
@@ -281,14 +328,13 @@ def start_detached(config: ServersConfig, state_path: Path, log_dir: Path) -> li
     """Start every server of `config`, wait until healthy, record them in `state_path`; returns the records."""
     if state_path.exists() and any(_still_ours(record) for record in json.loads(state_path.read_text())):
         raise ServerError(f"servers recorded in {state_path} are still running; `toa servers down` first")
-    servers = [ManagedServer(spec, log_dir, detached=True) for spec in config.servers]
+    servers = _servers_of(config, log_dir, detached=True)
     records: list[dict] = []
     try:
+        _start_in_order(servers)
         for server in servers:
-            server.start()
-        for server in servers:
-            server.wait_healthy()
             records.append({"name": server.spec.name, "pid": server.pid, "argv": server._command.argv,
+                            **({"proctitle": ROUTER_PROCTITLE} if server.spec.kind == "router" else {}),
                             "base_url": server.endpoint.base_url, "model_id": server.endpoint.model_id,
                             "log": str(server.log_path), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     except BaseException:
@@ -344,5 +390,7 @@ def _still_ours(record: dict) -> bool:
         return False
     if Path(f"/proc/{record['pid']}/stat").read_text().split(") ")[-1].startswith("Z"):
         return False  # a zombie: exited, only waiting to be reaped
+    if record.get("proctitle"):  # vllm-router renames itself (setproctitle), which overwrites its command line
+        return cmdline[0].strip(b" ") == record["proctitle"].encode()
     recorded = [arg.encode() for arg in record["argv"][1:]]
     return cmdline[1:1 + len(recorded)] == recorded or cmdline[2:2 + len(recorded)] == recorded
