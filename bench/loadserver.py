@@ -88,6 +88,7 @@ class EngineSettings:
     prefix_cache_blocks: int = 0  # cache capacity in blocks (0 = no prefix cache: every token is prefilled)
     block_tokens: int = 16
     refine_marker: str | None = None  # prompts containing it are also counted under refine_prefix_cache_*
+    distinct_answers: bool = False  # every answer different (refinements of different parents then differ too)
 
 
 class LoadEngine:
@@ -184,7 +185,8 @@ class LoadEngine:
         prompt_tokens, cached = self.prefill(str(body.get("model")), body.get("messages", []))
         prefill_s = (prompt_tokens - cached) * self.settings.prefill_ms_per_token / 1000
         await self._occupy_slot(prefill_s + n_tokens * self.settings.token_delay_ms / 1000)
-        words = [f"w{i}" for i in range(n_tokens)]
+        serial = self.stats["received"]
+        words = [f"r{serial}w{i}" if self.settings.distinct_answers else f"w{i}" for i in range(n_tokens)]
         return {
             "id": f"chatcmpl-{self.stats['received']}",
             "object": "chat.completion",
@@ -462,7 +464,9 @@ def _argv_for(options: dict[str, Any]) -> list[str]:
     for key, value in options.items():
         if key not in engine_keys | fault_keys:
             raise TypeError(f"unknown load server option {key!r}")
-        if value is not None:
+        if isinstance(value, bool):  # switches
+            argv += [f"--{key.replace('_', '-')}"] if value else []
+        elif value is not None:
             argv += [f"--{key.replace('_', '-')}", str(value)]
     return argv
 
@@ -485,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="prefix cache capacity in blocks of --block-tokens (0 = no cache)")
     parser.add_argument("--block-tokens", type=int, default=16)
     parser.add_argument("--refine-marker", help="count prompts containing this text under refine_prefix_cache_*")
+    parser.add_argument("--distinct-answers", action="store_true", help="make every answer's words different")
     for kind in FAULT_KINDS:
         parser.add_argument(f"--{kind}-rate", type=float, default=0.0)
     parser.add_argument("--retry-after-s", type=float, default=1.0)
@@ -504,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
                               faults=faults.validate(), seed=args.seed,
                               prefill_ms_per_token=args.prefill_ms_per_token,
                               prefix_cache_blocks=args.prefix_cache_blocks, block_tokens=args.block_tokens,
-                              refine_marker=args.refine_marker)
+                              refine_marker=args.refine_marker, distinct_answers=args.distinct_answers)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         asyncio.run(serve(settings, args.host, args.port, args.port_file))

@@ -55,6 +55,9 @@ def test_config_validates_and_says_what_it_reproduces(path):
     servers = {spec.name: spec for spec in cfg.servers.servers}
     used_gpus: list[int] = []
     for spec in servers.values():
+        if spec.kind == "router":  # a vllm-router in front of declared replicas: no GPU of its own
+            assert spec.replicas and set(spec.replicas) <= set(servers) and not spec.gpus, spec.name
+            continue
         assert spec.kind in ("vllm", "vllm_reward") and spec.gpus, spec.name
         args = spec.extra_args
         data_parallel = int(args[args.index("--data-parallel-size") + 1]) if "--data-parallel-size" in args else 1
@@ -65,7 +68,10 @@ def test_config_validates_and_says_what_it_reproduces(path):
     assert gpus_in_header >= len(used_gpus)
     for model in cfg.models:
         assert model.backend == "openai" and model.served_by in servers, model.name
-        assert servers[model.served_by].model == model.model
+        served = servers[model.served_by]
+        if served.kind == "router":
+            served = servers[served.replicas[0]]
+        assert served.model == model.model
         assert "/" in model.model, f"{model.name}: name models by hub id"
     if cfg.reward.kind == "http":
         assert cfg.reward.served_by in servers or cfg.reward.endpoints
@@ -155,6 +161,24 @@ def test_math_configs_match_the_paper():
             assert cfg.search.width == k * (160 // k) // 2 == 80  # floor(K*n/2)
         assert cfg.reward.model == "Qwen/Qwen2.5-Math-RM-72B" and cfg.reward.kind == "http"
         assert cfg.synthesis.prompts.system_prompt and "boxed" in cfg.synthesis.prompts.system_prompt
+
+
+def test_fleet_variant_serves_armorm_on_more_gpus_and_routes_by_session():
+    """ultrafeedback/toa_fleet.yaml: the same TOA run, ArmoRM on 4 reward servers (affinity) and a router per model."""
+    path = PAPER / "ultrafeedback" / "toa_fleet.yaml"
+    cfg = load_config(path)
+    assert (cfg.reward.kind, cfg.reward.model, cfg.reward.routing) == ("http", ARMORM, "affinity")
+    assert len(cfg.reward.endpoints) == 4
+    routers = [s for s in cfg.servers.servers if s.kind == "router"]
+    assert len(routers) == 4 and all(r.policy == "consistent_hash" and len(r.replicas) == 2 for r in routers)
+    assert {m.served_by for m in cfg.models} == {r.name for r in routers}
+    gen = _load_tool("gen_paper_configs")
+    assert gen.reward_fleet_rate(25.0, 4) == 100.0
+    assert gen.reward_fleet_rate(25.0, 4, prompt_share=0.25, prompt_hit=1.0) == pytest.approx(133.3, abs=0.1)
+    fleet_wall = float(path.read_text().split("h wall)")[0].rsplit("~", 1)[1])
+    single = PAPER / "ultrafeedback" / "toa.yaml"
+    single_wall = float(single.read_text().split("h wall)")[0].rsplit("~", 1)[1])
+    assert fleet_wall < single_wall  # no longer reward-bound
 
 
 def test_scaling_config_is_the_small_pool_on_200_alpaca_eval_prompts():

@@ -16,6 +16,10 @@ Cost model behind every "expected cost" line (an estimate to plan with, good to 
   GPU-hours        = wall hours x every GPU the config reserves (servers + reward).
 Assumed vLLM decode throughput at full batch, bf16: 8B/7B/9B on one 80 GB H100 ~ 4,000 tok/s per replica;
 70B/72B on TP 4 ~ 2,000 tok/s; Mistral-Large-2407 (123B) on TP 8 ~ 2,000 tok/s; 8x22B MoE on TP 8 ~ 3,000 tok/s.
+Reward scoring is prefill only, so it learns replicas and prefix reuse (`reward_fleet_rate`): R replicas score R
+times the pairs of one; a server with a prefix cache that holds the prompt for a share h of the pairs (affinity
+routing keeps a prompt's pairs on one replica) skips h x the prompt's share of each pair's tokens. Chat generation
+is modelled by decode throughput alone, which routing does not change (it saves prefill: bench/bench_routing.py).
 """
 from __future__ import annotations
 
@@ -69,10 +73,23 @@ SMALL = [
 BY_NAME = {a.name: a for a in LARGE + SMALL}
 
 
-def server_specs(agents: list[Agent], extra: list[dict[str, Any]] = ()) -> dict[str, Any]:
-    """The `servers:` section: one managed vLLM server per agent, GPUs assigned in order on the node."""
+def server_specs(agents: list[Agent], extra: list[dict[str, Any]] = (), routed: bool = False) -> dict[str, Any]:
+    """The `servers:` section: one managed vLLM server per agent, GPUs assigned in order on the node. `routed`: an
+    agent with several replicas gets one vLLM server per replica and a vllm-router in front of them instead (its
+    consistent hashing on the X-Session-ID header keeps each prompt on one replica's prefix cache)."""
     specs, next_gpu = [], 0
     for agent in agents:
+        if routed and agent.replicas > 1:
+            names = [f"{agent.name}-{i}" for i in range(agent.replicas)]
+            for name in names:
+                specs.append({"name": name, "kind": "vllm", "model": agent.hub_id,
+                              "tensor_parallel_size": agent.tensor_parallel,
+                              "gpus": list(range(next_gpu, next_gpu + agent.tensor_parallel)),
+                              "gpu_memory_utilization": 0.9, "max_model_len": agent.max_model_len,
+                              "startup_timeout_s": 3600.0 if agent.tensor_parallel > 1 else 1800.0})
+                next_gpu += agent.tensor_parallel
+            specs.append({"name": agent.name, "kind": "router", "replicas": names, "policy": "consistent_hash"})
+            continue
         gpus = list(range(next_gpu, next_gpu + agent.gpus))
         next_gpu += agent.gpus
         spec = {
@@ -101,6 +118,25 @@ ARMORM = {"kind": "hf_classifier", "model": "RLHFlow/ArmoRM-Llama3-8B-v0.1", "he
           "trust_remote_code": True, "max_length": 4096, "batch_size": 32}
 ARMORM_GPUS = 1  # in process, on the GPU of the machine that runs the sampling tasks
 ARMORM_PAIRS_PER_S = 25.0  # 8B classifier, bf16, ~550-token pairs: ~15k prefill tokens/s on one H100
+
+
+def reward_fleet_rate(pairs_per_s_one: float, replicas: int, prompt_share: float = 0.0,
+                      prompt_hit: float = 0.0) -> float:
+    """Pairs/s of `replicas` reward servers that each score `pairs_per_s_one` with nothing cached, when a prefix
+    cache holds the prompt (a `prompt_share` of a pair's tokens) for a share `prompt_hit` of the pairs."""
+    return pairs_per_s_one * replicas / (1.0 - prompt_share * prompt_hit)
+
+
+# ArmoRM served as a fleet (the UltraFeedback `toa_fleet` variant): vLLM cannot serve its gating head, so
+# tools/reward_server.py serves it behind /classify, one process per GPU, started by hand like COMET-Kiwi; the
+# client keeps each prompt's pairs on one server (reward.routing: affinity). transformers computes every pair in
+# full (no prefix cache): prompt_hit 0, the replicas are the whole gain. A vLLM-served reward model with prefix
+# caching on would add 1 / (1 - share x hit): ~1.3x for UltraFeedback (prompt ~25% of a pair, hit ~0.95).
+ARMORM_FLEET_ENDPOINTS = [f"http://127.0.0.1:{8300 + i}" for i in range(4)]
+ARMORM_FLEET = {"kind": "http", "model": "RLHFlow/ArmoRM-Llama3-8B-v0.1", "api": "classify",
+                "endpoints": ARMORM_FLEET_ENDPOINTS, "routing": "affinity", "batch_size": 32}
+ARMORM_FLEET_GPUS = len(ARMORM_FLEET_ENDPOINTS)
+ARMORM_FLEET_PAIRS_PER_S = reward_fleet_rate(ARMORM_PAIRS_PER_S, ARMORM_FLEET_GPUS, prompt_share=0.25, prompt_hit=0.0)
 
 # COMET-Kiwi is a COMET checkpoint, which neither vLLM nor `transformers serve` can load, so infra.servers has no
 # kind for it: tools/kiwi_server.py runs by hand and answers vLLM's /classify protocol, which the reward reads with
@@ -152,6 +188,7 @@ class Experiment:
     strategies: tuple[str, ...] = ("toa", "ensemble", "seq_refine", "moa", "random", "prs")
     run_line: str = ""
     extra_note: str = ""
+    routed: bool = False  # one vLLM server per replica behind a managed vllm-router (see server_specs)
 
 
 # How evenly a strategy's calls keep the servers busy (TOA's UCB sends most plays to the strongest model).
@@ -276,9 +313,9 @@ def build(exp: Experiment, stem: str, strategy: str, single: str | None,
           label: str | None = None) -> tuple[str, dict[str, Any]]:
     """The header comment and the config mapping of one (experiment, strategy) file."""
     agents = [node_filling(BY_NAME[single])] if single else exp.agents
-    servers = server_specs(agents, [dict(s) for s in exp.reward_servers])
+    servers = server_specs(agents, [dict(s) for s in exp.reward_servers], routed=exp.routed)
     next_gpu = sum(a.gpus for a in agents)
-    for spec in servers["servers"][len(agents):]:  # reward servers after the policy servers
+    for spec in servers["servers"][len(servers["servers"]) - len(exp.reward_servers):]:  # reward servers come last
         spec["gpus"] = list(range(next_gpu, next_gpu + exp.reward_gpus))
         next_gpu += exp.reward_gpus
     gpus = next_gpu if exp.reward_servers else next_gpu + exp.reward_gpus  # by-hand or in-process reward GPUs
@@ -422,7 +459,26 @@ def all_configs() -> dict[Path, str]:
                 head, config = build(exp, stem, strategy, single)
                 files[OUT / exp.folder / f"{stem}.yaml"] = render(head, config)
     files[OUT / "scaling" / "alpaca_eval_small.yaml"] = scaling_config()
+    fleet = fleet_variant()
+    head, config = build(fleet, "toa", "toa", None, label="toa_fleet")
+    files[OUT / fleet.folder / "toa_fleet.yaml"] = render(head, config)
     return files
+
+
+def fleet_variant() -> Experiment:
+    """UltraFeedback TOA with the reward as a fleet (ArmoRM on 4 GPUs, affinity) and each small model as two
+    single-GPU vLLM replicas behind a vllm-router: the reward-bound run of the paper table, made generation-bound."""
+    exp = next(e for e in EXPERIMENTS if e.folder == "ultrafeedback")
+    return replace(
+        exp, strategies=("toa",), routed=True, reward=ARMORM_FLEET, reward_gpus=ARMORM_FLEET_GPUS,
+        reward_pairs_per_s=ARMORM_FLEET_PAIRS_PER_S, reward_where="for the by-hand ArmoRM reward servers",
+        reward_note=f"ArmoRM over HTTP (kind http, /classify) from {ARMORM_FLEET_GPUS} tools/reward_server.py "
+                    f"processes, one per GPU, at {ARMORM_FLEET_ENDPOINTS[0]}..{ARMORM_FLEET_ENDPOINTS[-1][-4:]}: "
+                    "start them by hand first (docs/reproduce.md, 'Reward models'); each prompt's 160 pairs go to "
+                    "one of them (reward.routing: affinity). The same data as toa.yaml, scored faster",
+        extra_note="Each small model runs as two single-GPU vLLM servers behind a managed vllm-router (kind router, "
+                   "policy consistent_hash on the X-Session-ID header toaflow sends), so one prompt's tree stays on "
+                   "one replica's prefix cache (vLLM's own --data-parallel-size balancer ignores the cache).")
 
 
 def scaling_config() -> str:

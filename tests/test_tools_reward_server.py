@@ -1,0 +1,59 @@
+"""tools/reward_server.py: a reward model vLLM cannot serve (ArmoRM) behind vLLM's /classify protocol scores what
+the in-process reward scores, for the HTTP reward client."""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures.prefect import free_port, stop_process
+from toa_core.config import RetryConfig
+from toa_core.rewards.hf_classifier import HFClassifierReward
+from toa_core.rewards.http import HTTPReward
+
+REPO = Path(__file__).resolve().parents[1]
+PAIRS = [([{"role": "user", "content": "Name a colour."}], "Blue."),
+         ([{"role": "user", "content": "What is 2+2?"}], "It is 4, because two and two make four.")]
+
+
+def test_reward_server_scores_like_the_in_process_reward(tmp_path, tiny_reward_dir):
+    port = free_port()
+    log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen([sys.executable, str(REPO / "tools" / "reward_server.py"), "--model",
+                               str(tiny_reward_dir), "--served-model-name", "rm", "--port", str(port),
+                               "--device", "cpu", "--dtype", "float32"],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "reward server did not come up"
+            time.sleep(0.2)
+        bad = httpx.post(f"http://127.0.0.1:{port}/classify", json={"model": "rm", "messages": PAIRS[0][0]})
+        assert bad.status_code == 400
+
+        async def over_http():
+            reward = HTTPReward([f"http://127.0.0.1:{port}/v1"], "rm", retry=RetryConfig(max_attempts=2))
+            try:
+                return await reward.score_batch(PAIRS)
+            finally:
+                await reward.aclose()
+
+        served = asyncio.run(over_http())
+    finally:
+        stop_process(server)
+        log.close()
+    in_process = HFClassifierReward(tiny_reward_dir, device="cpu", dtype="float32")
+    assert served == pytest.approx(asyncio.run(in_process.score_batch(PAIRS)), abs=1e-4)
