@@ -20,7 +20,8 @@ generated token, all while it holds a slot; pooling requests (/classify, /poolin
 ``GET /stats`` counts ``prefix_cache_queries`` and ``prefix_cache_hits`` in tokens, as vLLM's
 ``vllm:prefix_cache_queries`` / ``vllm:prefix_cache_hits`` counters do, and the same for requests whose prompt
 contains ``refine_marker`` (``refine_prefix_cache_*``), plus ``in_flight_seconds`` (the integral of requests in
-flight over time: divided by a run's wall time it is the mean load the replica carried).
+flight over time: divided by a run's wall time it is the mean load the replica carried) and ``slot_seconds`` (the
+modelled work done: prefill plus decode time, summed over requests).
 
 ``max_faults_per_request`` bounds how often one logical request (the ``X-Request-Id`` header the toaflow client
 sends, the same on every retry) is faulted, which makes fault tests deterministic: rate 1.0 with a bound of 1 means
@@ -153,6 +154,7 @@ class LoadEngine:
         return len(tokens), hits
 
     async def _occupy_slot(self, seconds: float) -> None:
+        self.stats["slot_seconds"] += seconds  # the work the request costs the replica, whatever the machine does
         async with self.slots:
             self.busy_slots += 1
             self.stats["peak_busy_slots"] = max(self.stats["peak_busy_slots"], self.busy_slots)

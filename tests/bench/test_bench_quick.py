@@ -86,3 +86,17 @@ def test_decontamination_quick():
     for _cell, found, seeded, false_positives in cells:
         assert found == seeded and int(seeded) == 50 and int(false_positives) == 0
     assert "target < 60 s, < 1024 MiB" in out
+
+
+def test_routing_quick():
+    out = run_bench("bench_routing.py")
+    cells = re.findall(r"^\s+(chat|reward)\s+(\S+)\s+([\d.]+)/s\s+hit refine ([\d.]+) all ([\d.]+)\s+busiest ([\d.]+)x"
+                       r".*errors (\d+)", out, re.MULTILINE)
+    routings = {(part, routing) for part, routing, *_ in cells}
+    assert {("chat", "round_robin"), ("chat", "affinity"), ("reward", "round_robin"), ("reward", "affinity")} <= routings
+    for part, routing, rate, hit_refine, hit_all, busiest, errors in cells:
+        assert int(errors) == 0 and float(rate) > 0, (part, routing)
+        assert 0 <= float(hit_refine) <= 1 and 0 <= float(hit_all) <= 1 and float(busiest) >= 1
+        if part == "chat":
+            assert float(hit_refine) > 0  # refinements repeat the template and the question: some prefix is cached
+    assert "SUMMARY routing: chat: affinity refine hit" in out
