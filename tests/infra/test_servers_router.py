@@ -134,3 +134,22 @@ def test_toa_sample_runs_through_a_managed_router(two_replicas, tmp_path):
     placed = [a - b for a, b in zip(_received(two_replicas), before)]
     assert sum(placed) == 36 and min(placed) > 0  # six prompts x two models: both replicas got sessions
 
+
+
+@needs_router
+def test_detached_router_is_recognised_as_ours_and_stopped(two_replicas, tmp_path):
+    """`toa servers up/down` for a router: vllm-router renames its process (setproctitle), which must not make
+    `down` think it is someone else's."""
+    from infra.servers import detached_status, start_detached, stop_detached
+
+    config = ServersConfig(managed=True, servers=[
+        ServerSpec(name="fleet", kind="router", model="load", worker_urls=[s.root_url for s in two_replicas],
+                   startup_timeout_s=60)])
+    state = tmp_path / "state.json"
+    try:
+        [record] = start_detached(config, state, tmp_path / "logs")
+        [status] = detached_status(state)
+        assert status["running"] and status["healthy"] and record["proctitle"] == "vllm::router"
+    finally:
+        stopped = stop_detached(state)
+    assert stopped == ["fleet"] and not state.exists()
