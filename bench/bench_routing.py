@@ -282,8 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, default=None, help="generations (or scored pairs) per prompt")
     parser.add_argument("--question-words", type=int, default=400, help="question length (words = tokens here)")
     parser.add_argument("--answer-tokens", type=int, default=48)
-    parser.add_argument("--prefill-ms-per-token", type=float, default=0.5)
-    parser.add_argument("--decode-ms-per-token", type=float, default=2.0)
+    # Slow enough that the replicas, not the orchestrator's share of a busy shared CPU, set the pace.
+    parser.add_argument("--prefill-ms-per-token", type=float, default=1.0)
+    parser.add_argument("--decode-ms-per-token", type=float, default=4.0)
     parser.add_argument("--cache-blocks", type=int, default=None, help="prefix cache per replica, 16-token blocks")
     parser.add_argument("--reward-cache-blocks", type=int, default=None, help="the same for the reward replicas")
     parser.add_argument("--routings", type=lambda s: s.split(","), default=None,
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats = args.repeats or 1
         args.routings = args.routings or [r for r in CHAT_ROUTINGS if r != "router-cache_aware"]
     args.trees = args.trees or 64
-    args.prompts = args.prompts or 4 * args.trees
+    args.prompts = args.prompts or 2 * args.trees
     args.budget = args.budget or 40
     args.repeats = args.repeats or 2
     args.reward_trees = args.reward_trees or 2 * args.trees
