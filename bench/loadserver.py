@@ -25,8 +25,9 @@ modelled work done: prefill plus decode time, summed over requests).
 
 ``max_faults_per_request`` bounds how often one logical request (the ``X-Request-Id`` header the toaflow client
 sends, the same on every retry) is faulted, which makes fault tests deterministic: rate 1.0 with a bound of 1 means
-"every request fails exactly once, then succeeds". ``GET /stats`` reports counts; ``POST /admin/faults`` changes
-the fault settings of a running server; ``GET /health`` and ``GET /v1/models`` answer as vLLM's do.
+"every request fails exactly once, then succeeds". ``GET /stats`` reports counts; ``POST /admin/reset`` clears them
+and the prefix cache; ``POST /admin/faults`` changes the fault settings of a running server; ``GET /health`` and
+``GET /v1/models`` answer as vLLM's do.
 
 It is a small HTTP/1.1 server on raw asyncio streams (keep-alive, Content-Length bodies) so it can hold thousands
 of connections on one core and cut a connection exactly where a fault needs it.
@@ -115,6 +116,13 @@ class LoadEngine:
             "slots": self.settings.slots, "faults": asdict(self.settings.faults),
             "in_flight_seconds": self._in_flight_area, "prefix_cache_blocks_used": len(self.prefix_cache),
         }
+
+    def reset(self) -> None:
+        """Forget the counters and the prefix cache (an idle replica as if just started)."""
+        self.stats.clear()
+        self.prefix_cache.clear()
+        self._in_flight_area = 0.0
+        self._in_flight_since = time.monotonic()
 
     def change_in_flight(self, delta: int) -> None:
         """Add `delta` to the requests in flight, integrating the count over time first."""
@@ -222,7 +230,7 @@ class LoadEngine:
 # ------------------------------------------------------------------------------------------------ HTTP layer
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-            429: "Too Many Requests", 500: "Internal Server Error"}
+            409: "Conflict", 429: "Too Many Requests", 500: "Internal Server Error"}
 
 
 def _response_bytes(status: int, payload: Any, headers: dict[str, str] | None = None) -> bytes:
@@ -277,6 +285,12 @@ class LoadHTTPServer:
         elif path == "/v1/models" and method == "GET":
             writer.write(_response_bytes(200, {"object": "list", "data": [
                 {"id": engine.settings.model or "load", "object": "model", "owned_by": "toaflow-loadserver"}]}))
+        elif path == "/admin/reset" and method == "POST":
+            if engine.in_flight:
+                writer.write(_error(409, f"{engine.in_flight} requests in flight", "conflict"))
+            else:
+                engine.reset()
+                writer.write(_response_bytes(200, {"reset": True}))
         elif path == "/admin/faults" and method == "POST":
             try:
                 update = json.loads(body or b"{}")
@@ -435,6 +449,10 @@ class LoadServer:
 
     def stats(self) -> dict[str, Any]:
         return httpx.get(f"{self.root_url}/stats", timeout=10).json()
+
+    def reset(self) -> None:
+        """Clear the counters and the prefix cache of the idle server (POST /admin/reset)."""
+        httpx.post(f"{self.root_url}/admin/reset", timeout=10).raise_for_status()
 
     def set_faults(self, **faults: Any) -> dict[str, Any]:
         response = httpx.post(f"{self.root_url}/admin/faults", json=faults, timeout=10)

@@ -76,3 +76,28 @@ def test_bad_fault_settings_are_rejected(server):
     assert response.status_code == 400 and "sum to at most 1" in response.json()["error"]["message"]
     with pytest.raises(ValueError):
         Faults(error_rate=1.5).validate()
+
+
+def test_prefix_cache_counts_hits_per_block_and_model_and_evicts_lru():
+    with LoadServer(slots=4, response_tokens=2, prefix_cache_blocks=6, block_tokens=4, prefill_ms_per_token=0.01,
+                    refine_marker="Improve:") as cached:
+        url = f"{cached.base_url}/chat/completions"
+
+        def ask(text, model="m"):
+            body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 2}
+            assert httpx.post(url, json=body, timeout=10).status_code == 200
+            stats = cached.stats()
+            return stats.get("prefix_cache_queries", 0), stats.get("prefix_cache_hits", 0)
+
+        question = " ".join(f"q{i}" for i in range(11))  # "<|user|>" + 11 words = 12 tokens = 3 full blocks
+        assert ask(question) == (12, 0)
+        assert ask(question) == (24, 12)  # every full block found
+        assert ask(question + " more words here") == (39, 24)  # the shared 3 blocks, then new ones
+        assert ask(question, model="other") == (51, 24)  # another model's cache is its own
+        assert ask("Improve: " + question) == (64, 24)  # a different start shares nothing
+        stats = cached.stats()
+        assert stats["refine_prefix_cache_queries"] == 13 and stats["prefix_cache_blocks_used"] <= 6
+        assert ask(question) == (76, 24)  # evicted by the newer blocks (LRU, 6 blocks)
+        assert stats["slot_seconds"] > 0 and stats["in_flight_seconds"] > 0
+        cached.reset()
+        assert cached.stats().get("prefix_cache_queries", 0) == 0 and cached.stats()["prefix_cache_blocks_used"] == 0
