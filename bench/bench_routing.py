@@ -155,23 +155,37 @@ def router_available() -> bool:
     return (Path(sys.executable).parent / "vllm-router").exists() or shutil.which("vllm-router") is not None
 
 
-def run_cell(part: str, routing: str, args: argparse.Namespace, here: str) -> dict:
-    """Fresh replicas (and router), one child driver; returns the cell's measurements."""
+def start_replicas(part: str, args: argparse.Namespace) -> list:
+    """The R load servers of one part (chat: prefill + decode; reward: prefill only), started once."""
     from bench.loadserver import LoadServer
-    from infra.config import ServerSpec
-    from infra.servers import ManagedServer
 
     chat = part == "chat"
     options = dict(slots=args.slots, token_delay_ms=args.decode_ms_per_token if chat else 0.0,
                    response_tokens=args.answer_tokens, prefill_ms_per_token=args.prefill_ms_per_token,
                    prefix_cache_blocks=args.cache_blocks if chat else args.reward_cache_blocks,
                    refine_marker=refine_marker(), distinct_answers=True)
-    replicas = [LoadServer(**options) for _ in range(args.replicas)]
+    replicas = []
+    try:
+        for _ in range(args.replicas):
+            replicas.append(LoadServer(**options).start())
+    except BaseException:
+        for replica in replicas:
+            replica.stop()
+        raise
+    return replicas
+
+
+def run_cell(part: str, routing: str, args: argparse.Namespace, here: str, replicas: list) -> dict:
+    """Replicas reset to empty caches (and a router if asked), one child driver; returns the measurements."""
+    from infra.config import ServerSpec
+    from infra.servers import ManagedServer
+
+    chat = part == "chat"
     router = None
     with tempfile.TemporaryDirectory(prefix="toaflow-bench-routing-") as logs:
         try:
             for replica in replicas:
-                replica.start()
+                replica.reset()
             urls = [replica.base_url for replica in replicas]
             if routing.startswith("router-"):
                 spec = ServerSpec(name="fleet", kind="router", model="load", policy=routing.removeprefix("router-"),
@@ -189,8 +203,6 @@ def run_cell(part: str, routing: str, args: argparse.Namespace, here: str) -> di
         finally:
             if router is not None:
                 router.stop()
-            for replica in replicas:
-                replica.stop()
     loads = [s["in_flight_seconds"] / result["wall_s"] for s in stats]
     mean_load = sum(loads) / len(loads)
     total = lambda key: sum(s.get(key, 0) for s in stats)  # noqa: E731
@@ -336,14 +348,19 @@ def main(argv: list[str] | None = None) -> int:
         order = routings if part == "chat" else [r for r in REWARD_ROUTINGS if r in routings and
                                                   not (args.quick and r.startswith("router-"))]
         runs: dict[str, list[dict]] = {routing: [] for routing in order}
-        for repeat in range(args.repeats):  # alternate the order: slow phases of the machine hit every routing
-            for routing in order if repeat % 2 == 0 else order[::-1]:
-                cell = run_cell(part, routing, args, here)
-                runs[routing].append(cell)
-                print(f"  {part:<6} {routing:<24} {cell['rate']:8.1f}/s  hit refine {cell['hit_refine']:.2f} all "
-                      f"{cell['hit_all']:.2f}  busiest {cell['busiest']:.2f}x  work {cell['work_ms']:.0f} ms  "
-                      f"cpu {cell['cpu_ms']:.2f} ms  errors {cell['errors']}  (load {os.getloadavg()[0]:.1f})",
-                      flush=True)
+        replicas = start_replicas(part, args)
+        try:
+            for repeat in range(args.repeats):  # alternate the order: slow phases of the machine hit every routing
+                for routing in order if repeat % 2 == 0 else order[::-1]:
+                    cell = run_cell(part, routing, args, here, replicas)
+                    runs[routing].append(cell)
+                    print(f"  {part:<6} {routing:<24} {cell['rate']:8.1f}/s  hit refine {cell['hit_refine']:.2f} "
+                          f"all {cell['hit_all']:.2f}  busiest {cell['busiest']:.2f}x  work {cell['work_ms']:.0f} ms  "
+                          f"cpu {cell['cpu_ms']:.2f} ms  errors {cell['errors']}  (load {os.getloadavg()[0]:.1f})",
+                          flush=True)
+        finally:
+            for replica in replicas:
+                replica.stop()
         cells += [combine(runs[routing]) for routing in order]
     report(cells, args)
     return 0
