@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (Stopwatch, emit_result, header, process_cpu_seconds, run_child, table)  # noqa: E402
+from bench_orchestration import CheapReward  # noqa: E402  (the chat part measures the servers, not the reward)
 
 AGENTS = 3
 CHAT_ROUTINGS = ("round_robin", "affinity", "router-consistent_hash", "router-cache_aware")
@@ -54,23 +55,6 @@ def refine_marker() -> str:
     from toa_core.prompts import load_templates
 
     return load_templates({}, task="chat").refine.strip().splitlines()[0]
-
-
-class CheapReward:
-    """A seeded draw per call: the chat part measures the model servers, not the reward."""
-    name = "cheap-random"
-
-    def __init__(self):
-        self._rng = random.Random(0)
-
-    async def score(self, messages, response):
-        return self._rng.gauss(0.0, 1.0)
-
-    async def score_batch(self, pairs):
-        return [self._rng.gauss(0.0, 1.0) for _ in pairs]
-
-    async def aclose(self):
-        return None
 
 
 # ------------------------------------------------------------------------------------------------ child drivers

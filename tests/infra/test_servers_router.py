@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from bench.loadserver import LoadServer
 from infra.config import ServersConfig, ServerSpec
 from infra.servers import ServerError, managed_servers, server_command
 from toa_core.backends.factory import aclose_all, build_agents
 from toa_core.config import ModelConfig, RetryConfig
 from toa_core.interfaces import SamplingParams
+from tests.fixtures.servers import load_server_fleet
 
 REPO = Path(__file__).resolve().parents[2]
 ROUTER = Path(sys.executable).with_name("vllm-router")
@@ -62,12 +62,8 @@ def test_router_command_line_and_config_checks():
 
 @pytest.fixture(scope="module")
 def two_replicas():
-    servers = [LoadServer(slots=32, response_tokens=8, token_delay_ms=1) for _ in range(2)]
-    for server in servers:
-        server.start()
-    yield servers
-    for server in servers:
-        server.stop()
+    with load_server_fleet(2, slots=32, response_tokens=8, token_delay_ms=1) as servers:
+        yield servers
 
 
 def _received(servers) -> list[int]:

@@ -8,12 +8,12 @@ from collections import Counter
 
 import pytest
 
-from bench.loadserver import LoadServer
 from toa_core.backends.openai_http import OpenAIChatModel
 from toa_core.backends.routing import ReplicaRouter, resolve_policy, session_key
 from toa_core.config import ModelConfig, RetryConfig
 from toa_core.interfaces import SamplingParams
 from toa_core.rewards.http import HTTPReward
+from tests.fixtures.servers import load_server_fleet
 
 REPLICAS = [f"http://replica-{i}:8000/v1" for i in range(4)]
 FAST_RETRY = RetryConfig(max_attempts=4, backoff_initial_s=0.01, backoff_max_s=0.05, connect_timeout_s=2,
@@ -101,12 +101,8 @@ def test_round_robin_is_unchanged_and_sessionless_affinity_takes_the_least_loade
 
 @pytest.fixture(scope="module")
 def replicas():
-    servers = [LoadServer(slots=64, response_tokens=4, token_delay_ms=5) for _ in range(3)]
-    for server in servers:
-        server.start()
-    yield servers
-    for server in servers:
-        server.stop()
+    with load_server_fleet(3, slots=64, response_tokens=4, token_delay_ms=5) as servers:
+        yield servers
 
 
 @pytest.fixture(autouse=True)
