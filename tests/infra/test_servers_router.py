@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 ROUTER = Path(sys.executable).with_name("vllm-router")
 needs_router = pytest.mark.skipif(not ROUTER.exists() and not shutil.which("vllm-router"),
                                   reason="vllm-router is not installed (pip install 'toaflow[router]')")
-FAST_RETRY = {"max_attempts": 4, "backoff_initial_s": 0.01, "backoff_max_s": 0.3, "connect_timeout_s": 2.0,
+FAST_RETRY = {"max_attempts": 4, "backoff_initial_s": 0.01, "backoff_max_s": 0.3, "connect_timeout_s": 10.0,
               "read_timeout_s": 10.0}
 
 
