@@ -21,6 +21,7 @@ pure-Python stack (bench/bench_orchestration.py measures both side by side).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -101,7 +102,12 @@ class Response:
     retry_after: str | None = None
 
     def json(self) -> Any:
-        return orjson.loads(self.body)
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            # Python-based servers may write NaN/Infinity (not JSON, which orjson refuses): read them as the
+            # standard library does, so a reward server's NaN is reported as a non-finite score, not a bad body.
+            return json.loads(self.body)
 
     @property
     def text(self) -> str:
