@@ -128,6 +128,7 @@ async def score_chat(items: list[EvalItem], outputs: dict[str, str | None], conf
         baseline_scored = [j["reward_baseline"] for j in rm if j["reward_baseline"] is not None]
         if baseline_scored:
             metrics["rm_baseline_mean_reward"] = mean_metric(baseline_scored, unit="reward", **kwargs)
+        if with_baseline:  # even when every generation failed: then the win rate is 0, not missing
             by_id = {j["item_id"]: j for j in rm}
             metrics.update(_preference_metrics("rm", with_baseline, outputs,
                                                [by_id[item.item_id] for item in with_baseline], config, length_control))

@@ -305,7 +305,7 @@ def judgment_counts(judgments: Sequence[dict[str, Any]]) -> dict[str, int]:
     games = [game for judgment in judgments for game in judgment["games"]]
     readable = [j for j in judgments if j["preference"] is not None]
     consistent = sum(1 for j in judgments
-                     if all(g["prob_model_better"] is not None for g in j["games"])
+                     if len(j["games"]) == 2 and all(g["prob_model_better"] is not None for g in j["games"])
                      and (j["games"][0]["prob_model_better"] - 0.5) * (j["games"][1]["prob_model_better"] - 0.5) > 0)
     return {
         "games": len(games),
@@ -315,5 +315,6 @@ def judgment_counts(judgments: Sequence[dict[str, Any]]) -> dict[str, int]:
         "judge_errors": sum(1 for g in games if g["method"] == "error"),
         "items_judged": len(readable),
         "items_failed": len(judgments) - len(readable),
+        "generation_failed": sum(1 for j in judgments if j.get("generation_failed")),
         "position_consistent_items": consistent,
     }

@@ -78,12 +78,14 @@ def test_mini_benchmark_scored_with_every_judge(tmp_path):
     assert {k.rsplit("/", 1)[1] for k in store.list(prefix + "/")} >= {
         "outputs.jsonl", "judgments.jsonl", "scores.json", "model_outputs.json"}
     metrics = scores["metrics"]
-    # 30 chat items, one failed generation: excluded and counted
-    assert metrics["rm_win_rate"]["n"] == 29 and metrics["rm_win_rate"]["n_failed"] == 1
-    assert metrics["rm_win_rate"]["value"] > 90                 # the long answers beat the baseline on length
+    # 30 chat items, one failed generation: kept in n as a loss, and counted
+    assert metrics["rm_win_rate"]["n"] == 30 and metrics["rm_win_rate"]["n_failed"] == 1
+    assert 90 < metrics["rm_win_rate"]["value"] <= 100 * 29 / 30  # the long answers win; the failure is a loss
+    assert metrics["rm_win_rate"]["extra"]["losses"] >= 1
+    assert metrics["rm_mean_reward"]["n"] == 29 and metrics["rm_mean_reward"]["n_failed"] == 1
     assert metrics["judge_win_rate"]["value"] > 90
     assert metrics["judge_lc_win_rate"]["value"] < metrics["judge_win_rate"]["value"]
-    assert 0 <= metrics["judge_bt_score"]["ci_low"] <= metrics["judge_bt_score"]["value"]
+    assert "judge_bt_score" not in metrics  # only arena_hard benchmarks have a Bradley-Terry score
     assert metrics["math_accuracy"]["value"] == pytest.approx(100 / 8) and metrics["math_accuracy"]["n"] == 8
     assert metrics["bleu"]["n"] == 10 and metrics["chrf"]["value"] > 0
     assert "bleu_de_en" in metrics
