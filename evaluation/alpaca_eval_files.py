@@ -137,7 +137,7 @@ def load_length_control(store: Any, config: LengthControlConfig, *, needs_diffic
     if config.gamed:
         gamed = read_gamed(config.gamed, difficulty)
     elif config.use_official and needs_difficulty:
-        data, source = official_file(store, GAMED_FILE)
+        data, gamed_source = official_file(store, GAMED_FILE)
         if data is not None:
-            gamed = read_gamed(source, difficulty, data)
+            gamed = read_gamed(gamed_source, difficulty, data)
     return LengthControlInputs(difficulty, source, gamed, prior)
