@@ -54,7 +54,8 @@ def _records(path: Path) -> list[dict[str, Any]]:
 
 
 def annotation_rows(path: Path) -> list[dict[str, Any]] | None:
-    """One file's annotations as {generator_2, index, len_output_1, len_output_2, preference (0..1 or None)}.
+    """One file's annotations as {generator_2 (the model: the file's name), index, len_output_1, len_output_2,
+    preference (0..1 or None)}.
 
     Accepts the shared reduced format (`index`, `len_output_1`, `len_output_2`) and AlpacaEval's own
     annotations.json (`output_1`, `output_2`; index = position in the file). None for a file that holds no
@@ -62,6 +63,9 @@ def annotation_rows(path: Path) -> list[dict[str, Any]] | None:
     records = _records(path)
     if not records or not all(isinstance(r, dict) and "preference" in r for r in records):
         return None
+    # One model per file, named by the file (as AlpacaEval's notebook names each by its results folder: the
+    # annotations' own generator_2 can be a placeholder, e.g. "example"); AlpacaEval's annotations.json keeps it.
+    model = str(records[0].get("generator_2") or path.stem) if path.stem == "annotations" else path.stem
     rows = []
     for number, record in enumerate(records):
         where = f"{path}: record {number + 1}"
@@ -71,7 +75,7 @@ def annotation_rows(path: Path) -> list[dict[str, Any]] | None:
         except KeyError as error:
             raise AnnotationError(f"{where}: no {error.args[0]} (give len_output_1/len_output_2 or "
                                   f"output_1/output_2)") from None
-        rows.append({"generator_2": str(record.get("generator_2") or path.stem),
+        rows.append({"generator_2": model,
                      "index": int(record.get("index", number)), "len_output_1": int(len_1),
                      "len_output_2": int(len_2), "preference": _preference_01(record["preference"])})
     return rows
