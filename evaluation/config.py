@@ -55,7 +55,8 @@ class LLMJudgeConfig(Section):
     model: str = Field(..., description="served model name")
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
     use_logprobs: bool = Field(True, description="ask for top logprobs and weight the verdict by them")
-    max_tokens: int = Field(8, ge=1, description="the verdict is one letter; a few tokens tolerate chatty judges")
+    max_tokens: int = Field(8, ge=1, description="AlpacaEval-style judging: the verdict is one letter; a few tokens "
+                                                 "tolerate chatty judges (arena_hard benchmarks: arena_hard.max_tokens)")
     temperature: float = Field(0.0, ge=0)
     max_concurrency: int = Field(8, ge=1)
     prompt_file: str | None = Field(None, description="override the judge prompt (placeholders: {instruction}, {output_a}, {output_b})")

@@ -54,3 +54,31 @@ def test_lc_matches_the_leaderboard_with_a_difficulty_toaflow_estimates_from_the
     assert summary["models"] == 40 and summary["raw_exact"]
     assert summary["mean_abs_diff"] <= 1.0, summary
     assert summary["max_abs_diff"] <= 3.0, summary
+
+
+def test_toa_lc_difficulty_writes_a_csv_the_evaluation_reads(tmp_path, capsys):
+    import numpy as np
+
+    from evaluation.metrics.difficulty import read_difficulty
+    from toaflow.cli import main
+
+    rng = np.random.default_rng(0)
+    easiness = rng.normal(0, 1.5, 60)
+    folder = tmp_path / "annotations"
+    folder.mkdir()
+    for model, strength in (("weak", -1.5), ("mid", 0.0), ("strong", 1.5)):
+        lines = []
+        for index in range(60):
+            p = 1 / (1 + np.exp(-(strength + easiness[index])))
+            lines.append(json.dumps({"index": index, "generator_2": model, "len_output_1": int(rng.integers(500, 900)),
+                                     "len_output_2": int(rng.integers(300, 1200)),
+                                     "preference": 1.0 + float(rng.random() < p)}))
+        (folder / f"{model}.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "difficulty.csv"
+    assert main(["lc-difficulty", "--annotations", str(folder), "--out", str(out), "--quick"]) == 0
+    assert "60 instructions from 3 models" in capsys.readouterr().out
+    difficulty = read_difficulty(out)
+    assert len(difficulty) == 60 and difficulty[0] == 0.0
+    values = np.array([difficulty[i] for i in range(60)])
+    assert np.corrcoef(values, easiness)[0, 1] > 0.6  # the joint fit recovers which instructions are easy
+    assert main(["lc-difficulty", "--annotations", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
