@@ -87,7 +87,10 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
     config["search"]["budget"] = 6
     config["synthesis"]["ranking"]["dpo_rejected_rank"] = 3
     config["training"]["sft"]["max_steps"] = config["training"]["dpo"]["max_steps"] = 2
-    config["evaluation"]["gate"] = {"metrics": ["mini.rm_mean_reward"]}
+    # Random tiny models: whether 2 training steps beat the untrained base model is a coin flip, and the gate never
+    # promotes a model worse than its base. An allowance far above the tiny reward's scale (|r| < 0.2) keeps this
+    # test about the deployment, not the coin (the base-model rule is tested in tests/flows/test_pipeline.py).
+    config["evaluation"]["gate"] = {"metrics": ["mini.rm_mean_reward"], "max_regression": 1.0}
     config_path = tmp_path / "tiny-deployed.yaml"
     config_path.write_text(yaml.safe_dump(config))
 
