@@ -85,14 +85,15 @@ def gate_table(scores: dict[str, dict[str, Any]], metrics: list[str] | None = No
     """Flatten {benchmark: scores} into the promotion gate's table: {"<benchmark>.<metric>": {value, ci_low,
     ci_high, n, n_failed, n_excluded, higher_is_better}} (only `metrics` when given).
 
-    A metric without a value or interval is left out, which the gate reports as missing (blocking)."""
+    A metric with a value but no interval (n < 2) is left out, which the gate reports as missing (blocking); one
+    without a value (nothing to score: every item failed, say) is kept, so the gate can say why it is missing."""
     table = {}
     for benchmark, data in scores.items():
         for name, metric in data.get("metrics", {}).items():
             full = f"{benchmark}.{name}"
             if metrics is not None and full not in metrics:
                 continue
-            if metric.get("value") is None or metric.get("ci_low") is None:
+            if metric.get("value") is not None and metric.get("ci_low") is None:
                 continue
             table[full] = {"value": metric["value"], "ci_low": metric["ci_low"], "ci_high": metric["ci_high"],
                            "n": metric["n"], "n_failed": metric.get("n_failed", 0),

@@ -9,8 +9,8 @@
 Failures count: a failed or empty generation is a loss in every win rate (preference 0, length 0), wrong in
 math_accuracy, an empty hypothesis in BLEU/chrF/COMET; it stays in `n` and is counted in `n_failed`. Only items
 the judge itself could not score (a reward-model error, an unreadable verdict) are left out, in `n_excluded`.
-rm_mean_reward is the one metric without the failed items (an empty answer has no meaningful reward); its
-`n_failed` still says how many there were.
+rm_mean_reward is the one metric without the failed items (an empty answer has no meaningful reward): they are
+in its `n_excluded`, and `n_failed` says how many there were.
 """
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ async def score_chat(items: list[EvalItem], outputs: dict[str, str | None], conf
         judgments["reward"] = rm
         scored = [j["reward_model"] for j in rm if j["reward_model"] is not None]
         metrics["rm_mean_reward"] = mean_metric(scored, unit="reward", n_failed=n_failed, **kwargs)
-        metrics["rm_mean_reward"].n_excluded = len(answered) - len(scored)
+        metrics["rm_mean_reward"].n_excluded = len(items) - len(scored)  # the failed items too: they have no reward
         baseline_scored = [j["reward_baseline"] for j in rm if j["reward_baseline"] is not None]
         if baseline_scored:
             metrics["rm_baseline_mean_reward"] = mean_metric(baseline_scored, unit="reward", **kwargs)

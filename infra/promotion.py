@@ -126,8 +126,10 @@ def _worse(candidate: MetricScore, reference: float, slack: float) -> bool:
 def _check(metric: str, candidate: MetricScore | None, current: MetricScore | None, base: MetricScore | None,
            max_regression: float, max_failure_rate: float | None) -> MetricCheck:
     if candidate is None or not math.isfinite(candidate.value):
+        why = (f" ({candidate.n_failed} of {candidate.n + candidate.n_excluded} items failed or empty)"
+               if candidate is not None and candidate.n_failed else "")
         return MetricCheck(metric, "missing", candidate, current,
-                           f"{metric}: the candidate has no usable score, so it cannot be checked", base)
+                           f"{metric}: the candidate has no usable score{why}, so it cannot be checked", base)
     for other in (current, base):
         if other is not None and math.isfinite(other.value) and candidate.higher_is_better != other.higher_is_better:
             raise ValueError(f"metric '{metric}': higher_is_better differs between the candidate and the scores it is "
@@ -188,8 +190,8 @@ def decide_promotion(candidate: Mapping[str, Mapping[str, Any]], current: Mappin
     if blocking:
         reason = "blocked by " + "; ".join(check.explanation for check in blocking)
         return GateDecision(False, reason, checks)
-    if not checks:
-        return GateDecision(True, "no gated metrics configured (evaluation.gate.metrics is empty)", checks)
     against = "compared with the current model" if current is not None else \
         "first run, compared with the base model" if base else "first run"
+    if not checks:
+        return GateDecision(True, f"{against}: no gated metrics configured (evaluation.gate.metrics is empty)", checks)
     return GateDecision(True, f"{against}: no gated metric blocks: " + "; ".join(c.explanation for c in checks), checks)

@@ -83,6 +83,7 @@ def test_mini_benchmark_scored_with_every_judge(tmp_path):
     assert 90 < metrics["rm_win_rate"]["value"] <= 100 * 29 / 30  # the long answers win; the failure is a loss
     assert metrics["rm_win_rate"]["extra"]["losses"] >= 1
     assert metrics["rm_mean_reward"]["n"] == 29 and metrics["rm_mean_reward"]["n_failed"] == 1
+    assert metrics["rm_mean_reward"]["n_excluded"] == 1
     assert metrics["judge_win_rate"]["value"] > 90
     assert metrics["judge_lc_win_rate"]["value"] < metrics["judge_win_rate"]["value"]
     assert "judge_bt_score" not in metrics  # only arena_hard benchmarks have a Bradley-Terry score

@@ -133,3 +133,11 @@ def test_base_model_is_checked_beside_the_current_model():
     candidate = {"mini.rm_win_rate": score(0.61)}
     decision = decide_promotion(candidate, CURRENT, ["mini.rm_win_rate"], base={"mini.rm_win_rate": score(0.65)})
     assert not decision.promote and decision.blocking[0].status == "worse_than_base"
+
+
+def test_a_metric_nothing_could_score_is_missing_and_says_why():
+    candidate = {"mini.rm_mean_reward": {"value": None, "ci_low": None, "ci_high": None, "n": 0, "n_failed": 7,
+                                         "n_excluded": 7}}
+    decision = decide_promotion(candidate, None, ["mini.rm_mean_reward"], max_failure_rate=0.05)
+    assert not decision.promote and decision.blocking[0].status == "missing"
+    assert "no usable score (7 of 7 items failed or empty)" in decision.reason
