@@ -194,3 +194,20 @@ def test_alpaca_eval_lc_offline_without_difficulty_is_one_clear_error(tmp_path, 
     lc = scores["metrics"]["rm_lc_win_rate"]
     assert lc["extra"]["difficulty"] == str(difficulty), lc
     assert lc["extra"]["regularisation"].startswith("length prior")
+
+
+def test_official_difficulty_and_gamed_rows_cached_in_the_store_are_used(tmp_path, monkeypatch):
+    from evaluation.alpaca_eval_files import CACHE_PREFIX, load_length_control
+    from evaluation.config import LengthControlConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    store = open_store(str(tmp_path / "store"))
+    store.write_text(f"{CACHE_PREFIX}/instruction_difficulty.csv",
+                     "index,instruction_difficulty\n0,-0.5\n1,0.25\n2,1.5\n")
+    store.write_text(f"{CACHE_PREFIX}/df_gamed.csv", "model,index,preference,std_delta_len,instruction_difficulty,"
+                     "not_gamed_baseline\nv,0,1.8,-1.2,-0.5,False\nc,0,1.3,0.9,-0.5,False\nv,1,,0.1,0.25,False\n")
+    inputs = load_length_control(store, LengthControlConfig(), needs_difficulty=True)
+    assert inputs.difficulty == {0: -0.5, 1: 0.25, 2: 1.5}
+    assert inputs.difficulty_source == store.uri(f"{CACHE_PREFIX}/instruction_difficulty.csv")
+    assert list(inputs.gamed.preference) == pytest.approx([0.8, 0.3])  # AlpacaEval's 1..2 scale read as 0..1
+    assert inputs.gamed.source == store.uri(f"{CACHE_PREFIX}/df_gamed.csv")
