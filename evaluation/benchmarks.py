@@ -173,7 +173,9 @@ def load_alpaca_eval(config: BenchmarkConfig) -> list[EvalItem]:
         items.append(EvalItem(
             item_id=str(row.get("id", number - 1)), task="chat", messages=_user(instruction),
             baseline_output=baseline,
-            metadata={"dataset": row.get("dataset", ""), "baseline_generator": row.get("generator", "")},
+            # AlpacaEval's instruction index (its position in the evaluation set): the key of the LC difficulty
+            metadata={"dataset": row.get("dataset", ""), "baseline_generator": row.get("generator", ""),
+                      "alpaca_eval_index": int(row.get("index", number - 1))},
         ))
     if config.baseline:
         missing = [item.item_id for item in items if item.baseline_output is None]

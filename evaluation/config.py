@@ -55,11 +55,28 @@ class LLMJudgeConfig(Section):
     model: str = Field(..., description="served model name")
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
     use_logprobs: bool = Field(True, description="ask for top logprobs and weight the verdict by them")
-    max_tokens: int = Field(8, ge=1, description="the verdict is one letter; a few tokens tolerate chatty judges")
+    max_tokens: int = Field(8, ge=1, description="AlpacaEval-style judging: the verdict is one letter; a few tokens "
+                                                 "tolerate chatty judges (arena_hard benchmarks: arena_hard.max_tokens)")
     temperature: float = Field(0.0, ge=0)
     max_concurrency: int = Field(8, ge=1)
     prompt_file: str | None = Field(None, description="override the judge prompt (placeholders: {instruction}, {output_a}, {output_b})")
     retry: RetryConfig = Field(default_factory=lambda: RetryConfig(max_attempts=4, read_timeout_s=120.0))
+
+
+class ArenaHardConfig(Section):
+    """How `arena_hard` benchmarks are judged and scored (arena-hard-auto's protocol).
+
+    The judge writes its reasoning, then one verdict label ([[A>>B]], [[A>B]], [[A=B]], [[B>A]], [[B>>A]]); each
+    question is judged in both orders; strong verdicts count three times; a Bradley-Terry model over every
+    player judged against the same baseline (this model, earlier runs, the base model) gives each player's win
+    probability against the baseline (anchored at 50), with `bootstrap_rounds` resamples and 90% intervals."""
+    prompt_file: str | None = Field(None, description="judge prompt; default evaluation/data/arena_hard_judge.txt "
+                                                      "(placeholders {instruction}, {output_a}, {output_b})")
+    max_tokens: int | None = Field(None, ge=1, description="judge reply budget; default per version as arena-hard-auto's "
+                                                           "configs: v0.1 4096, v2.0 16000")
+    strong_weight: int = Field(3, ge=1, description="games a strong verdict (A>>B) counts as")
+    bootstrap_rounds: int = Field(100, ge=10)
+    style_control: bool | None = Field(None, description="control for length and markdown; default: on for v2.0, off for v0.1")
 
 
 class JudgesConfig(Section):
@@ -88,6 +105,26 @@ class GateConfig(Section):
     """What the promotion gate compares (used by the pipeline, not here): `<benchmark>.<metric>` names."""
     metrics: list[str] = Field(default_factory=list, description='e.g. ["mini.rm_win_rate", "mini.math_accuracy"]')
     max_regression: float = Field(0.0, ge=0, description="allowed drop (metric units) before the gate fails")
+    max_failure_rate: float = Field(0.05, ge=0, le=1, description="block a candidate whose share of failed or empty "
+                                                                   "generations on a gated benchmark is above this")
+
+
+class LengthControlConfig(Section):
+    """Inputs of AlpacaEval's length-controlled win rate (chat benchmarks with a baseline).
+
+    The instruction difficulty of `alpaca_eval` benchmarks comes from, in order: `difficulty` (a CSV path);
+    the official instruction_difficulty.csv of the HF dataset tatsu-lab/alpaca_eval (cached in the store under
+    eval_cache/alpaca_eval/, downloaded once when `use_official` and the hub is reachable); an estimate fitted on
+    `annotations_dir` (cached in the store). Other benchmarks have no difficulty term."""
+    difficulty: str | None = Field(None, description="CSV `index,instruction_difficulty` (e.g. from `toa lc-difficulty`)")
+    annotations_dir: str | None = Field(None, description="folder of AlpacaEval annotation files to estimate the "
+                                                          "difficulty from when no CSV is available")
+    gamed: str | None = Field(None, description="AlpacaEval's df_gamed.csv; unset = the official one when cached or "
+                                                "downloadable, else the length prior below")
+    use_official: bool = Field(True, description="look for the official files in the store and on the HF Hub")
+    prior_slope: float = Field(-1.9, description="length-prior slope used without df_gamed.csv (AlpacaEval's sign)")
+    prior_difficulty_coef: float = Field(0.76, description="difficulty weight of the length-prior rows")
+    bootstrap_samples: int = Field(200, ge=20, description="resamples behind the LC interval (each refits the GLM)")
 
 
 class EvaluationConfig(Section):
@@ -98,6 +135,8 @@ class EvaluationConfig(Section):
     base_model: str | None = Field(None, description="also evaluate this model (cached per benchmark) for comparison")
     bootstrap_samples: int = Field(1000, ge=50, description="resamples behind every 95% interval")
     seed: int = 0
+    length_control: LengthControlConfig = Field(default_factory=LengthControlConfig)
+    arena_hard: ArenaHardConfig = Field(default_factory=ArenaHardConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
 
     @model_validator(mode="after")

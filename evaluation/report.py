@@ -41,7 +41,7 @@ def markdown_report(current: dict[str, Any], previous: dict[str, Any] | None, ba
              f"- Previous evaluated run: `{previous.get('run_id')}` ({previous.get('model')})" if previous
              else "- Previous evaluated run: none",
              f"- Base model: `{base.get('model')}`" if base else "- Base model: not evaluated (set evaluation.base_model)",
-             f"- Evaluated at {current['evaluated_at']}; intervals are 95% bootstrap intervals.", ""]
+             f"- Evaluated at {current['evaluated_at']}; intervals are bootstrap intervals (95%; Arena-Hard scores: 90%).", ""]
     circularity = current.get("circularity", {})
     if circularity.get("circular"):
         lines += ["> **Warning: circular evaluation.** " + " ".join(circularity["reasons"]) +

@@ -16,11 +16,13 @@ import json
 import logging
 from typing import Any
 
+from evaluation.alpaca_eval_files import load_length_control
 from evaluation.benchmarks import load_benchmark
 from evaluation.circularity import check_circularity
 from evaluation.config import BenchmarkConfig, EvaluationConfig
 from evaluation.generation import ModelUnderTest, build_chat_model, generate_outputs
 from evaluation.judges.llm_judge import HttpJudgeClient, JudgeClient
+from evaluation.scores import arena_key, arena_players
 from evaluation.scoring import score_benchmark
 from toa_core.config import RewardConfig
 from toa_core.interfaces import ChatModel, RewardModel
@@ -107,13 +109,23 @@ async def evaluate_model_on_benchmark(
         if chat_rows:
             store.write_json(f"{prefix}/model_outputs.json", chat_rows)
 
+    has_chat_baseline = any(item.task == "chat" and item.baseline_output is not None for item in benchmark.items)
+    length_control = None
+    if has_chat_baseline and (config.judges.reward is not None or config.judges.llm_judge is not None
+                              or judge_client is not None or reward_model is not None):
+        length_control = load_length_control(store, config.length_control,
+                                             needs_difficulty=benchmark.kind == "alpaca_eval")
+    key = arena_key(benchmark_config, config) if benchmark.kind == "arena_hard" else None
+    others = arena_players(store, benchmark.name, key, exclude_prefix=prefix) if key else None
+
     owned_reward = reward_model is None and config.judges.reward is not None
     owned_judge = judge_client is None and config.judges.llm_judge is not None
     reward_model = reward_model or (build_reward_model(config.judges.reward) if owned_reward else None)
     judge_client = judge_client or (HttpJudgeClient(config.judges.llm_judge) if owned_judge else None)
     try:
-        metrics, judgments, diagnostics = await score_benchmark(benchmark, output_rows, config,
-                                                                reward=reward_model, judge=judge_client)
+        metrics, judgments, diagnostics = await score_benchmark(
+            benchmark, output_rows, config, reward=reward_model, judge=judge_client, version=benchmark_config.version,
+            length_control=length_control, arena_players=others)
     finally:
         if owned_reward:
             await reward_model.aclose()
@@ -140,6 +152,8 @@ async def evaluate_model_on_benchmark(
         "generation": config.generation.model_dump(mode="json", exclude={"api_key_env"}),
         "benchmark_config": benchmark_config.model_dump(mode="json"),
     }
+    if key:
+        scores["arena_key"] = key  # other runs judged against the same baseline, by the same judge, share it
     store.write_json(f"{prefix}/{SCORES_FILE}", scores)
     return scores
 

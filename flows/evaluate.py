@@ -70,9 +70,11 @@ def evaluate(config: str | dict[str, Any], run_id: str | None = None, model: str
     results: dict[str, Any] = {}
     try:
         for benchmark in cfg.evaluation.benchmarks:
+            # The base model first: the gate compares with it, and on arena_hard it is a player of this model's
+            # Bradley-Terry fit.
+            base_key = evaluate_base_model(config, benchmark.name, reward)
             logger.info("evaluating %s on %s", model, benchmark.name)
             result = evaluate_benchmark(config, benchmark.name, model, run_id, reward)
-            base_key = evaluate_base_model(config, benchmark.name, reward)
             result.update(evaluation_report(config, run_id, benchmark.name, base_key))
             results[benchmark.name] = result
     except Exception as error:

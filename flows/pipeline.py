@@ -2,8 +2,9 @@
 
 Nightly runs are incremental: synthesis samples only prompts that no earlier run synthesized (the store's
 index/prompts/), and training uses the data of every earlier run plus the new one. The new model replaces
-`latest` only if no gated benchmark regressed beyond its interval (infra.promotion); otherwise `latest`
-stays and the record says which metric blocked it (registry/promotions/, runs/<id>/promotion.json).
+`latest` only if no gated metric blocks (infra.promotion: too many failed generations, a regression beyond the
+interval against `latest`, or worse than the base model); otherwise `latest` stays and the record says which
+metric blocked it and why (registry/promotions/, runs/<id>/promotion.json).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from evaluation.scores import gate_table, load_scores
+from evaluation.scores import base_model_scores, gate_table, load_scores
 from flows.evaluate import evaluate
 from flows.synthesize import synthesize
 from flows.train import train
@@ -81,10 +82,14 @@ def pipeline(config: str = "configs/demo.yaml", run_id: str | None = None, incre
     if promote:
         compared_with = current_latest(cfg.store)
         current_scores = gate_table(load_scores(store, compared_with)) if compared_with else None
+        # The base model was scored in this run's evaluate stage (or cached): a candidate worse than the model it
+        # was trained from is never promoted, first run included.
+        base_scores = gate_table(base_model_scores(store, cfg.evaluation)) or None
         gate = cfg.evaluation.gate
         with manifest.stage_attempt("promote") as attempt:
             record = promotion_gate(cfg.store, run_id, scores, current_scores, compared_with, list(gate.metrics),
-                                    gate.max_regression, result["flow_run_id"])
+                                    gate.max_regression, result["flow_run_id"], base_scores=base_scores,
+                                    max_failure_rate=gate.max_failure_rate)
             attempt.counts = {"promoted": int(record["promoted"])}
             attempt.outputs = [store.uri(f"runs/{run_id}/promotion.json")]
         result["promotion"] = record

@@ -40,6 +40,7 @@ class PromotionRecord:
     candidate_scores: dict[str, Any] = field(default_factory=dict)
     current_scores: dict[str, Any] | None = None
     flow_run_id: str | None = None
+    base_scores: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -77,7 +78,7 @@ def _now() -> str:
 
 def record_decision(store: Store, run_id: str, decision: GateDecision, *, compared_with: str | None,
                     candidate_scores: dict[str, Any], current_scores: dict[str, Any] | None,
-                    flow_run_id: str | None = None) -> PromotionRecord:
+                    flow_run_id: str | None = None, base_scores: dict[str, Any] | None = None) -> PromotionRecord:
     """Write the gate's decision about `run_id`; when it promotes, move `latest` to `run_id` afterwards.
 
     `compared_with` is the run that was `latest` when the gate ran. If `latest` moved in between (someone
@@ -93,7 +94,8 @@ def record_decision(store: Store, run_id: str, decision: GateDecision, *, compar
         run_id=run_id, promoted=decision.promote, reason=decision.reason, compared_with=compared_with,
         decided_at=_now(), blocking_metrics=[check.metric for check in decision.blocking],
         checks=decision.to_dict()["checks"], candidate_scores=dict(candidate_scores),
-        current_scores=dict(current_scores) if current_scores is not None else None, flow_run_id=flow_run_id)
+        current_scores=dict(current_scores) if current_scores is not None else None, flow_run_id=flow_run_id,
+        base_scores=dict(base_scores) if base_scores is not None else None)
     history_key = f"{PROMOTIONS_PREFIX}{record.decided_at.replace(':', '')}-{run_id}.json"
     store.write_json(history_key, record.to_dict())
     store.write_json(f"{run_prefix(run_id)}promotion.json", record.to_dict())

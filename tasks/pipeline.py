@@ -76,19 +76,23 @@ def accumulate(store_cfg: StoreConfig, run_id: str) -> dict[str, Any] | None:
 @task(name="promotion-gate")
 def promotion_gate(store_cfg: StoreConfig, run_id: str, candidate_scores: dict[str, Any],
                    current_scores: dict[str, Any] | None, compared_with: str | None, gated: list[str],
-                   max_regression: float, flow_run_id: str | None = None) -> dict[str, Any]:
+                   max_regression: float, flow_run_id: str | None = None, base_scores: dict[str, Any] | None = None,
+                   max_failure_rate: float | None = None) -> dict[str, Any]:
     """Decide, record the decision, move `latest` when it promotes; returns the record as a dict."""
     store = open_store(store_cfg)
-    decision = decide_promotion(candidate_scores, current_scores, gated, max_regression)
+    decision = decide_promotion(candidate_scores, current_scores, gated, max_regression, base=base_scores,
+                                max_failure_rate=max_failure_rate)
     record = record_decision(store, run_id, decision, compared_with=compared_with, candidate_scores=candidate_scores,
-                             current_scores=current_scores, flow_run_id=flow_run_id)
+                             current_scores=current_scores, flow_run_id=flow_run_id, base_scores=base_scores)
     verdict = "PROMOTED" if record.promoted else "NOT PROMOTED"
-    lines = [f"# Promotion gate, run {run_id}: {verdict}", "", f"Compared with: {compared_with or '(no latest yet)'}",
-             "", f"Reason: {record.reason}", ""]
+    lines = [f"# Promotion gate, run {run_id}: {verdict}", "", f"Compared with: {compared_with or '(no latest yet)'}"
+             f"{' and the base model' if base_scores else ''}", "", f"Reason: {record.reason}", ""]
     if decision.checks:
-        lines += ["| metric | status | candidate | current |", "|---|---|---|---|"]
+        lines += ["| metric | status | candidate | current | base model | failed |", "|---|---|---|---|---|---|"]
         for check in decision.checks:
-            lines.append(f"| {check.metric} | {check.status} | {_interval(check.candidate)} | {_interval(check.current)} |")
+            failed = f"{check.candidate.n_failed}/{check.candidate.n + check.candidate.n_excluded}" if check.candidate else "-"
+            lines.append(f"| {check.metric} | {check.status} | {_interval(check.candidate)} | {_interval(check.current)} "
+                         f"| {_interval(check.base)} | {failed} |")
     publish_markdown(store, f"runs/{run_id}/reports/promotion.md", "\n".join(lines),
                      title=f"Promotion gate, run {run_id}", artifact=f"promotion-{run_id}")
     (get_run_logger().info if record.promoted else get_run_logger().warning)("%s: %s", verdict, record.reason)

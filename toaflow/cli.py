@@ -9,7 +9,8 @@ import sys
 from runconfig import ConfigError
 
 # In the order a user meets them.
-COMMANDS = ("sample", "synthesize", "train", "evaluate", "pipeline", "scaling", "servers", "decontam", "deploy")
+COMMANDS = ("sample", "synthesize", "train", "evaluate", "pipeline", "scaling", "servers", "decontam", "deploy",
+            "lc-difficulty")
 
 
 class UserError(Exception):
@@ -25,9 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"toaflow.commands.{name}")
+            module = importlib.import_module(f"toaflow.commands.{name.replace('-', '_')}")
         except ModuleNotFoundError as error:
-            if error.name == f"toaflow.commands.{name}":
+            if error.name == f"toaflow.commands.{name.replace('-', '_')}":
                 continue  # a command not built yet
             raise
         module.register(subparsers)

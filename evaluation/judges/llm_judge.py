@@ -22,13 +22,15 @@ from typing import Any, Protocol, Sequence
 import httpx
 
 from evaluation.config import LLMJudgeConfig
-from evaluation.metrics.bradley_terry import Battle
 from toa_core.interfaces import ChatModel, SamplingParams
 from toa_core.records import Message
 
 PROMPT_FILE = Path(__file__).resolve().parents[1] / "data" / "pairwise_judge.txt"
+ARENA_PROMPT_FILE = Path(__file__).resolve().parents[1] / "data" / "arena_hard_judge.txt"
+USER_SEPARATOR = "=== user ==="
+PLACEHOLDERS = ("instruction", "output_a", "output_b")
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
-STRONG_WEIGHT = 3.0  # Arena-Hard counts a strong verdict (A>>B) as three games
 
 
 @dataclass
@@ -197,10 +199,31 @@ def load_prompt(config: LLMJudgeConfig | None = None) -> str:
     return template
 
 
+def fill_template(template: str, **values: str) -> str:
+    """Replace {instruction}, {output_a}, {output_b} in one pass over the template.
+
+    One pass matters: text put in by one placeholder is never scanned again, so an answer that itself contains
+    "{output_b}" (or braces of code and LaTeX) reaches the judge exactly as written."""
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
+
+
 def _render(template: str, instruction: str, output_a: str, output_b: str) -> list[Message]:
-    # str.replace, not format: outputs may contain braces (code, latex)
-    text = template.replace("{instruction}", instruction).replace("{output_a}", output_a).replace("{output_b}", output_b)
-    return [{"role": "user", "content": text}]
+    return [{"role": "user", "content": fill_template(template, instruction=instruction, output_a=output_a,
+                                                       output_b=output_b)}]
+
+
+def load_arena_prompt(path: str | Path | None = None) -> tuple[str, str]:
+    """(system message, user template) of an Arena-Hard judge prompt file (`=== user ===` separates them)."""
+    path = Path(path) if path else ARENA_PROMPT_FILE
+    text = path.read_text(encoding="utf-8")
+    if USER_SEPARATOR not in text:
+        raise ValueError(f"{path}: an Arena-Hard judge prompt needs a line '{USER_SEPARATOR}' between the system "
+                         f"message and the user template")
+    system, user = (part.strip("\n") for part in text.split(USER_SEPARATOR, 1))
+    missing = [f"{{{name}}}" for name in PLACEHOLDERS if f"{{{name}}}" not in user]
+    if missing:
+        raise ValueError(f"{path}: the user template lacks placeholder(s) {', '.join(missing)}")
+    return system.strip(), user
 
 
 async def judge_pairs(client: JudgeClient, pairs: Sequence[dict[str, Any]], *, template: str, max_tokens: int = 8,
@@ -236,16 +259,45 @@ async def judge_pairs(client: JudgeClient, pairs: Sequence[dict[str, Any]], *, t
     return list(await asyncio.gather(*(judge(pair) for pair in pairs)))
 
 
-def battles_from_judgments(judgments: Sequence[dict[str, Any]], model: str = "model",
-                           baseline: str = "baseline") -> list[Battle]:
-    """Every readable game as a Bradley-Terry battle (strong verdicts weighted 3x, as Arena-Hard does)."""
-    battles = []
-    for judgment in judgments:
-        for game in judgment["games"]:
-            if game["prob_model_better"] is not None:
-                battles.append(Battle(model, baseline, float(game["prob_model_better"]),
-                                      STRONG_WEIGHT if game["strong"] else 1.0))
-    return battles
+async def judge_arena(client: JudgeClient, pairs: Sequence[dict[str, Any]], *, system: str, template: str,
+                      max_tokens: int, temperature: float = 0.0, max_concurrency: int = 8) -> list[dict[str, Any]]:
+    """Arena-Hard's protocol for each {item_id, instruction, output (None = failed generation), baseline}.
+
+    Two games (baseline as A, then the model as A); the judge reasons and ends with a verdict label. A failed
+    or empty generation is not sent: both its games are recorded as strong losses ("generation_failed"), which
+    is how a judge rules on an empty answer. Returns one judgment per pair with `labels` (game 1, game 2, from
+    A's side), the replies, the style counts of both answers, and `preference` = the model's mean outcome over
+    the two games (None when a game has no verdict: arena-hard drops such questions)."""
+    from evaluation.metrics.arena_hard import LABELS, parse_arena_verdict, style_of
+
+    semaphore = asyncio.Semaphore(max_concurrency)
+
+    async def game(instruction: str, answer_a: str, answer_b: str) -> tuple[str | None, JudgeReply]:
+        messages: list[Message] = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": fill_template(template, instruction=instruction,
+                                                                  output_a=answer_a, output_b=answer_b)})
+        async with semaphore:
+            reply = await client.complete(messages, max_tokens=max_tokens, temperature=temperature, logprobs=False)
+        return (None if reply.error else parse_arena_verdict(reply.text)), reply
+
+    async def judge(pair: dict[str, Any]) -> dict[str, Any]:
+        style = {"model": style_of(pair["output"]), "baseline": style_of(pair["baseline"])}
+        if not pair["output"] or not pair["output"].strip():
+            return {"item_id": pair["item_id"], "labels": ["A>>B", "B>>A"], "games": [], "style": style,
+                    "preference": 0.0, "generation_failed": True}
+        (l1, r1), (l2, r2) = await asyncio.gather(
+            game(pair["instruction"], pair["baseline"], pair["output"]),   # game 1: model is B
+            game(pair["instruction"], pair["output"], pair["baseline"]),   # game 2: model is A
+        )
+        games = [{"model_position": "B", "label": l1, "reply": r1.text, "error": r1.error},
+                 {"model_position": "A", "label": l2, "reply": r2.text, "error": r2.error}]
+        preference = None
+        if l1 is not None and l2 is not None:
+            preference = ((1.0 - LABELS[l1][0]) + LABELS[l2][0]) / 2
+        return {"item_id": pair["item_id"], "labels": [l1, l2], "games": games, "style": style,
+                "preference": preference, "generation_failed": False}
+
+    return list(await asyncio.gather(*(judge(pair) for pair in pairs)))
 
 
 def judgment_counts(judgments: Sequence[dict[str, Any]]) -> dict[str, int]:
@@ -253,7 +305,7 @@ def judgment_counts(judgments: Sequence[dict[str, Any]]) -> dict[str, int]:
     games = [game for judgment in judgments for game in judgment["games"]]
     readable = [j for j in judgments if j["preference"] is not None]
     consistent = sum(1 for j in judgments
-                     if all(g["prob_model_better"] is not None for g in j["games"])
+                     if len(j["games"]) == 2 and all(g["prob_model_better"] is not None for g in j["games"])
                      and (j["games"][0]["prob_model_better"] - 0.5) * (j["games"][1]["prob_model_better"] - 0.5) > 0)
     return {
         "games": len(games),
@@ -263,5 +315,6 @@ def judgment_counts(judgments: Sequence[dict[str, Any]]) -> dict[str, int]:
         "judge_errors": sum(1 for g in games if g["method"] == "error"),
         "items_judged": len(readable),
         "items_failed": len(judgments) - len(readable),
+        "generation_failed": sum(1 for j in judgments if j.get("generation_failed")),
         "position_consistent_items": consistent,
     }

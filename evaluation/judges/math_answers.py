@@ -1,6 +1,11 @@
-"""Math answers: pull the final answer out of a solution, normalise it, and compare with the gold answer.
+"""Math answers: decide whether a solution's final answer equals the gold answer.
 
-Extraction order (the first that matches wins):
+`score_math` asks HF's `math-verify` first (`parse` the gold and the output, `verify` them: LaTeX and plain
+expressions, symbolic equivalence such as \\frac{\\sqrt{3}}{2} = \\sqrt{3}/2, the result of "3 + 4 = 7", "18,").
+Only when math-verify finds no answer in the output (or cannot read the gold) does toaflow's own extraction and
+normalisation below decide; the judgment records which one did (`method`).
+
+Our fallback's extraction order (the first that matches wins):
 1. the last \\boxed{...} / \\fbox{...} (nested braces allowed),
 2. GSM8K's "#### n",
 3. "the (final) answer is X" / "Answer: X",
@@ -169,7 +174,47 @@ def answers_match(predicted: str | None, gold: str | None) -> bool:
     return False
 
 
+def _math_verify_parse(text: str, timeout: int | None) -> list:
+    from math_verify import parse
+
+    return parse(text, parsing_timeout=timeout)
+
+
+def _parse_gold(gold: str, timeout: int | None) -> list:
+    """A bare gold answer ("\\sqrt{3}/2", "\\frac12") is often only read once it is marked as math."""
+    for text in (gold, f"${gold}$", f"\\boxed{{{gold}}}"):
+        parsed = _math_verify_parse(text, timeout)
+        if parsed:
+            return parsed
+    return []
+
+
+def verify_with_math_verify(output: str, gold: str) -> tuple[bool | None, str | None]:
+    """(correct, extracted) by math-verify; (None, None) when it finds no answer in the output or the gold.
+
+    math-verify's timeouts use signal.alarm, which only works in the main thread; elsewhere (Prefect task
+    threads) it runs without them."""
+    import threading
+
+    from math_verify import verify
+
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    gold_parsed = _parse_gold(gold, timeout)
+    predicted = _math_verify_parse(output, timeout)
+    if not gold_parsed or not predicted:
+        return None, None
+    extracted = str(predicted[-1]) if isinstance(predicted[-1], str) else str(predicted[0])
+    return bool(verify(gold_parsed, predicted, timeout_seconds=timeout)), extracted
+
+
 def score_math(output: str | None, gold: str) -> dict:
-    """Extraction and verdict for one output (kept in the judgments file so a reader can audit each one)."""
+    """Extraction and verdict for one output (kept in the judgments file so a reader can audit each one).
+
+    A failed or empty generation is wrong (`method: "no_output"`), never left out."""
+    if not output or not output.strip():
+        return {"extracted": None, "gold": gold, "correct": False, "method": "no_output"}
+    correct, extracted = verify_with_math_verify(output, gold)
+    if correct is not None:
+        return {"extracted": extracted, "gold": gold, "correct": correct, "method": "math_verify"}
     extracted = extract_answer(output)
-    return {"extracted": extracted, "gold": gold, "correct": answers_match(extracted, gold)}
+    return {"extracted": extracted, "gold": gold, "correct": answers_match(extracted, gold), "method": "fallback"}

@@ -10,7 +10,9 @@ import numpy as np
 
 @dataclass
 class Metric:
-    """One number in scores.json: `value` with its 95% interval, computed from `n` items (`n_failed` excluded).
+    """One number in scores.json: `value` with its interval (`ci_level`, 95% unless the field's tool says
+    otherwise), computed from `n` items. `n_failed` of those `n` are failed or empty generations, scored as a
+    loss / wrong / empty hypothesis; `n_excluded` items are left out because the judge could not score them.
 
     The interval is None when it cannot be estimated (fewer than two items)."""
     value: float | None
@@ -20,11 +22,13 @@ class Metric:
     unit: str = ""
     note: str = ""
     extra: dict = field(default_factory=dict)
+    n_excluded: int = 0
+    ci_level: float = 0.95
 
     higher_is_better: bool = True
 
     def to_dict(self) -> dict:
-        """The scores.json entry; `ci_low`/`ci_high` are the 95% interval (the promotion gate reads them)."""
+        """The scores.json entry; `ci_low`/`ci_high` are the interval (the promotion gate reads them)."""
         data = asdict(self)
         ci = data.pop("ci95")
         data["ci_low"], data["ci_high"] = (float(ci[0]), float(ci[1])) if ci is not None else (None, None)

@@ -100,3 +100,14 @@ def test_routing_quick():
         if part == "chat":
             assert float(hit_refine) > 0  # refinements repeat the template and the question: some prefix is cached
     assert "SUMMARY routing: chat: affinity refine hit" in out
+
+
+def test_lc_quick():
+    bench_lc = pytest.importorskip("bench.bench_lc")
+    if bench_lc.default_data_dir() is None:
+        pytest.skip("the shared AlpacaEval calibration set (shared/data/alpaca_eval_lc) is not beside the repository")
+    out = run_bench("bench_lc.py")
+    summary = out.splitlines()[-1]
+    assert "raw_win_rate_exact=True" in summary
+    values = dict(re.findall(r"(mean_abs_diff|max_abs_diff|spearman)=([0-9.]+)", summary))
+    assert float(values["mean_abs_diff"]) < 3.0 and float(values["spearman"]) > 0.8

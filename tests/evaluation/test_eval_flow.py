@@ -87,10 +87,12 @@ def test_toa_evaluate_end_to_end(tmp_path, prefect_harness, tiny_llama_dir, tiny
     assert scores["model"] == "runs/r1/models/dpo" and scores["n_items"] == 48
     metrics = scores["metrics"]
     for name in ("rm_mean_reward", "rm_win_rate", "rm_lc_win_rate", "judge_win_rate", "judge_lc_win_rate",
-                 "judge_bt_score", "math_accuracy", "bleu", "chrf"):
+                 "math_accuracy", "bleu", "chrf"):
         assert metrics[name]["value"] is not None and metrics[name]["n"] > 0, name
-    assert metrics["rm_win_rate"]["n"] + metrics["rm_win_rate"]["n_failed"] == 30
-    assert scores["diagnostics"]["llm_judge"]["games_logprobs"] == scores["diagnostics"]["llm_judge"]["games"] == 60
+    # failed generations stay in n (as losses); only items the judge could not score are excluded
+    assert metrics["rm_win_rate"]["n"] + metrics["rm_win_rate"]["n_excluded"] == 30
+    judge_counts = scores["diagnostics"]["llm_judge"]
+    assert judge_counts["games_logprobs"] == judge_counts["games"] == 2 * (30 - judge_counts["generation_failed"])
     assert scores["circularity"]["circular"] is True
     report = store.read_text(f"{prefix}/report.md")
     assert "circular evaluation" in report and "Base model: `builtin:tiny-llama`" in report

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from evaluation.config import LLMJudgeConfig
-from evaluation.judges.llm_judge import (ChatModelJudgeClient, HttpJudgeClient, JudgeReply, battles_from_judgments,
-                                         judge_pairs, judgment_counts, load_prompt, parse_verdict_text,
-                                         verdict_from_reply)
+from evaluation.judges.llm_judge import (ChatModelJudgeClient, HttpJudgeClient, JudgeReply, fill_template, judge_arena,
+                                         judge_pairs, judgment_counts, load_arena_prompt, load_prompt,
+                                         parse_verdict_text, verdict_from_reply)
 from toa_core.records import Generation
 from tests.evaluation.fake_judge import FakeJudge, completion
 
@@ -110,8 +110,6 @@ def test_malformed_verdicts_and_missing_logprobs_are_counted_not_guessed():
     assert by_id["i2"]["preference"] == 1.0  # the one readable game
     counts = judgment_counts(judgments)
     assert counts["parse_failures"] == 3 and counts["items_failed"] == 1 and counts["games_logprobs"] == 0
-    battles = battles_from_judgments(judgments)
-    assert len(battles) == 5 and sum(b.weight for b in battles) == 2 * 3 + 3
 
 
 def test_server_errors_are_retried_then_reported():
@@ -182,3 +180,43 @@ def test_custom_prompt_needs_its_placeholders(tmp_path):
     bad.write_text("Compare {output_a} with {output_b}")
     with pytest.raises(ValueError, match="instruction"):
         load_prompt(judge_config("http://x/v1", prompt_file=str(bad)))
+
+
+def test_placeholders_are_filled_in_one_pass():
+    # An answer that itself contains "{output_b}" (or any placeholder) must reach the judge exactly as written.
+    template = load_prompt()
+    tricky_a = "Use {output_b} and {instruction} literally; in code: def f(x): return {x: 1}"
+    text = fill_template(template, instruction="Q {output_a}", output_a=tricky_a, output_b="B's answer")
+    assert tricky_a in text and "Q {output_a}" in text
+    assert text.count("B's answer") == 1
+
+
+def test_arena_judge_reads_verdict_labels_and_sends_answers_unchanged():
+    seen = []
+
+    def script(body):
+        seen.append(body)
+        user = body["messages"][-1]["content"]
+        model_is_a = user.index("MODEL") < user.index("BASE")
+        if "question 0" in user:
+            return 200, completion("Long reasoning... My final verdict is [[B>>A]]" if not model_is_a
+                                   else "Reasoning. Final: [[A>>B]]")
+        if "question 1" in user:
+            return 200, completion("I cannot decide.")                 # no label: the question is dropped
+        return 200, completion("[[A=B]]")
+
+    pairs = [{"item_id": "q0", "instruction": "question 0", "output": "MODEL says {output_b}", "baseline": "BASE"},
+             {"item_id": "q1", "instruction": "question 1", "output": "MODEL", "baseline": "BASE"},
+             {"item_id": "q2", "instruction": "question 2", "output": "", "baseline": "BASE"}]
+    system, template = load_arena_prompt()
+    with FakeJudge(script) as judge:
+        client = HttpJudgeClient(judge_config(judge.endpoint))
+        judgments = asyncio.run(judge_arena(client, pairs, system=system, template=template, max_tokens=4096))
+        asyncio.run(client.aclose())
+    by_id = {j["item_id"]: j for j in judgments}
+    assert by_id["q0"]["labels"] == ["B>>A", "A>>B"] and by_id["q0"]["preference"] == 1.0
+    assert by_id["q1"]["preference"] is None
+    assert by_id["q2"]["generation_failed"] and by_id["q2"]["preference"] == 0.0   # empty answer: a loss, not sent
+    assert len(seen) == 4 and all(body["max_tokens"] == 4096 for body in seen)
+    assert seen[0]["messages"][0]["role"] == "system" and "[[A>>B]]" in seen[0]["messages"][0]["content"]
+    assert any("MODEL says {output_b}" in body["messages"][-1]["content"] for body in seen)

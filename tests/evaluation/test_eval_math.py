@@ -66,5 +66,22 @@ def test_not_equivalent(predicted, gold):
 
 def test_score_math_keeps_the_evidence():
     verdict = score_math("Half of 24 is \\boxed{12}.", "12")
-    assert verdict == {"extracted": "12", "gold": "12", "correct": True}
-    assert score_math(None, "12")["correct"] is False
+    assert verdict == {"extracted": "12", "gold": "12", "correct": True, "method": "math_verify"}
+    assert score_math(None, "12") == {"extracted": None, "gold": "12", "correct": False, "method": "no_output"}
+    assert score_math("   ", "12")["correct"] is False
+
+
+@pytest.mark.parametrize("output, gold", [
+    ("So the total is 18,", "18"),                       # trailing punctuation is not part of the answer
+    ("3 + 4 = 7", "7"),                                  # the final result, not the first number
+    ("$\\frac{\\sqrt{3}}{2}$", "\\sqrt{3}/2"),              # LaTeX equivalence, not string equality
+])
+def test_math_verify_decides_in_the_default_path(output, gold):
+    verdict = score_math(output, gold)
+    assert verdict["method"] == "math_verify" and verdict["correct"] is True, verdict
+
+
+def test_math_verify_says_wrong_and_fallback_reads_what_it_cannot():
+    assert score_math("3 + 4 = 8", "7") == {"extracted": "8", "gold": "7", "correct": False, "method": "math_verify"}
+    fallback = score_math("The answer is (C)", "C")  # a multiple-choice letter: not math-verify's kind of answer
+    assert fallback["method"] == "fallback" and fallback["correct"] is True

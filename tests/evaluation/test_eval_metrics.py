@@ -1,13 +1,14 @@
-"""Win rate, length-controlled win rate and Bradley-Terry on constructed data whose answer is known."""
+"""Win rate and AlpacaEval's length-controlled win rate on constructed data whose answer is known."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from evaluation.metrics.bradley_terry import Battle, bradley_terry
 from evaluation.metrics.logistic import fit_logistic
 from evaluation.metrics.stats import bootstrap_ci, mean_metric
-from evaluation.metrics.win_rate import length_controlled_win_rate, win_rate
+from evaluation.metrics.length_control import (GamedRows, LengthPrior, fit_length_controlled, is_extreme_change,
+                                               length_controlled_win_rate)
+from evaluation.metrics.win_rate import win_rate
 
 
 def test_win_rate_counts_ties_as_half():
@@ -23,7 +24,7 @@ def test_empty_metric_has_no_value():
     assert metric.value is None and metric.ci95 is None and metric.n_failed == 3
 
 
-def _length_world(seed: int, n: int = 600):
+def _length_world(seed: int, n: int = 300):
     rng = np.random.default_rng(seed)
     baseline = rng.integers(200, 900, n)
     model = baseline + rng.normal(250, 300, n).round().astype(int)  # the model is mostly longer
@@ -37,7 +38,7 @@ def test_length_biased_judge_loses_its_advantage_under_length_control():
     p = 1 / (1 + np.exp(-2.5 * np.tanh(delta / delta.std())))
     preferences = (rng.random(delta.size) < p).astype(float)
     raw = win_rate(preferences, samples=200).value
-    lc = length_controlled_win_rate(preferences, model, baseline, samples=200)
+    lc = length_controlled_win_rate(preferences, model, baseline, samples=40)
     assert raw > 70
     assert abs(lc.value - 50) < (raw - 50) / 3, (raw, lc.value)
     assert lc.ci95[0] < 50 < lc.ci95[1]
@@ -46,16 +47,19 @@ def test_length_biased_judge_loses_its_advantage_under_length_control():
 def test_genuinely_better_model_keeps_its_advantage():
     rng, model, baseline = _length_world(1)
     preferences = (rng.random(model.size) < 0.75).astype(float)  # quality, independent of length
-    lc = length_controlled_win_rate(preferences, model, baseline, samples=200)
-    assert lc.value > 68 and lc.ci95[0] > 60
+    lc = length_controlled_win_rate(preferences, model, baseline, samples=40)
+    # the length prior (a longer answer usually wins) discounts a little of an advantage the data say is not length
+    assert lc.value > 60 and lc.ci95[0] > 52
 
 
 def test_lc_with_instruction_difficulty_term():
-    rng, model, baseline = _length_world(2, n=400)
+    rng, _, baseline = _length_world(2, n=400)
+    model = baseline + rng.normal(0, 200, baseline.size).round().astype(int)  # as long as the baseline on average
     difficulty = rng.normal(0, 1, model.size)
-    p = 1 / (1 + np.exp(-(0.8 - 1.0 * difficulty)))  # hard instructions are lost more often
+    # AlpacaEval's sign: a higher instruction_difficulty is an instruction the baseline loses more often
+    p = 1 / (1 + np.exp(-(0.8 + 1.0 * difficulty)))
     preferences = (rng.random(model.size) < p).astype(float)
-    lc = length_controlled_win_rate(preferences, model, baseline, difficulty=difficulty, samples=100)
+    lc = length_controlled_win_rate(preferences, model, baseline, difficulty=difficulty, samples=20)
     expected = 100 * np.mean(p)  # no length effect: LC should recover the mean win probability
     assert abs(lc.value - expected) < 6
 
@@ -86,28 +90,57 @@ def test_bootstrap_is_seeded_and_covers_the_truth():
     assert bootstrap_ci(lambda idx: 1.0, 1) is None  # one item: no interval
 
 
-def test_bradley_terry_orders_players_and_anchors_the_baseline():
-    rng = np.random.default_rng(5)
-    strength = {"baseline": 0.0, "good": 1.0, "weak": -1.0}
-    battles = []
-    for _ in range(1500):
-        a, b = rng.choice(list(strength), 2, replace=False)
-        p = 1 / (1 + np.exp(-(strength[a] - strength[b])))
-        battles.append(Battle(a, b, float(rng.random() < p)))
-    result = bradley_terry(battles, anchor="baseline", samples=100, seed=0)
-    assert result["baseline"]["score"] == pytest.approx(50.0)
-    assert result["good"]["score"] == pytest.approx(100 / (1 + np.exp(-1.0)), abs=4)
-    assert result["weak"]["score"] < 35
-    low, high = result["good"]["ci95"]
-    assert low < result["good"]["score"] < high
-    again = bradley_terry(battles, anchor="baseline", samples=100, seed=0)
-    assert again["good"]["ci95"] == result["good"]["ci95"]
+def _logit(p):
+    return np.log(p / (1 - p))
 
 
-def test_bradley_terry_ties_and_strong_weights():
-    even = [Battle("m", "baseline", 0.5)] * 20
-    assert bradley_terry(even, anchor="baseline", samples=50)["m"]["score"] == pytest.approx(50, abs=0.5)
-    strong = [Battle("m", "baseline", 1.0, weight=3.0)] * 10 + [Battle("m", "baseline", 0.0)] * 10
-    assert bradley_terry(strong, anchor="baseline", samples=50)["m"]["score"] == pytest.approx(75, abs=0.5)
-    with pytest.raises(ValueError, match="anchor"):
-        bradley_terry(even, anchor="nobody")
+def test_a_model_of_a_few_dozen_characters_gets_no_huge_lc():
+    characters = 40
+    # The rule: when every answer is much shorter than the baseline's, the length feature is constant and the
+    # slope stays at the prior's, so logit(LC) - logit(win rate) <= |prior slope| (here 1.9): LC stays in the
+    # neighbourhood of the raw win rate instead of the near-100 an unconstrained slope allows.
+    rng = np.random.default_rng(11)
+    n = 400
+    baseline = rng.integers(1200, 3000, n)
+    model = rng.integers(characters // 2, characters * 3 // 2, n)
+    difficulty = rng.normal(0, 1.4, n)
+    p = 1 / (1 + np.exp(-(-3.2 + 0.9 * difficulty)))
+    preferences = (rng.random(n) < p).astype(float)
+    raw = win_rate(preferences, samples=50).value
+    lc = length_controlled_win_rate(preferences, model, baseline, difficulty=difficulty, samples=10)
+    bound = 100 / (1 + np.exp(-(_logit(raw / 100) + abs(LengthPrior().slope))))
+    assert raw < lc.value <= bound + 1.0, (raw, lc.value, bound)
+    assert lc.extra["coefficients"]["np.tanh(std_delta_len)"] == pytest.approx(LengthPrior().slope, abs=0.5)
+    # without the prior rows (lambda 0) the slope is unconstrained and LC runs away: what the prior prevents
+    free = fit_length_controlled(preferences, model, baseline, difficulty, regularize_to_baseline_lambda=0.0)
+    assert free.value > bound + 10
+
+
+def test_gamed_rows_replace_the_prior_and_tie_the_slope():
+    rng = np.random.default_rng(12)
+    n = 400
+    difficulty = rng.normal(0, 1, n)
+    std_delta = np.concatenate([rng.normal(1.0, 0.5, n), rng.normal(-1.0, 0.5, n)])  # concise and verbose versions
+    gamed_p = 1 / (1 + np.exp(-(-1.2 * np.tanh(std_delta) + 0.5 * np.tile(difficulty, 2))))
+    gamed = GamedRows(std_delta, np.tile(difficulty, 2), (rng.random(2 * n) < gamed_p).astype(float))
+    baseline = rng.integers(1500, 2500, n)
+    model = rng.integers(40, 80, n)  # the slope cannot come from the model's own rows
+    preferences = (rng.random(n) < 0.05).astype(float)
+    fit = fit_length_controlled(preferences, model, baseline, difficulty, gamed=gamed)
+    assert fit.coefficients["np.tanh(std_delta_len)"] == pytest.approx(-1.2, abs=0.5)
+    metric = length_controlled_win_rate(preferences, model, baseline, difficulty=difficulty, gamed=gamed, samples=20)
+    assert metric.extra["regularisation"] == "df_gamed.csv"
+
+
+def test_lc_standard_error_is_alpacaevals_sem_of_predictions():
+    rng = np.random.default_rng(13)
+    difficulty = rng.normal(0, 1, 300)
+    preferences = (rng.random(300) < 1 / (1 + np.exp(-(difficulty - 0.5)))).astype(float)
+    lengths = rng.integers(500, 1500, 300)
+    fit = fit_length_controlled(preferences, lengths, lengths[::-1], difficulty)
+    assert fit.standard_error == pytest.approx(100 * fit.predictions.std(ddof=1) / np.sqrt(300))
+    assert fit.value == pytest.approx(100 * fit.predictions.mean())
+
+
+def test_extreme_change_rule_is_alpacaevals():
+    assert not is_extreme_change(20, 35) and is_extreme_change(20, 45) and is_extreme_change(50, 35)

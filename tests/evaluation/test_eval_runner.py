@@ -78,12 +78,15 @@ def test_mini_benchmark_scored_with_every_judge(tmp_path):
     assert {k.rsplit("/", 1)[1] for k in store.list(prefix + "/")} >= {
         "outputs.jsonl", "judgments.jsonl", "scores.json", "model_outputs.json"}
     metrics = scores["metrics"]
-    # 30 chat items, one failed generation: excluded and counted
-    assert metrics["rm_win_rate"]["n"] == 29 and metrics["rm_win_rate"]["n_failed"] == 1
-    assert metrics["rm_win_rate"]["value"] > 90                 # the long answers beat the baseline on length
+    # 30 chat items, one failed generation: kept in n as a loss, and counted
+    assert metrics["rm_win_rate"]["n"] == 30 and metrics["rm_win_rate"]["n_failed"] == 1
+    assert 90 < metrics["rm_win_rate"]["value"] <= 100 * 29 / 30  # the long answers win; the failure is a loss
+    assert metrics["rm_win_rate"]["extra"]["losses"] >= 1
+    assert metrics["rm_mean_reward"]["n"] == 29 and metrics["rm_mean_reward"]["n_failed"] == 1
+    assert metrics["rm_mean_reward"]["n_excluded"] == 1
     assert metrics["judge_win_rate"]["value"] > 90
     assert metrics["judge_lc_win_rate"]["value"] < metrics["judge_win_rate"]["value"]
-    assert 0 <= metrics["judge_bt_score"]["ci_low"] <= metrics["judge_bt_score"]["value"]
+    assert "judge_bt_score" not in metrics  # only arena_hard benchmarks have a Bradley-Terry score
     assert metrics["math_accuracy"]["value"] == pytest.approx(100 / 8) and metrics["math_accuracy"]["n"] == 8
     assert metrics["bleu"]["n"] == 10 and metrics["chrf"]["value"] > 0
     assert "bleu_de_en" in metrics
@@ -138,3 +141,73 @@ def test_circularity_guard():
     kiwi = JudgesConfig(comet_kiwi_model="Unbabel/wmt22-cometkiwi-da")
     assert check_circularity(kiwi, RewardConfig(kind="plugin", callable="toa_core.rewards.comet:kiwi"))["circular"]
     assert check_circularity(JudgesConfig(), None)["circular"] is False
+
+
+DATA = __import__("pathlib").Path(__file__).parent / "data"
+
+
+def test_arena_hard_benchmark_judged_with_its_protocol_and_earlier_runs_as_players(tmp_path):
+    store = open_store(str(tmp_path / "store"))
+    bench = BenchmarkConfig(name="ah", kind="arena_hard", source=str(DATA / "arena_hard_v0.1_question.jsonl"),
+                            baseline=str(DATA / "arena_hard_v0.1_gpt-4-0314.jsonl"))
+
+    def script(body):  # reasons, then a verdict: the answer that says "good" wins strongly
+        user = body["messages"][-1]["content"]
+        a = user.split("[Answer of assistant A: begin]", 1)[1].split("[Answer of assistant A: end]", 1)[0]
+        return 200, completion("Step by step... " + ("[[A>>B]]" if "good" in a else "[[B>>A]]"
+                                                     if "good" in user else "[[A=B]]"))
+
+    with FakeJudge(script) as fake:
+        from evaluation.judges.llm_judge import HttpJudgeClient
+        config = EvaluationConfig(benchmarks=[bench], bootstrap_samples=50,
+                                  judges=JudgesConfig(llm_judge={"endpoint": fake.endpoint, "model": "j"}))
+        judge = HttpJudgeClient(config.judges.llm_judge)
+        first = run(store, config, "r0", ScriptedChatModel(lambda p: "a plain answer"), judge=judge)
+        second = run(store, config, "r1", ScriptedChatModel(lambda p: "a good answer"), judge=judge)
+        asyncio.run(judge.aclose())
+        requests = fake.requests
+    assert all(body["max_tokens"] == 4096 and body["messages"][0]["role"] == "system" for body in requests)
+    assert first["metrics"]["judge_bt_score"]["value"] == pytest.approx(50.0)
+    bt = second["metrics"]["judge_bt_score"]
+    assert bt["ci_level"] == 0.9 and bt["value"] > 95
+    assert set(bt["extra"]["players"]) == {"baseline", "this model", "run r0"}  # the earlier run is a player
+    assert bt["extra"]["style_control"] is False  # v0.1
+    assert second["arena_key"] == first["arena_key"]
+    rows = [json.loads(line) for line in store.read_text("runs/r1/eval/ah/judgments.jsonl").splitlines()]
+    assert rows[0]["judge"] == "arena_hard" and rows[0]["labels"] == ["B>>A", "A>>B"]
+
+
+def test_alpaca_eval_lc_offline_without_difficulty_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    store = open_store(str(tmp_path / "store"))
+    bench = BenchmarkConfig(name="ae", kind="alpaca_eval", source=str(DATA / "alpaca_eval_baseline_outputs.json"))
+    config = EvaluationConfig(benchmarks=[bench], judges={"reward": TINY_REWARD}, bootstrap_samples=50)
+    with pytest.raises(Exception, match="instruction_difficulty.csv .* HF Hub is unreachable; set "
+                                        "evaluation.length_control.difficulty"):
+        run(store, config, "r1", ScriptedChatModel(lambda p: "an answer"), reward=LengthReward())
+    # a difficulty file supplied in the config is used, and its source is recorded
+    difficulty = tmp_path / "difficulty.csv"
+    difficulty.write_text("index,instruction_difficulty\n" + "".join(f"{i},{0.1 * i}\n" for i in range(4)))
+    config = config.model_copy(update={"length_control": config.length_control.model_copy(
+        update={"difficulty": str(difficulty)})})
+    scores = run(store, config, "r1", ScriptedChatModel(lambda p: "an answer"), reward=LengthReward())
+    lc = scores["metrics"]["rm_lc_win_rate"]
+    assert lc["extra"]["difficulty"] == str(difficulty), lc
+    assert lc["extra"]["regularisation"].startswith("length prior")
+
+
+def test_official_difficulty_and_gamed_rows_cached_in_the_store_are_used(tmp_path, monkeypatch):
+    from evaluation.alpaca_eval_files import CACHE_PREFIX, load_length_control
+    from evaluation.config import LengthControlConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    store = open_store(str(tmp_path / "store"))
+    store.write_text(f"{CACHE_PREFIX}/instruction_difficulty.csv",
+                     "index,instruction_difficulty\n0,-0.5\n1,0.25\n2,1.5\n")
+    store.write_text(f"{CACHE_PREFIX}/df_gamed.csv", "model,index,preference,std_delta_len,instruction_difficulty,"
+                     "not_gamed_baseline\nv,0,1.8,-1.2,-0.5,False\nc,0,1.3,0.9,-0.5,False\nv,1,,0.1,0.25,False\n")
+    inputs = load_length_control(store, LengthControlConfig(), needs_difficulty=True)
+    assert inputs.difficulty == {0: -0.5, 1: 0.25, 2: 1.5}
+    assert inputs.difficulty_source == store.uri(f"{CACHE_PREFIX}/instruction_difficulty.csv")
+    assert list(inputs.gamed.preference) == pytest.approx([0.8, 0.3])  # AlpacaEval's 1..2 scale read as 0..1
+    assert inputs.gamed.source == store.uri(f"{CACHE_PREFIX}/df_gamed.csv")

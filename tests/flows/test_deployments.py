@@ -87,7 +87,10 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
     config["search"]["budget"] = 6
     config["synthesis"]["ranking"]["dpo_rejected_rank"] = 3
     config["training"]["sft"]["max_steps"] = config["training"]["dpo"]["max_steps"] = 2
-    config["evaluation"]["gate"] = {"metrics": ["mini.rm_mean_reward"]}
+    # Random tiny models: whether 2 training steps beat the untrained base model, or answer at all, is a coin flip
+    # the gate rightly refuses to promote on. Nothing is gated here, so this test stays about the deployment (the
+    # gate's rules are tested in tests/infra/test_promotion.py and tests/flows/test_pipeline.py).
+    config["evaluation"]["gate"] = {"metrics": []}
     config_path = tmp_path / "tiny-deployed.yaml"
     config_path.write_text(yaml.safe_dump(config))
 
@@ -137,9 +140,9 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
     assert "Completed" in triggered.stdout
 
     store = open_store(str(store_root))
-    assert latest_run_id(store) == "deployed-1"
+    assert latest_run_id(store) == "deployed-1", promotion_history(store)[0]["reason"]
     assert promotion_history(store)[0]["reason"].startswith("first run")
-    assert "mini.rm_mean_reward" in promotion_history(store)[0]["candidate_scores"]
+    assert "mini.rm_win_rate" in promotion_history(store)[0]["candidate_scores"]
     assert store.list("runs/deployed-1/datasets/sft/") and store.list("runs/deployed-1/models/dpo/")
     assert store.list("runs/deployed-1/eval/mini/")
     assert store.list("index/prompts/") == ["index/prompts/deployed-1.parquet"]

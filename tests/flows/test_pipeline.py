@@ -29,6 +29,8 @@ class StageStubs:
         self.store = open_store(str(store_root))
         self.source: list[str] = []
         self.next_win_rate = 0.5
+        self.next_failed = 0              # failed generations among the 40 items of the next evaluation
+        self.base_win_rate: float | None = None  # the base model's score, written where evaluate caches it
         self.trained: list[tuple[str, str, int]] = []  # (run_id, data_run_id, sft rows seen)
         self.fail_training = False
 
@@ -69,8 +71,17 @@ class StageStubs:
             value = stubs.next_win_rate
             stubs.store.write_json(f"runs/{run_id}/eval/mini/scores.json", {"metrics": {
                 "rm_win_rate": {"value": value, "ci_low": value - 0.05, "ci_high": value + 0.05, "n": 40,
-                                "higher_is_better": True},
+                                "n_failed": stubs.next_failed, "higher_is_better": True},
                 "mean_reward": {"value": 1.0, "ci_low": 0.9, "ci_high": 1.1, "n": 40, "higher_is_better": True}}})
+            if stubs.base_win_rate is not None:
+                from evaluation.scores import base_cache_prefix
+                from runconfig import load_config
+
+                evaluation = load_config(config).evaluation
+                base = stubs.base_win_rate
+                stubs.store.write_json(f"{base_cache_prefix(evaluation, evaluation.benchmarks[0])}/scores.json", {
+                    "metrics": {"rm_win_rate": {"value": base, "ci_low": base - 0.05, "ci_high": base + 0.05,
+                                                "n": 40, "higher_is_better": True}}})
             return {}
 
         monkeypatch.setattr(pipeline_module, "synthesize", synthesize)
@@ -160,6 +171,34 @@ def test_nightly_runs_are_incremental_accumulate_gate_and_resume(setup):
     assert stubs.trained[-1] == ("manual-full", "manual-full", 5)
     assert full["promotion"] is None and latest_run_id(stubs.store) == "night-5"
 
+
+def test_gate_blocks_a_first_run_worse_than_its_base_model_and_a_run_that_fails_items(setup, tmp_path):
+    config, stubs = setup
+    data = yaml.safe_load(Path(config).read_text())
+    data["evaluation"]["base_model"] = "builtin:tiny-llama"
+    Path(config).write_text(yaml.safe_dump(data))
+    run = pipeline_module.pipeline
+
+    # Night 1: no `latest` yet, but the base model scored 0.5 and the candidate 0.45: never promoted.
+    stubs.source, stubs.base_win_rate, stubs.next_win_rate = ["p1"], 0.5, 0.45
+    first = run(config=config, run_id="base-1")
+    assert not first["promotion"]["promoted"] and first["promotion"]["blocking_metrics"] == ["mini.rm_win_rate"]
+    assert "worse than the base model" in first["promotion"]["reason"]
+    assert first["promotion"]["base_scores"]["mini.rm_win_rate"]["value"] == 0.5
+    assert latest_run_id(stubs.store) is None
+    assert "base model" in stubs.store.read_text("runs/base-1/reports/promotion.md")
+
+    # Night 2: better than the base, but 12 of 40 items failed (30%): blocked, the failure rate named.
+    stubs.source, stubs.next_win_rate, stubs.next_failed = ["p1", "p2"], 0.7, 12
+    second = run(config=config, run_id="base-2")
+    assert not second["promotion"]["promoted"]
+    assert "failure rate 30% (12 of 40 items failed or empty)" in second["promotion"]["reason"]
+
+    # Night 3: better than the base and nothing failed: promoted, the reason says what it was compared with.
+    stubs.source, stubs.next_failed = ["p1", "p2", "p3"], 0
+    third = run(config=config, run_id="base-3")
+    assert third["promotion"]["promoted"] and "compared with the base model" in third["promotion"]["reason"]
+    assert latest_run_id(stubs.store) == "base-3"
 
 
 def test_toa_pipeline_prints_run_folder_scores_verdict_and_ui(setup, capsys, monkeypatch):

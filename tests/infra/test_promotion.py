@@ -96,3 +96,48 @@ def test_malformed_scores_raise_naming_the_metric():
         MetricScore.parse("x", {"ci_low": 0.1})
     with pytest.raises(ValueError, match="higher_is_better differs"):
         decide_promotion({"mini.mean_length": score(300.0)}, CURRENT, ["mini.mean_length"])
+
+
+def with_failures(value, n_failed, n=30, half_width=0.05):
+    return {**score(value, half_width, n=n), "n_failed": n_failed}
+
+
+def test_candidate_failing_30_percent_of_items_is_blocked_naming_the_failure_rate():
+    candidate = {"mini.rm_win_rate": with_failures(0.70, n_failed=9)}  # better than current, but 9 of 30 failed
+    decision = decide_promotion(candidate, CURRENT, ["mini.rm_win_rate"], max_failure_rate=0.05)
+    assert not decision.promote
+    assert decision.blocking[0].status == "too_many_failures"
+    assert "failure rate 30% (9 of 30 items failed or empty)" in decision.reason and "5%" in decision.reason
+    assert decide_promotion({"mini.rm_win_rate": with_failures(0.70, n_failed=1)}, CURRENT, ["mini.rm_win_rate"],
+                            max_failure_rate=0.05).promote  # 3%: within the allowance
+
+
+def test_first_run_worse_than_its_base_model_is_blocked_naming_the_metric():
+    candidate = {"mini.chrf": score(12.7, 6.0, n=10), "mini.rm_win_rate": score(0.5)}
+    base = {"mini.chrf": score(18.1, 6.0, n=10), "mini.rm_win_rate": score(0.4)}
+    decision = decide_promotion(candidate, None, ["mini.rm_win_rate", "mini.chrf"], base=base, max_failure_rate=0.05)
+    assert not decision.promote
+    assert [c.metric for c in decision.blocking] == ["mini.chrf"] and decision.blocking[0].status == "worse_than_base"
+    assert "mini.chrf" in decision.reason and "base model" in decision.reason and "18.1" in decision.reason
+    # the base model's interval overlaps the candidate's: still blocked, the bar against the base is the point
+    assert decision.blocking[0].candidate.ci_high > 18.1
+
+
+def test_first_run_at_least_as_good_as_its_base_is_promoted_and_says_so():
+    decision = decide_promotion({"mini.chrf": score(19.0)}, None, ["mini.chrf"], base={"mini.chrf": score(18.1)})
+    assert decision.promote and "compared with the base model" in decision.reason
+    assert decision.checks[0].base.value == 18.1
+
+
+def test_base_model_is_checked_beside_the_current_model():
+    candidate = {"mini.rm_win_rate": score(0.61)}
+    decision = decide_promotion(candidate, CURRENT, ["mini.rm_win_rate"], base={"mini.rm_win_rate": score(0.65)})
+    assert not decision.promote and decision.blocking[0].status == "worse_than_base"
+
+
+def test_a_metric_nothing_could_score_is_missing_and_says_why():
+    candidate = {"mini.rm_mean_reward": {"value": None, "ci_low": None, "ci_high": None, "n": 0, "n_failed": 7,
+                                         "n_excluded": 7}}
+    decision = decide_promotion(candidate, None, ["mini.rm_mean_reward"], max_failure_rate=0.05)
+    assert not decision.promote and decision.blocking[0].status == "missing"
+    assert "no usable score (7 of 7 items failed or empty)" in decision.reason
