@@ -35,8 +35,14 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(PY) $$b --quick || exit 1; done
 
+# `make ui PORT=4300` serves elsewhere; the UI's own API calls follow the port (PREFECT_UI_API_URL).
+# Point toa commands at it with: export PREFECT_API_URL=http://127.0.0.1:$(PORT)/api
+HOST ?= 127.0.0.1
+PORT ?= 4200
 ui: $(STAMP)
-	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+	PREFECT_SERVER_API_HOST=$(HOST) PREFECT_SERVER_API_PORT=$(PORT) \
+	PREFECT_UI_API_URL=http://$(HOST):$(PORT)/api PREFECT_UI_URL=http://$(HOST):$(PORT) \
+	$(VENV)/bin/prefect server start --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache

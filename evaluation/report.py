@@ -67,8 +67,12 @@ def comparison_png(current: dict[str, Any], previous: dict[str, Any] | None, bas
 
     import matplotlib.pyplot as plt
 
-    names = [n for n, m in current["metrics"].items() if m.get("value") is not None]
     series = [("base model", base, "#9e9e9e"), ("previous run", previous, "#64b5f6"), ("this run", current, "#1565c0")]
+    computed = [n for n, m in current["metrics"].items() if m.get("value") is not None]
+    # A panel whose every bar is 0 with no interval (BLEU of a model that wrote no translation, say) says
+    # nothing a table does not: list those metrics under the title instead of drawing empty axes.
+    all_zero = [n for n in computed if _all_zero(n, [scores for _, scores, _ in series])]
+    names = [n for n in computed if n not in all_zero]
     columns = max(1, min(4, len(names)))
     rows = max(1, -(-len(names) // columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), squeeze=False)
@@ -90,10 +94,24 @@ def comparison_png(current: dict[str, Any], previous: dict[str, Any] | None, bas
         axis.set_xticks(range(len(values)), labels, rotation=20, fontsize=8)
         axis.set_title(name, fontsize=9)
     if not names:
-        axes.flat[0].text(0.5, 0.5, "no metrics", ha="center")
-    figure.suptitle(f"{current['benchmark']}: run {current.get('run_id')}", fontsize=10)
+        axes.flat[0].axis("off")
+        axes.flat[0].text(0.5, 0.5, "no metric with a non-zero value", ha="center", va="center")
+    title = f"{current['benchmark']}: run {current.get('run_id')}"
+    if all_zero:
+        title += "\n0 for every model (not drawn): " + ", ".join(all_zero)
+    figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
     return buffer.getvalue()
+
+
+def _all_zero(name: str, score_sets: list[dict[str, Any] | None]) -> bool:
+    """True when every series that has metric `name` scores exactly 0 with a zero-width (or no) interval."""
+    values = []
+    for scores in score_sets:
+        metric = (scores or {}).get("metrics", {}).get(name)
+        if metric and metric.get("value") is not None:
+            values += [metric["value"], metric.get("ci_low") or 0.0, metric.get("ci_high") or 0.0]
+    return bool(values) and all(value == 0 for value in values)

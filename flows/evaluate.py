@@ -15,6 +15,9 @@ from infra.manifest import Manifest, manifest_key
 from infra.run_ids import check_run_id, new_run_id
 from infra.store import open_store
 from tasks.evaluation import evaluate_base_model, evaluate_benchmark, evaluation_report, run_config
+from tasks.flow_runs import finish, name_flow_run, run_name
+from runconfig import read_config_mapping
+from runconfig.parameters import ConfigFile, RunOverrides, config_path, override_mapping
 
 
 def run_of_model(model: str | None) -> str | None:
@@ -43,15 +46,17 @@ def synthesis_reward(store: Any, run_id: str, config_reward: dict[str, Any]) -> 
     return config_reward
 
 
-@flow(name="evaluate", flow_run_name="evaluate-{run_id}")
-def evaluate(config: str | dict[str, Any], run_id: str | None = None, model: str | None = None) -> dict[str, Any]:
+@flow(name="evaluate", flow_run_name=run_name)
+def evaluate(config: ConfigFile, run_id: str | None = None, model: str | None = None,
+             overrides: RunOverrides | None = None) -> dict[str, Any]:
     """Evaluate `model` (default: the run's trained model) on every benchmark of `evaluation.benchmarks`.
 
     Args:
-        config: Run config YAML relative to the project folder (or a mapping); `evaluation` says what to run.
+        config: Run config (a shipped one or the path of a YAML file on the worker); `evaluation` says what to run.
         run_id: Run whose eval/ folder receives the results; empty = the run named in `model`, or a new id.
         model: Model under test: a store key or URI (runs/<id>/models/dpo), a local folder, builtin:NAME, or an
             OpenAI-compatible endpoint URL (append #name for the served model). Empty = the run's trained model.
+        overrides: Settings that replace the config file's values for this run (empty = keep them).
 
     Returns {"run_id", "model", "benchmarks": {name: {"scores", "report", "plot", "headline", "circular"}}}.
     """
@@ -59,10 +64,15 @@ def evaluate(config: str | dict[str, Any], run_id: str | None = None, model: str
         check_run_id(run_id)  # before anything else: it becomes store keys and local folders
     model_run_id = run_of_model(model)
     logger = get_run_logger()
+    settings = override_mapping(overrides)
+    path = config_path(config)
+    # Tasks read the config file itself, or the overridden mapping when there are overrides.
+    config = read_config_mapping(path, settings) if settings else str(path)
     cfg = run_config(config)
     store = open_store(cfg.store)
     if not run_id:
         run_id = model_run_id or new_run_id(f"{cfg.name}-eval")
+    name_flow_run(run_id)
     model = model or default_model(store, run_id)
     reward = synthesis_reward(store, run_id, cfg.reward.model_dump(mode="json"))
     manifest = Manifest.open(store, run_id, config=cfg.model_dump(mode="json"))
@@ -85,4 +95,13 @@ def evaluate(config: str | dict[str, Any], run_id: str | None = None, model: str
     manifest.finish_stage("evaluate", counts=counts, outputs=[r["scores"] for r in results.values()])
     model_uri = store.uri(model) if model.startswith("runs/") else model
     manifest.add_lineage("evaluate", inputs=[model_uri], outputs=[r["scores"] for r in results.values()])
-    return {"run_id": run_id, "model": model, "benchmarks": results}
+    return finish({"run_id": run_id, "model": model, "benchmarks": results}, headline_line(model, results))
+
+
+def headline_line(model: str, results: dict[str, Any], per_benchmark: int = 3) -> str:
+    """"runs/x/models/dpo: mini rm_mean_reward 0.044, rm_win_rate 100" for the run's final state."""
+    parts = []
+    for name, result in results.items():
+        shown = [(metric, value) for metric, value in result["headline"].items() if value is not None]
+        parts.append(f"{name} " + ", ".join(f"{metric} {value:.4g}" for metric, value in shown[:per_benchmark]))
+    return f"{model}: " + ("; ".join(parts) or "no benchmarks configured")

@@ -5,6 +5,9 @@ index/prompts/), and training uses the data of every earlier run plus the new on
 `latest` only if no gated metric blocks (infra.promotion: too many failed generations, a regression beyond the
 interval against `latest`, or worse than the base model); otherwise `latest` stays and the record says which
 metric blocked it and why (registry/promotions/, runs/<id>/promotion.json).
+
+In the Prefect UI the run and its subflow runs are named by the run id; the run ends with a message giving the
+verdict, or "Nothing new" with the reason when there was nothing to train on.
 """
 from __future__ import annotations
 
@@ -20,42 +23,48 @@ from flows.train import train
 from infra.manifest import Manifest
 from infra.run_ids import check_run_id, new_run_id
 from infra.store import open_store
+from tasks.flow_runs import call_subflow, finish, name_flow_run, run_name
 from tasks.pipeline import (accumulate, current_latest, flatten_scores, previously_synthesized, promotion_gate,
                             record_prompts, runs_awaiting_training)
 from runconfig import load_config
+from runconfig.parameters import ConfigFile, RunOverrides, config_path, override_mapping
 
 
-@flow(name="pipeline", log_prints=False)
-def pipeline(config: str = "configs/demo.yaml", run_id: str | None = None, incremental: bool = True,
-             promote: bool = True) -> dict[str, Any]:
+@flow(name="pipeline", flow_run_name=run_name, log_prints=False)
+def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None, incremental: bool = True,
+             promote: bool = True, overrides: RunOverrides | None = None) -> dict[str, Any]:
     """Synthesize data, train, evaluate, and promote the model if no gated benchmark regressed.
 
     Args:
-        config: Run config YAML, relative to the project folder on the worker (e.g. configs/demo.yaml).
+        config: Run config: a shipped one (configs/demo.yaml, ...) or the path of a YAML file on the worker.
         run_id: Run id to create or resume (a re-run skips finished work); empty = a new id from the config name.
         incremental: Sample only prompts no earlier run synthesized and train on all runs' data (nightly mode);
             false = sample every prompt and train on this run's data only.
         promote: Run the promotion gate and move `latest` when it passes; false = evaluate only.
+        overrides: Settings that replace the config file's values for this run (empty = keep them).
     """
     if run_id:
         check_run_id(run_id)  # before anything else: it becomes store keys and local folders
     logger = get_run_logger()
-    cfg = load_config(config)
+    cfg = load_config(config_path(config), override_mapping(overrides))
     run_id = run_id or new_run_id(cfg.name)
+    name_flow_run(run_id)
     store = open_store(cfg.store)
     logger.info("pipeline run %s -> %s", run_id, store.uri(f"runs/{run_id}/"))
 
     if promote and store.exists(f"runs/{run_id}/promotion.json"):
         # This run went all the way through already: report its outcome instead of deciding twice.
+        record = store.read_json(f"runs/{run_id}/promotion.json")
         logger.info("run %s is complete (its promotion was decided); nothing to resume", run_id)
-        return {"run_id": run_id, "run_uri": store.uri(f"runs/{run_id}/"), "flow_run_id": flow_run.get_id(),
-                "scores": flatten_scores(load_scores(store, run_id)),
-                "promotion": store.read_json(f"runs/{run_id}/promotion.json")}
+        return finish({"run_id": run_id, "run_uri": store.uri(f"runs/{run_id}/"), "flow_run_id": flow_run.get_id(),
+                       "scores": flatten_scores(load_scores(store, run_id)), "promotion": record},
+                      f"already complete, decided {record.get('decided_at')}: {verdict(record)}", nothing_new=True)
 
     if incremental:
         logger.info("incremental: %d prompts synthesized by earlier runs are skipped",
                     previously_synthesized(cfg.store, run_id))
-    synthesize(config=config, run_id=run_id, incremental=incremental)
+    synthesized = call_subflow(synthesize, config=config, run_id=run_id, incremental=incremental,
+                               overrides=overrides)
     new_prompts = record_prompts(cfg.store, run_id)
     result: dict[str, Any] = {"run_id": run_id, "run_uri": store.uri(f"runs/{run_id}/"), "data_run_id": None,
                               "new_prompts": new_prompts, "scores": {}, "promotion": None,
@@ -63,9 +72,11 @@ def pipeline(config: str = "configs/demo.yaml", run_id: str | None = None, incre
     if incremental and not runs_awaiting_training(cfg.store):
         # Every prompt already trained a model that was evaluated and judged: training again on the same data
         # would only repeat that result.
-        logger.warning("no new data since the last evaluated model; training, evaluation and promotion are skipped")
-        result["skipped"] = "no new data since the last evaluated model"
-        return result
+        found = (synthesized or {}).get("skipped") or f"nothing new: {new_prompts} new prompts"
+        result["skipped"] = (f"{found}; every synthesized prompt already went into a model the gate judged, "
+                             "so training, evaluation and promotion are skipped")
+        logger.info("%s", result["skipped"])
+        return finish(result, result["skipped"], nothing_new=True)
 
     manifest = Manifest.load(store, run_id)  # synthesize created it
     accumulated = accumulate(cfg.store, run_id) if incremental else None
@@ -73,8 +84,8 @@ def pipeline(config: str = "configs/demo.yaml", run_id: str | None = None, incre
     if accumulated:
         manifest.add_lineage("accumulate", inputs=[store.uri(f"runs/{run}/datasets/") for run in accumulated["runs"]],
                              outputs=[store.uri(f"runs/{data_run_id}/datasets/")])
-    train(config=config, run_id=run_id, data_run_id=data_run_id)
-    evaluate(config=config, run_id=run_id)
+    call_subflow(train, config=config, run_id=run_id, data_run_id=data_run_id, overrides=overrides)
+    call_subflow(evaluate, config=config, run_id=run_id, overrides=overrides)
 
     evaluated = load_scores(store, run_id)
     scores = gate_table(evaluated)  # metrics with a value and an interval: what the gate may compare
@@ -93,4 +104,11 @@ def pipeline(config: str = "configs/demo.yaml", run_id: str | None = None, incre
             attempt.counts = {"promoted": int(record["promoted"])}
             attempt.outputs = [store.uri(f"runs/{run_id}/promotion.json")]
         result["promotion"] = record
-    return result
+        return finish(result, verdict(record))
+    return finish(result, f"evaluated {len(result['scores'])} metrics; promotion off")
+
+
+def verdict(record: dict[str, Any]) -> str:
+    """One line for the run's final state: promoted or not, and why."""
+    return (f"promoted to latest: {record['reason']}" if record["promoted"]
+            else f"NOT promoted (latest unchanged): {record['reason']}")

@@ -16,22 +16,25 @@ from infra.run_ids import check_run_id, new_run_id
 from infra.runtime import model_servers
 from infra.store import open_store
 from tasks.artifacts import ProgressReporter
+from tasks.flow_runs import finish, name_flow_run, run_name
 from tasks.scaling import report_scaling, scaling_key, search_strategy
 from tasks.synthesis import ingest_prompts, run_key
 from toa_core.scaling import parse_budgets, parse_strategies
 from runconfig import load_config
+from runconfig.parameters import ConfigFile, config_path
 
 DEFAULT_STRATEGIES = ["toa", "random", "ensemble", "prs", "seq_refine", "moa"]
 
 
-@flow(name="scaling")
-def scaling(config: str = "configs/demo.yaml", budgets: list[int] | str = "16,40,80,160",
+@flow(name="scaling", flow_run_name=run_name)
+def scaling(config: ConfigFile = "configs/demo.yaml", budgets: list[int] | str = "16,40,80,160",
             strategies: list[str] | str = ",".join(DEFAULT_STRATEGIES), limit: int | None = None,
             run_id: str | None = None, prompts: str | None = None, bootstrap_samples: int = 1000) -> dict[str, Any]:
     """Run every strategy at every budget on the same prompts and draw reward-vs-compute curves.
 
     Args:
-        config: Run config YAML (models, reward, search settings, synthesis.prompts for the prompt source).
+        config: Run config (a shipped one or a YAML file on the worker): models, reward, search settings,
+            synthesis.prompts for the prompt source.
         budgets: Generations per prompt, e.g. "16,40,80,160" (or a list).
         strategies: Comma-separated strategies (or a list): toa, random, ensemble, prs, seq_refine, moa.
         limit: Use a seeded random sample of at most this many prompts (the paper used 200 AlpacaEval prompts).
@@ -49,8 +52,9 @@ def scaling(config: str = "configs/demo.yaml", budgets: list[int] | str = "16,40
         overrides["synthesis.prompts.limit"] = limit
     if prompts is not None:
         overrides["synthesis.prompts.source"] = prompts
-    cfg = load_config(config, overrides)
+    cfg = load_config(config_path(config), overrides)
     run_id = run_id or new_run_id(f"scaling-{cfg.name}")
+    name_flow_run(run_id)
     store = open_store(cfg.store)
     manifest = Manifest.open(store, run_id, config=cfg.model_dump(mode="json"), seeds={"search": cfg.search.seed})
     logger.info("scaling run %s: strategies %s at budgets %s -> %s", run_id, strategy_list, budget_list,
@@ -61,7 +65,7 @@ def scaling(config: str = "configs/demo.yaml", budgets: list[int] | str = "16,40
         attempt.counts = {k: v for k, v in ingest.items() if isinstance(v, int) and not isinstance(v, bool)}
 
     with manifest.stage_attempt("scaling") as attempt:
-        progress = ProgressReporter(len(strategy_list), artifact=f"scaling-progress-{run_id}",
+        progress = ProgressReporter(len(strategy_list), artifact="scaling-progress",
                                     description=f"strategies of scaling run {run_id} finished")
         runs: dict[str, dict[int, str]] = {}
         generations = 0
@@ -77,4 +81,6 @@ def scaling(config: str = "configs/demo.yaml", budgets: list[int] | str = "16,40
         earlier = (manifest.stage("scaling") or {}).get("counts", {}).get("generations", 0)
         attempt.counts = {"generations": earlier + generations, "curve_points": len(report["rows"])}
         attempt.attempt_counts = {"generations_new": generations, "curve_points": len(report["rows"])}
-    return {"run_id": run_id, "run_uri": store.uri(run_key(run_id) + "/"), **report}
+    return finish({"run_id": run_id, "run_uri": store.uri(run_key(run_id) + "/"), **report},
+                  f"{len(strategy_list)} strategies x {len(budget_list)} budgets: {len(report['rows'])} curve points, "
+                  f"{generations} new generations")

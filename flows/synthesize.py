@@ -8,7 +8,9 @@ or as child flow runs of the `sample-shard` deployment on the workers of a GPU p
 run's progress artifact.
 
 Re-running the same run id resumes: finished shards are skipped, and inside an unfinished shard only prompts
-without a checkpoint are searched again. The flow returns store URIs, never big objects.
+without a checkpoint are searched again. The flow returns store URIs, never big objects. In the Prefect UI the
+flow run is named by its run id and ends with a message saying what it did; an incremental run that finds every
+prompt already synthesized ends "Nothing new" (saying by which runs) and publishes no plots or tables.
 """
 from __future__ import annotations
 
@@ -17,17 +19,20 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from infra.incremental import synthesized_prompt_ids
+from infra.incremental import synthesized_prompts_by_run
 from infra.manifest import Manifest
 from infra.run_ids import check_run_id, new_run_id
 from infra.runtime import model_servers
 from infra.store import open_store
 from tasks.dataset_card import write_dataset_card
 from tasks.decontamination import decontaminate_prompts, decontamination_counts
+from tasks.flow_runs import finish, name_flow_run, run_name
 from tasks.shard_execution import config_digest, run_shards_locally, run_shards_on_workers
 from tasks.synthesis import ingest_prompts, plan_shards, progress_key, rank_candidates, report_synthesis, run_key
 from tasks.synthesis_progress import SynthesisProgress
+from toa_core.ingest import read_prompts
 from runconfig import LOCAL_MAX_SHARDS_IN_FLIGHT, load_config
+from runconfig.parameters import ConfigFile, RunOverrides, config_path, synthesis_settings
 
 
 def sample_attempt_counts(outcomes: list[dict[str, Any]]) -> dict[str, int]:
@@ -40,28 +45,27 @@ def sample_attempt_counts(outcomes: list[dict[str, Any]]) -> dict[str, int]:
             "retries": sum(o["retries"] for o in outcomes)}
 
 
-@flow(name="synthesize", task_runner=ThreadPoolTaskRunner(max_workers=LOCAL_MAX_SHARDS_IN_FLIGHT))
-def synthesize(config: str = "configs/demo.yaml", run_id: str | None = None, limit: int | None = None,
-               prompts: str | None = None, incremental: bool = False) -> dict[str, Any]:
+@flow(name="synthesize", flow_run_name=run_name,
+      task_runner=ThreadPoolTaskRunner(max_workers=LOCAL_MAX_SHARDS_IN_FLIGHT))
+def synthesize(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None, limit: int | None = None,
+               prompts: str | None = None, incremental: bool = False,
+               overrides: RunOverrides | None = None) -> dict[str, Any]:
     """Synthesize SFT and DPO datasets from a prompt source with the configured search strategy.
 
     Args:
-        config: Run config YAML, relative to the project folder (e.g. configs/demo.yaml).
+        config: Run config: a shipped one (configs/demo.yaml, ...) or the path of a YAML file on the worker.
         run_id: Run id to create or resume; empty = a new id from the config name and the time.
-        limit: Use a seeded random sample of at most this many prompts (for smoke runs).
+        limit: Use a seeded random sample of at most this many prompts (for smoke runs); empty = every prompt.
         prompts: Prompt source overriding `synthesis.prompts.source` (file, folder, s3:// URI or dataset name).
         incremental: Skip prompts that earlier runs in this store already synthesized (nightly mode).
+        overrides: Settings that replace the config file's values for this run (empty = keep them).
     """
     if run_id:
         check_run_id(run_id)  # before anything else: it becomes store keys and local folders
     logger = get_run_logger()
-    overrides: dict[str, Any] = {}
-    if limit is not None:
-        overrides["synthesis.prompts.limit"] = limit
-    if prompts is not None:
-        overrides["synthesis.prompts.source"] = prompts
-    cfg = load_config(config, overrides)  # validated before any work starts
+    cfg = load_config(config_path(config), synthesis_settings(overrides, limit, prompts))  # validated up front
     run_id = run_id or new_run_id(cfg.name)
+    name_flow_run(run_id)
     store = open_store(cfg.store)
     manifest = Manifest.open(store, run_id, config=cfg.model_dump(mode="json"),
                              seeds={"search": cfg.search.seed, "split": cfg.synthesis.ranking.seed,
@@ -87,20 +91,31 @@ def synthesize(config: str = "configs/demo.yaml", run_id: str | None = None, lim
                              [store.uri(run_key(run_id, "decontamination") + "/")])
         attempt.counts = decontamination_counts(decontamination)
 
-    excluded = sorted(synthesized_prompt_ids(store, exclude_runs=[run_id])) if incremental else []
-    excluded = sorted(set(excluded) | set(decontamination["quarantined_ids"])) or None
+    earlier = synthesized_prompts_by_run(store, exclude_runs=[run_id]) if incremental else {}
+    quarantined = set(decontamination["quarantined_ids"])
+    excluded = sorted(set().union(*earlier.values()) | quarantined) or None
     plan = plan_shards(cfg, run_id, excluded, sample_limit)
+    if not plan:
+        # Every prompt was synthesized by an earlier run (or quarantined): nothing to sample, rank or plot.
+        reason = nothing_new_reason({p.prompt_id for p in read_prompts(store, run_id)}, earlier, quarantined)
+        with manifest.stage_attempt("sample") as attempt:
+            attempt.counts = {"shards": 0, "candidates_generated": 0}
+        logger.info("synthesis run %s: %s", run_id, reason)
+        return finish({"run_id": run_id, "run_uri": store.uri(run_key(run_id) + "/"), "datasets": {}, "counts": {},
+                       "report": None, "card": None, "manifest": manifest.uri, "skipped": reason},
+                      reason, nothing_new=True)
     outcomes: list[dict[str, Any]] = []
     finished: list[dict[str, Any]] = []  # in the order shards end, also when one fails
     with manifest.stage_attempt("sample") as attempt:
         progress = SynthesisProgress(store, lambda index: progress_key(run_id, index), plan, cfg.search.budget,
-                                     artifact=f"synthesis-progress-{run_id}", run_label=run_id)
+                                     artifact="synthesis-progress", run_label=run_id)
         try:
             if cfg.synthesis.executor == "workers":
                 # Each shard flow run starts or finds the model servers on its own host: none are started here.
                 outcomes = run_shards_on_workers(
                     cfg, run_id, plan, progress, logger=logger, finished=finished,
-                    parameters={"config": config, "overrides": overrides or None,
+                    parameters={"config": config, "limit": limit, "prompts": prompts,
+                                "overrides": overrides.model_dump() if overrides else None,
                                 "config_digest_expected": config_digest(cfg)})
             else:
                 with model_servers(cfg, run_id) as endpoints:
@@ -126,5 +141,35 @@ def synthesize(config: str = "configs/demo.yaml", run_id: str | None = None, lim
 
     report = report_synthesis(cfg, run_id, ingest, outcomes, ranking, decontamination)
     card = write_dataset_card(cfg, run_id, ingest, decontamination, ranking)
-    return {"run_id": run_id, "run_uri": store.uri(run_key(run_id) + "/"), "datasets": ranking["datasets"],
-            "counts": ranking["counts"], "report": report, "card": card, "manifest": manifest.uri}
+    counts = ranking["counts"]
+    candidates, failed = sum(o["candidates"] for o in outcomes), sum(o["errors"] for o in outcomes)
+    new = sum(o["new_candidates"] for o in outcomes)
+    message = (f"{sum(o['prompts'] for o in outcomes)} prompts in {len(outcomes)} shards, "
+               f"{candidates} candidates ({new} new, {failed} failed); "
+               f"SFT {counts.get('sft_train', 0)}+{counts.get('sft_test', 0)}, "
+               f"DPO {counts.get('dpo_train', 0)}+{counts.get('dpo_test', 0)} rows (train+test)")
+    return finish({"run_id": run_id, "run_uri": store.uri(run_key(run_id) + "/"), "datasets": ranking["datasets"],
+                   "counts": counts, "report": report, "card": card, "manifest": manifest.uri}, message)
+
+
+def nothing_new_reason(prompt_ids: set[str], earlier: dict[str, set[str]], quarantined: set[str] = frozenset(),
+                       shown: int = 3) -> str:
+    """"nothing new: 40 prompts already synthesized by night-2 (38), night-1 (2)": which earlier runs (oldest
+    first in `earlier`) hold the run's prompts (a prompt counts for the newest run that has it), and how many
+    decontamination quarantined."""
+    holder: dict[str, str] = {}
+    for run, ids in earlier.items():
+        holder.update({prompt_id: run for prompt_id in ids & prompt_ids})
+    counts: dict[str, int] = {}
+    for run in holder.values():
+        counts[run] = counts.get(run, 0) + 1
+    by_run = sorted(counts.items(), key=lambda item: -item[1])
+    runs = ", ".join(f"{run} ({count})" for run, count in by_run[:shown])
+    if len(by_run) > shown:
+        runs += f" and {len(by_run) - shown} more runs"
+    held_back = len((quarantined & prompt_ids) - set(holder))
+    if not held_back:
+        return f"nothing new: {len(prompt_ids)} prompts already synthesized by {runs or 'earlier runs'}"
+    parts = ([f"{len(holder)} already synthesized by {runs}"] if holder else []) + [
+        f"{held_back} quarantined by decontamination"]
+    return f"nothing new: {len(prompt_ids)} prompts, " + " and ".join(parts)

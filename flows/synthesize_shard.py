@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 from infra.runtime import model_servers
 from infra.store import open_store
 from runconfig import ConfigError, load_config
+from runconfig.parameters import ConfigFile, RunOverrides, config_path, synthesis_settings
 from tasks.gpu import gpu_slot
 from tasks.shard_execution import config_digest
 from tasks.synthesis import run_key, sample_shard, shard_gpu_slots, shard_label
@@ -27,19 +28,22 @@ from tasks.synthesis_progress import shard_artifact_updater
 
 
 @flow(name="synthesize-shard")
-def synthesize_shard(config: str, run_id: str, shard_index: int, overrides: dict[str, Any] | None = None,
+def synthesize_shard(config: ConfigFile, run_id: str, shard_index: int, limit: int | None = None,
+                     prompts: str | None = None, overrides: RunOverrides | None = None,
                      config_digest_expected: str | None = None) -> dict[str, Any]:
     """Sample one shard of a synthesis run (started by the synthesize flow with `synthesis.executor: workers`).
 
     Args:
-        config: Run config YAML of the synthesis run, relative to the project folder on the worker host.
+        config: Run config of the synthesis run: a shipped one or the path of a YAML file on the worker host.
         run_id: The synthesis run the shard belongs to (its prompts and shard plan are in the store).
         shard_index: Which shard of the run's plan (counted from 0).
-        overrides: Dotted config keys the synthesis run overrode (e.g. synthesis.prompts.limit).
+        limit: The synthesis run's `limit` parameter.
+        prompts: The synthesis run's `prompts` parameter.
+        overrides: The synthesis run's typed overrides (runconfig.parameters.RunOverrides; never code-running keys).
         config_digest_expected: Fingerprint of the synthesis run's config; a host that resolves another one stops.
     """
     logger = get_run_logger()
-    cfg = load_config(config, overrides)
+    cfg = load_config(config_path(config), synthesis_settings(overrides, limit, prompts))
     if config_digest_expected and config_digest(cfg) != config_digest_expected:
         raise ConfigError(f"{config}: resolves to another config on this host than on the host that started run "
                           f"{run_id}; deploy the same project version and configs to every host of the pool")

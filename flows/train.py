@@ -14,28 +14,37 @@ from prefect import flow
 from infra.manifest import Manifest
 from infra.run_ids import check_run_id
 from infra.store import StoreKeyNotFound, open_store
+from tasks.flow_runs import finish, run_name
 from tasks.training import stage_settings, train_stage, training_report
 from training.data import dataset_key
+from runconfig import read_config_mapping
+from runconfig.parameters import ConfigFile, RunOverrides, config_path, override_mapping
 
 SUMMARY_KEYS = ("global_step", "first_loss", "final_loss", "final_reward_accuracy", "train_runtime_s")
 
 
-@flow(name="train", flow_run_name="train-{run_id}")
-def train(config: str | dict[str, Any], run_id: str, data_run_id: str | None = None,
-          force: bool = False) -> dict[str, Any]:
+@flow(name="train", flow_run_name=run_name)
+def train(config: ConfigFile, run_id: str, data_run_id: str | None = None, force: bool = False,
+          overrides: RunOverrides | None = None) -> dict[str, Any]:
     """Train `run_id`'s SFT and DPO models from the datasets of `data_run_id` (default: the same run).
 
     Args:
-        config: Run config YAML relative to the project folder (or a mapping); only `store` and `training` are used.
+        config: Run config (a shipped one or the path of a YAML file on the worker); only `store` and `training`
+            are used.
         run_id: Run whose models/sft and models/dpo are written (a re-run resumes from stored checkpoints).
         data_run_id: Run whose datasets/{sft,dpo} are trained on; empty = `run_id` itself.
         force: Retrain stages whose models are already published.
+        overrides: Settings that replace the config file's values for this run (empty = keep them).
 
     Returns {stage: {"uri", "metrics"}, "report": {"table", "curves"}}.
     """
     check_run_id(run_id)
     if data_run_id:
         check_run_id(data_run_id, "data run id")
+    settings_overrides = override_mapping(overrides)
+    path = config_path(config)
+    # The stage processes read the config file itself, or the overridden mapping when there are overrides.
+    config = read_config_mapping(path, settings_overrides) if settings_overrides else str(path)
     settings = stage_settings(config)
     store = open_store(settings.store)
     try:  # inside `toa pipeline` the run's manifest already holds the whole config: add to it
@@ -61,4 +70,14 @@ def train(config: str | dict[str, Any], run_id: str, data_run_id: str | None = N
         results[stage] = result
     if stages:
         results["report"] = training_report(config, run_id, stages)
-    return results
+    return finish(results, "; ".join(stage_line(stage, results[stage]["metrics"]) for stage in stages)
+                  or "no stage enabled (training.sft.enabled and training.dpo.enabled are false)")
+
+
+def stage_line(stage: str, metrics: dict[str, Any]) -> str:
+    """"SFT: 10 steps, loss 2.31 -> 1.02" for the run's final state."""
+    def number(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, (int, float)) else "-"
+
+    return (f"{stage.upper()}: {metrics.get('global_step')} steps, loss {number(metrics.get('first_loss'))} -> "
+            f"{number(metrics.get('final_loss'))}")

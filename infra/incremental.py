@@ -3,7 +3,9 @@
 Pure store operations (no Prefect). The store-level index is one parquet file per finished synthesis run:
     index/prompts/<run_id>.parquet      columns prompt_id, run_id, recorded_at
 A nightly run samples only prompts absent from the index, and records its own prompt ids once its synthesis
-finishes (re-recording a run replaces its file, so a resumed run is never counted twice). Training then uses
+finishes (re-recording a run replaces its file, so a resumed run is never counted twice). An entry counts only
+while its run's datasets exist: delete a run folder and its prompts are synthesized again (`toa index --prune`
+removes such stale entries for good). Training then uses
 every indexed run's datasets plus the new run's (written as the data run `runs/<run_id>-accumulated/`, whose
 lineage.json lists the source runs): `accumulate_datasets` concatenates their
 datasets/{sft,dpo}/{train,test}.parquet files and keeps, per prompt_id, the rows of the newest run only (so a
@@ -71,24 +73,53 @@ def record_synthesized_prompts(store: Store, run_id: str, prompt_ids: Iterable[s
     return index_key(run_id)
 
 
-def indexed_runs(store: Store) -> list[str]:
-    """Runs with an index entry, in the order they were recorded (oldest first)."""
+def has_datasets(store: Store, run_id: str) -> bool:
+    """True while runs/<run_id>/datasets/ holds at least one parquet file (the data the index stands for)."""
+    return any(key.endswith(".parquet") for key in store.list(f"runs/{check_run_id(run_id)}/datasets/"))
+
+
+def index_entries(store: Store) -> list[dict[str, Any]]:
+    """Every index entry, oldest first: {"run_id", "key", "recorded_at", "prompts", "live"}.
+
+    `live` is False when the run's datasets are gone (its folder was deleted): such an entry no longer keeps
+    its prompts from being synthesized again.
+    """
     entries = []
     for key in store.list(INDEX_PREFIX):
         if not key.endswith(".parquet"):
             continue
-        metadata = pq.read_schema(io.BytesIO(store.read_bytes(key))).metadata or {}
+        metadata = pq.read_metadata(io.BytesIO(store.read_bytes(key)))
+        schema_metadata = metadata.schema.to_arrow_schema().metadata or {}
         run_id = key[len(INDEX_PREFIX):-len(".parquet")]
-        entries.append((metadata.get(b"recorded_at", b"").decode(), run_id))
-    return [run_id for _, run_id in sorted(entries)]
+        entries.append({"run_id": run_id, "key": key, "prompts": metadata.num_rows,
+                        "recorded_at": schema_metadata.get(b"recorded_at", b"").decode(),
+                        # A run that found nothing new has no datasets and no prompts: nothing to go stale.
+                        "live": metadata.num_rows == 0 or has_datasets(store, run_id)})
+    return sorted(entries, key=lambda entry: (entry["recorded_at"], entry["run_id"]))
+
+
+def indexed_runs(store: Store) -> list[str]:
+    """Runs with a live index entry, in the order they were recorded (oldest first)."""
+    return [entry["run_id"] for entry in index_entries(store) if entry["live"]]
 
 
 def prompt_counts(store: Store) -> dict[str, int]:
-    """Indexed runs (oldest first) with how many prompt ids each recorded (0 for a run that found nothing new)."""
-    counts = {}
-    for run_id in indexed_runs(store):
-        counts[run_id] = pq.read_metadata(io.BytesIO(store.read_bytes(index_key(run_id)))).num_rows
-    return counts
+    """Runs with a live index entry (oldest first) with how many prompt ids each recorded (0 for a run that
+    found nothing new)."""
+    return {entry["run_id"]: entry["prompts"] for entry in index_entries(store) if entry["live"]}
+
+
+def stale_index_entries(store: Store) -> list[dict[str, Any]]:
+    """Index entries whose run's datasets are gone (ignored by every reader; `prune_index` deletes them)."""
+    return [entry for entry in index_entries(store) if not entry["live"]]
+
+
+def prune_index(store: Store) -> list[dict[str, Any]]:
+    """Delete the stale index entries; returns what was removed (run id, key, prompt count)."""
+    removed = stale_index_entries(store)
+    for entry in removed:
+        store.delete(entry["key"])
+    return removed
 
 
 def training_runs_of(store: Store, run_id: str) -> list[str]:
@@ -99,16 +130,22 @@ def training_runs_of(store: Store, run_id: str) -> list[str]:
     return [run_id]
 
 
+def synthesized_prompts_by_run(store: Store, exclude_runs: Iterable[str] = ()) -> dict[str, set[str]]:
+    """{run_id: prompt ids} of every live index entry except those of `exclude_runs` (oldest run first)."""
+    excluded = set(exclude_runs)
+    return {entry["run_id"]: set(_read_table(store, entry["key"], columns=["prompt_id"])["prompt_id"].to_pylist())
+            for entry in index_entries(store) if entry["live"] and entry["run_id"] not in excluded}
+
+
 def synthesized_prompt_ids(store: Store, exclude_runs: Iterable[str] = ()) -> set[str]:
-    """Every prompt id some earlier synthesis run recorded, except those recorded by `exclude_runs`.
+    """Every prompt id some earlier synthesis run recorded (and whose data still exists), except those
+    recorded by `exclude_runs`.
 
     Exclude the run being (re-)synthesized, so resuming a run does not skip its own prompts.
     """
-    excluded = {index_key(run_id) for run_id in exclude_runs}
     seen: set[str] = set()
-    for key in store.list(INDEX_PREFIX):
-        if key.endswith(".parquet") and key not in excluded:
-            seen.update(_read_table(store, key, columns=["prompt_id"])["prompt_id"].to_pylist())
+    for prompt_ids in synthesized_prompts_by_run(store, exclude_runs).values():
+        seen.update(prompt_ids)
     return seen
 
 

@@ -195,3 +195,56 @@ def decide_promotion(candidate: Mapping[str, Mapping[str, Any]], current: Mappin
     if not checks:
         return GateDecision(True, f"{against}: no gated metrics configured (evaluation.gate.metrics is empty)", checks)
     return GateDecision(True, f"{against}: no gated metric blocks: " + "; ".join(c.explanation for c in checks), checks)
+
+
+def report_markdown(run_id: str, decision: GateDecision, compared_with: str | None,
+                    candidate: Mapping[str, Mapping[str, Any]] | None = None, gated: Sequence[str] = ()) -> str:
+    """The promotion report people read (runs/<id>/reports/promotion.md and the `promotion` artifact).
+
+    It says what the decision really rested on: the run `latest` points at is named as compared-with only for
+    the gated metrics it has a score for, the base model likewise; columns appear only for the runs compared.
+    """
+    verdict = "PROMOTED" if decision.promote else "NOT PROMOTED"
+    checks = decision.checks
+    with_current = [c for c in checks if c.current is not None and math.isfinite(c.current.value)]
+    with_base = [c for c in checks if c.base is not None and math.isfinite(c.base.value)]
+    compared = []
+    if compared_with is None:
+        compared.append("no model is `latest` yet")
+    elif not checks:
+        compared.append(f"`{compared_with}` (the current `latest`) on no metric: evaluation.gate.metrics is empty")
+    elif not with_current:
+        compared.append(f"not `{compared_with}` (the current `latest`): it has no score for any gated metric")
+    else:
+        compared.append(f"`{compared_with}` (the current `latest`) on {len(with_current)} of {len(checks)} gated "
+                        "metric(s)")
+    if with_base:
+        compared.append(f"the base model on {len(with_base)} of {len(checks)} gated metric(s)")
+    if not with_current and not with_base:
+        compared.append("nothing was compared" + (", so nothing could regress" if checks else ""))
+    lines = [f"# Promotion gate, run `{run_id}`: {verdict}", "", "Compared with: " + "; ".join(compared), "",
+             f"Reason: {decision.reason}", ""]
+    if checks:
+        columns = [("this run", lambda c: _cell(c.candidate))]
+        if with_current:
+            columns.append(("current latest", lambda c: _cell(c.current)))
+        if with_base:
+            columns.append(("base model", lambda c: _cell(c.base)))
+        if any(c.candidate is not None and c.candidate.n_failed for c in checks):
+            columns.append(("failed", lambda c: f"{c.candidate.n_failed}/{c.candidate.n + c.candidate.n_excluded}"
+                            if c.candidate is not None else "-"))
+        lines += ["| metric | status | " + " | ".join(title for title, _ in columns) + " |",
+                  "|---|---|" + "---|" * len(columns)]
+        lines += [f"| {c.metric} | {c.status} | " + " | ".join(cell(c) for _, cell in columns) + " |" for c in checks]
+    elif gated and candidate is not None:
+        lines += ["| gated metric | this run |", "|---|---|"]
+        for metric in dict.fromkeys(gated):
+            raw = candidate.get(metric)
+            lines.append(f"| {metric} | {_cell(MetricScore.parse(metric, raw)) if raw is not None else '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(score: MetricScore | None) -> str:
+    if score is None or not math.isfinite(score.value):
+        return "-"
+    return f"{score.value:.4g} [{score.ci_low:.4g}, {score.ci_high:.4g}] n={score.n}"

@@ -113,8 +113,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
         raise ConfigError(describe_validation_error(source, error)) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Load and validate a YAML run config. `overrides` maps dotted keys to values (e.g. {"search.budget": 12})."""
+def read_config_mapping(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The YAML mapping of a config file with `overrides` (dotted keys, e.g. {"search.budget": 12}) applied;
+    not validated (training-only configs have no `models`)."""
     data = read_yaml_mapping(path, ConfigError)
     for dotted, value in (overrides or {}).items():
         node = data
@@ -122,4 +123,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         for key in parents:
             node = node.setdefault(key, {})
         node[leaf] = value
-    return parse_config(data, source=str(path))
+    return data
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load and validate a YAML run config. `overrides` maps dotted keys to values (e.g. {"search.budget": 12})."""
+    return parse_config(read_config_mapping(path, overrides), source=str(path))

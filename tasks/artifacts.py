@@ -1,11 +1,17 @@
 """Publishing results people would rather see than read: every table and plot goes to the run folder in the
-store and, when a Prefect run is active, to the Prefect UI as an artifact. One place, used by every flow."""
+store and, when a Prefect run is active, to the Prefect UI as an artifact. One place, used by every flow.
+
+Artifact keys name a kind of result, never a run (`synthesis-models`, `training-metrics`, `evaluation-mini`,
+`promotion`, ...): each key then keeps a history across runs in the UI's Artifacts page, and the run id goes in
+the description. A flow run publishes each key once.
+"""
 from __future__ import annotations
 
 import base64
 import io
 import logging
 import re
+import time
 from typing import Any, Sequence
 
 from infra.store import Store
@@ -16,6 +22,23 @@ log = logging.getLogger(__name__)
 def artifact_key(*parts: str) -> str:
     """Prefect artifact keys allow only lowercase letters, digits and dashes."""
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")[:100]
+
+
+class PhaseTimer:
+    """Where a report's time goes: `lap("plot")` after each phase, `summary()` for the log line."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = self._start = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = self.phases.get(phase, 0.0) + now - self._last
+        self._last = now
+
+    def summary(self) -> str:
+        total = time.perf_counter() - self._start
+        return f"{total:.1f} s (" + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.phases.items()) + ")"
 
 
 def _in_prefect_run() -> bool:

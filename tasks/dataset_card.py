@@ -186,7 +186,7 @@ def write_dataset_card(cfg: RunConfig, run_id: str, ingest: dict[str, Any], deco
     key = f"runs/{run_id}/{CARD_FILE}"
     store.write_text(key, markdown)
     publish_markdown(None, None, artifact_markdown(markdown), title=f"dataset card of run {run_id}",
-                     artifact=f"dataset-card-{run_id}")
+                     artifact="dataset-card")
     return store.uri(key)
 
 

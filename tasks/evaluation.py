@@ -16,7 +16,7 @@ from evaluation.report import comparison_png, comparison_rows, markdown_report
 from evaluation.runner import SCORES_FILE, evaluate_sync
 from evaluation.scores import base_cache_prefix, eval_prefix, previous_scores
 from infra.store import open_store
-from tasks.artifacts import artifact_key, publish_markdown, publish_png, publish_table
+from tasks.artifacts import PhaseTimer, artifact_key, publish_markdown, publish_png, publish_table
 from tasks.gpu import gpu_slot
 from runconfig import RunConfig, load_config, parse_config
 
@@ -81,18 +81,28 @@ def evaluate_base_model(config: str | dict[str, Any], benchmark: str,
 
 @task(name="evaluation-report", task_run_name="report-{benchmark}", cache_policy=NO_CACHE)
 def evaluation_report(config: str | dict[str, Any], run_id: str, benchmark: str, base_key: str | None) -> dict[str, str]:
-    """Markdown report + PNG (this run vs the previous evaluated run vs the base model) + Prefect table."""
+    """Markdown report + PNG (this run vs the previous evaluated run, when there is one, vs the base model) + table.
+
+    Prefect artifact keys: evaluation-<benchmark> (table), evaluation-<benchmark>-report, evaluation-<benchmark>-plot.
+    """
+    timer = PhaseTimer()
     store = open_store(run_config(config).store)
     current = store.read_json(f"{eval_prefix(run_id, benchmark)}/{SCORES_FILE}")
     previous = previous_scores(store, run_id, benchmark)
     base = store.read_json(base_key) if base_key else None
     prefix = eval_prefix(run_id, benchmark)
+    timer.lap("read scores")
     markdown = markdown_report(current, previous, base)
+    rows = comparison_rows(current, previous, base)
+    png = comparison_png(current, previous, base)
+    timer.lap("report and plot")
+    against = " vs ".join(["this run"] + (["previous run"] if previous else []) + (["base model"] if base else []))
     publish_markdown(store, f"{prefix}/report.md", markdown, title=f"Evaluation {benchmark}, run {run_id}",
-                     artifact=artifact_key("eval-report", run_id, benchmark))
-    png_uri = publish_png(store, f"{prefix}/comparison.png", comparison_png(current, previous, base),
-                          title=f"Evaluation {benchmark}: this run vs previous vs base",
-                          artifact=artifact_key("eval-plot", run_id, benchmark))
-    publish_table(store, f"{prefix}/comparison.json", comparison_rows(current, previous, base),
-                  title=f"Evaluation {benchmark}, run {run_id}", artifact=artifact_key("eval", run_id, benchmark))
+                     artifact=artifact_key("evaluation", benchmark, "report"))
+    png_uri = publish_png(store, f"{prefix}/comparison.png", png, title=f"Evaluation {benchmark}, run {run_id}: {against}",
+                          artifact=artifact_key("evaluation", benchmark, "plot"))
+    publish_table(store, f"{prefix}/comparison.json", rows, title=f"Evaluation {benchmark}, run {run_id}",
+                  artifact=artifact_key("evaluation", benchmark))
+    timer.lap("publish (store and Prefect artifacts)")
+    get_run_logger().info("evaluation report of %s, run %s: %s", benchmark, run_id, timer.summary())
     return {"report": store.uri(f"{prefix}/report.md"), "plot": png_uri}

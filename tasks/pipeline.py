@@ -12,7 +12,7 @@ from prefect import get_run_logger, task
 from infra.config import StoreConfig
 from infra.incremental import (accumulate_datasets, indexed_runs, prompt_counts, prompt_ids_sampled_in_run,
                                record_synthesized_prompts, synthesized_prompt_ids, training_runs_of)
-from infra.promotion import decide_promotion
+from infra.promotion import decide_promotion, report_markdown
 from infra.registry import latest_run_id, promotion_history, record_decision
 from infra.store import open_store
 from tasks.artifacts import publish_markdown
@@ -85,16 +85,9 @@ def promotion_gate(store_cfg: StoreConfig, run_id: str, candidate_scores: dict[s
     record = record_decision(store, run_id, decision, compared_with=compared_with, candidate_scores=candidate_scores,
                              current_scores=current_scores, flow_run_id=flow_run_id, base_scores=base_scores)
     verdict = "PROMOTED" if record.promoted else "NOT PROMOTED"
-    lines = [f"# Promotion gate, run {run_id}: {verdict}", "", f"Compared with: {compared_with or '(no latest yet)'}"
-             f"{' and the base model' if base_scores else ''}", "", f"Reason: {record.reason}", ""]
-    if decision.checks:
-        lines += ["| metric | status | candidate | current | base model | failed |", "|---|---|---|---|---|---|"]
-        for check in decision.checks:
-            failed = f"{check.candidate.n_failed}/{check.candidate.n + check.candidate.n_excluded}" if check.candidate else "-"
-            lines.append(f"| {check.metric} | {check.status} | {_interval(check.candidate)} | {_interval(check.current)} "
-                         f"| {_interval(check.base)} | {failed} |")
-    publish_markdown(store, f"runs/{run_id}/reports/promotion.md", "\n".join(lines),
-                     title=f"Promotion gate, run {run_id}", artifact=f"promotion-{run_id}")
+    publish_markdown(store, f"runs/{run_id}/reports/promotion.md",
+                     report_markdown(run_id, decision, compared_with, candidate_scores, gated),
+                     title=f"Promotion gate, run {run_id}: {verdict}", artifact="promotion")
     (get_run_logger().info if record.promoted else get_run_logger().warning)("%s: %s", verdict, record.reason)
     return record.to_dict()
 
@@ -110,9 +103,3 @@ def flatten_scores(scores_by_benchmark: dict[str, dict[str, Any]]) -> dict[str, 
     return {f"{benchmark}.{name}": {key: metric.get(key) for key in ("value", "ci_low", "ci_high", "n", "higher_is_better")}
             for benchmark, data in sorted(scores_by_benchmark.items())
             for name, metric in sorted(data.get("metrics", {}).items())}
-
-
-def _interval(score: Any) -> str:
-    if score is None:
-        return "-"
-    return f"{score.value:.4g} [{score.ci_low:.4g}, {score.ci_high:.4g}] n={score.n}"

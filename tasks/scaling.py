@@ -75,7 +75,7 @@ def search_config_at(cfg: RunConfig, strategy: str, budget: int) -> SearchConfig
 
 # -- searching --------------------------------------------------------------------------------------------------
 
-@task(name="scaling-search", cache_policy=NO_CACHE, tags=["gpu"])
+@task(name="scaling-search", cache_policy=NO_CACHE)
 def search_strategy(cfg: RunConfig, run_id: str, strategy: str, budgets: list[int],
                     endpoints: dict[str, Any] | None = None) -> dict[str, Any]:
     """Search every prompt of the run with `strategy` at each budget it needs (see toa_core.scaling.REUSE).
@@ -153,11 +153,11 @@ def report_scaling(cfg: RunConfig, run_id: str, strategies: list[str], budgets: 
     store.write_text(scaling_key(run_id, "scaling.csv"), table_csv(rows, CURVE_COLUMNS))
     store.write_text(scaling_key(run_id, "per_prompt.csv"), table_csv([p.as_row() for p in points], PROMPT_COLUMNS))
     publish_table(store, scaling_key(run_id, "scaling.json"), rows,
-                  title=f"scaling sweep {run_id}: mean best / top-{top_k} reward per strategy and budget",
-                  artifact=f"scaling-table-{run_id}")
+                  title=f"Scaling sweep {run_id}: mean best / top-{top_k} reward per strategy and budget",
+                  artifact="scaling-table")
     title = f"{cfg.name}: {len(prompt_ids)} prompts, reward {cfg.reward.model or cfg.reward.kind}"
     png = publish_png(store, scaling_key(run_id, "scaling.png"), figure_png(scaling_figure(curve, title)),
-                      title=f"scaling curves of {run_id}", artifact=f"scaling-figure-{run_id}")
+                      title=f"Scaling curves of run {run_id}", artifact="scaling-figure")
     return {"table_csv": store.uri(scaling_key(run_id, "scaling.csv")),
             "table_json": store.uri(scaling_key(run_id, "scaling.json")),
             "per_prompt_csv": store.uri(scaling_key(run_id, "per_prompt.csv")),

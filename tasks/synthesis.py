@@ -353,20 +353,20 @@ def rank_candidates(cfg: RunConfig, run_id: str, shard_uris: list[str]) -> dict[
 @task(name="report-synthesis", cache_policy=NO_CACHE)
 def report_synthesis(cfg: RunConfig, run_id: str, ingest: dict[str, Any], shards: list[dict[str, Any]],
                      ranking: dict[str, Any], decontamination: dict[str, Any] | None = None) -> str:
-    """Per-model table, markdown summary and reward-distribution PNG: in `reports/` and as Prefect artifacts."""
-    from tasks.artifacts import figure_png, publish_markdown, publish_png, publish_table
+    """Per-model table, markdown summary and reward-distribution PNG: in `reports/` and as Prefect artifacts
+    (keys synthesis-models, synthesis-rewards, synthesis-summary; the run id is in each description)."""
+    from prefect import get_run_logger
+
+    from tasks.artifacts import PhaseTimer, figure_png, publish_markdown, publish_png, publish_table
     from tasks.dataset_card import quality_markdown
     from tasks.synthesis_report import per_model_table, reward_distribution_figure, summary_markdown
 
+    timer = PhaseTimer()
     store = open_store(cfg.store)
     samples = pa.concat_tables([parquet_bytes_to_table(store.read_bytes(store.key_of(s["uri"]))) for s in shards]) \
         if shards else candidates_to_table([])
+    timer.lap("read shards")
     model_rows = per_model_table(samples)
-    publish_table(store, run_key(run_id, "reports", "synthesis_models.json"), model_rows,
-                  title=f"models in synthesis run {run_id}", artifact=f"synthesis-models-{run_id}")
-    publish_png(store, run_key(run_id, "reports", "reward_distribution.png"),
-                figure_png(reward_distribution_figure(samples)),
-                title="reward by model and by tree depth", artifact=f"synthesis-rewards-{run_id}")
     datasets = {name: uri for name, uri in ranking["datasets"].items() if name != "stats"}
     from infra.manifest import Manifest
 
@@ -375,6 +375,15 @@ def report_synthesis(cfg: RunConfig, run_id: str, ingest: dict[str, Any], shards
                                 model_rows, datasets, retries_total)
     markdown += "\n## Data quality\n\n" + "\n".join(quality_markdown(
         ranking["counts"], ranking.get("per_model", {}), decontamination, cfg.synthesis.ranking.allow_truncated))
+    timer.lap("tables")
+    png = figure_png(reward_distribution_figure(samples))
+    timer.lap("plot")
+    publish_table(store, run_key(run_id, "reports", "synthesis_models.json"), model_rows,
+                  title=f"Models in synthesis run {run_id}", artifact="synthesis-models")
+    publish_png(store, run_key(run_id, "reports", "reward_distribution.png"), png,
+                title=f"Reward by model and by tree depth, synthesis run {run_id}", artifact="synthesis-rewards")
     key = run_key(run_id, "reports", "synthesis.md")
-    publish_markdown(store, key, markdown, title=f"synthesis run {run_id}", artifact=f"synthesis-summary-{run_id}")
+    publish_markdown(store, key, markdown, title=f"Synthesis run {run_id}", artifact="synthesis-summary")
+    timer.lap("publish (store and Prefect artifacts)")
+    get_run_logger().info("synthesis report of run %s: %s", run_id, timer.summary())
     return store.uri(key)

@@ -12,11 +12,11 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from infra.store import open_store
-from tasks.artifacts import figure_png, publish_png, publish_table
+from tasks.artifacts import PhaseTimer, figure_png, publish_png, publish_table
 from tasks.gpu import gpu_slot
 from training.config import StageSettings, load_stage_settings, parse_stage_settings
 from training.launch import run_stage_process, stage_argv
-from training.report import curves_png, metrics_rows
+from training.report import curves_png, metrics_rows, metrics_table
 from training.stage import METRICS_FILE, model_prefix
 
 
@@ -63,13 +63,20 @@ def train_stage(stage: str, config: str | dict[str, Any], run_id: str, data_run_
 
 @task(name="training-report")
 def training_report(config: str | dict[str, Any], run_id: str, stages: list[str]) -> dict[str, str]:
-    """Final-metrics table and loss / reward-accuracy curves, saved under runs/<id>/reports/ and shown in Prefect."""
+    """Final-metrics table and loss / reward-accuracy curves, saved under runs/<id>/reports/ and shown in Prefect
+    (artifact keys training-metrics and training-curves)."""
+    timer = PhaseTimer()
     store = open_store(stage_settings(config).store)
     stage_metrics = {stage: store.read_json(f"{model_prefix(run_id, stage)}/{METRICS_FILE}") for stage in stages}
     rows = metrics_rows(stage_metrics)
+    timer.lap("read metrics")
+    png = figure_png(curves_png(stage_metrics))
+    timer.lap("plot")
     table_key = f"runs/{run_id}/reports/training_metrics.json"
-    publish_table(store, table_key, rows, title=f"Training metrics, run {run_id}", artifact=f"training-{run_id}")
+    store.write_json(table_key, rows)
+    publish_table(None, None, metrics_table(rows), title=f"Training metrics, run {run_id}", artifact="training-metrics")
     png_key = f"runs/{run_id}/reports/training_curves.png"
-    png_uri = publish_png(store, png_key, figure_png(curves_png(stage_metrics)),
-                          title=f"Training curves, run {run_id}", artifact=f"training-curves-{run_id}")
+    png_uri = publish_png(store, png_key, png, title=f"Training curves, run {run_id}", artifact="training-curves")
+    timer.lap("publish (store and Prefect artifacts)")
+    get_run_logger().info("training report of run %s: %s", run_id, timer.summary())
     return {"table": store.uri(table_key), "curves": png_uri}

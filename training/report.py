@@ -27,6 +27,22 @@ def metrics_rows(stage_metrics: dict[str, dict[str, Any]]) -> list[dict[str, Any
     return rows
 
 
+def metrics_table(rows: list[dict[str, Any]], width: int = 48) -> list[dict[str, Any]]:
+    """`metrics_rows` turned on its side for the UI: one row per metric, one column per stage, so the table stays
+    three columns wide however many metrics there are. Metrics no stage has are left out; long values (a base
+    model's local path) keep their end."""
+    stages = [row["stage"] for row in rows]
+    table = []
+    for metric in (key for key in (rows[0] if rows else {}) if key != "stage"):
+        values = {stage: row.get(metric) for stage, row in zip(stages, rows)}
+        if all(value is None for value in values.values()):
+            continue
+        shown = {stage: ("..." + value[-(width - 3):] if isinstance(value, str) and len(value) > width else value)
+                 for stage, value in values.items()}
+        table.append({"metric": metric, **shown})
+    return table
+
+
 def curves(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     """(steps, values) of one logged quantity, skipping the summary entries."""
     points = [(entry["step"], entry[key]) for entry in history

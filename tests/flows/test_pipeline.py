@@ -20,6 +20,7 @@ from infra.incremental import synthesized_prompt_ids
 from infra.manifest import Manifest
 from infra.registry import latest_run_id, promotion_history
 from infra.store import open_store
+from tests.fixtures.prefect import api_client, flow_run_inputs, flow_runs_named
 
 
 class StageStubs:
@@ -43,7 +44,7 @@ class StageStubs:
         stubs = self
 
         @flow(name="synthesize")
-        def synthesize(config: str, run_id: str, incremental: bool = False) -> dict:
+        def synthesize(config: str, run_id: str, incremental: bool = False, overrides: dict | None = None) -> dict:
             seen = synthesized_prompt_ids(stubs.store, exclude_runs=[run_id]) if incremental else set()
             new = [p for p in stubs.source if p not in seen]
             Manifest.open(stubs.store, run_id)  # the real flow creates the run's manifest (or resumes it)
@@ -57,7 +58,7 @@ class StageStubs:
             return {"run_id": run_id}
 
         @flow(name="train")
-        def train(config: str, run_id: str, data_run_id: str | None = None) -> dict:
+        def train(config: str, run_id: str, data_run_id: str | None = None, overrides: dict | None = None) -> dict:
             if stubs.fail_training:
                 raise RuntimeError("training blew up")
             key = f"runs/{data_run_id or run_id}/datasets/sft/train.parquet"
@@ -67,7 +68,7 @@ class StageStubs:
             return {}
 
         @flow(name="evaluate")
-        def evaluate(config: str, run_id: str) -> dict:
+        def evaluate(config: str, run_id: str, overrides: dict | None = None) -> dict:
             value = stubs.next_win_rate
             stubs.store.write_json(f"runs/{run_id}/eval/mini/scores.json", {"metrics": {
                 "rm_win_rate": {"value": value, "ci_low": value - 0.05, "ci_high": value + 0.05, "n": 40,
@@ -170,6 +171,23 @@ def test_nightly_runs_are_incremental_accumulate_gate_and_resume(setup):
     assert full["new_prompts"] == 5 and full["data_run_id"] == "manual-full"
     assert stubs.trained[-1] == ("manual-full", "manual-full", 5)
     assert full["promotion"] is None and latest_run_id(stubs.store) == "night-5"
+
+    # In the UI: each pipeline run is named by its run id and ends with a state that says what happened; no task
+    # run received a subflow's result object (the UI cannot render a task run page with a `flow_run` input).
+    with api_client() as client:
+        pipeline_runs = sorted((r for r in flow_runs_named(client, "night-1", "night-3", "night-6", "manual-full")
+                                if r.parent_task_run_id is None), key=lambda r: r.created)
+        assert [r.name for r in pipeline_runs] == ["night-1", "night-3", "night-3", "night-6", "manual-full"]
+        runs = {r.name: r for r in reversed(pipeline_runs)}  # the first run of each id
+        resumed = pipeline_runs[2]
+        assert resumed.state.name == "Nothing new" and resumed.state.message.startswith("already complete")
+        assert runs["night-1"].state.message.startswith("promoted to latest: first run")
+        assert runs["night-3"].state.message.startswith("NOT promoted (latest unchanged): blocked by mini.rm_win_rate")
+        assert runs["night-6"].state.name == "Nothing new"
+        assert runs["night-6"].state.message.startswith("nothing new: 0 new prompts; every synthesized prompt")
+        inputs = flow_run_inputs(client, [r.id for r in runs.values()])
+        assert ("data_run_id", "task_run") in {(param, kind) for _, param, kind in inputs}  # tracking still works
+        assert [entry for entry in inputs if entry[2] == "flow_run"] == []
 
 
 def test_gate_blocks_a_first_run_worse_than_its_base_model_and_a_run_that_fails_items(setup, tmp_path):

@@ -7,8 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from infra.incremental import (accumulate_datasets, indexed_runs, prompt_counts, prompt_ids_sampled_in_run,
-                               record_synthesized_prompts, synthesized_prompt_ids, training_runs_of)
+from infra.incremental import (accumulate_datasets, indexed_runs, prompt_counts, prompt_ids_sampled_in_run, prune_index,
+                               record_synthesized_prompts, stale_index_entries, synthesized_prompt_ids,
+                               synthesized_prompts_by_run, training_runs_of)
 from infra.promotion import decide_promotion
 from infra.run_ids import InvalidRunId
 from infra.registry import (LATEST_KEY, RegistryError, latest_run_id, promotion_history, read_latest,
@@ -93,9 +94,15 @@ def test_malformed_pointer_is_reported(store):
 
 # -- incremental index -------------------------------------------------------------------------------------
 
+def write_datasets_of(store, *run_ids):
+    for run_id in run_ids:
+        write_parquet(store, f"runs/{run_id}/datasets/sft/train.parquet", {"prompt_id": ["x"]})
+
+
 def test_index_records_sampled_prompts_and_skips_failed_ones(store):
     write_parquet(store, "runs/r1/samples/shard-00000.parquet",
                   {"prompt_id": ["a", "a", "b", "c"], "error": [None, "timeout", None, "timeout"]})
+    write_datasets_of(store, "r1", "r2")
     assert prompt_ids_sampled_in_run(store, "r1") == {"a", "b"}
     record_synthesized_prompts(store, "r1")
     record_synthesized_prompts(store, "r2", ["b", "d"])
@@ -107,6 +114,22 @@ def test_index_records_sampled_prompts_and_skips_failed_ones(store):
     assert synthesized_prompt_ids(store, exclude_runs=["r2"]) == {"a"}
     record_synthesized_prompts(store, "r3", [])  # a run that found nothing new is indexed with no prompts
     assert prompt_counts(store) == {"r2": 2, "r1": 1, "r3": 0}
+
+
+def test_a_deleted_run_no_longer_keeps_its_prompts_from_being_synthesized(store):
+    write_datasets_of(store, "r1", "r2")
+    record_synthesized_prompts(store, "r1", ["a", "b"])
+    record_synthesized_prompts(store, "r2", ["c"])
+    assert synthesized_prompt_ids(store) == {"a", "b", "c"}
+    for key in store.list("runs/r1/"):  # the run folder is deleted by hand
+        store.delete(key)
+    assert synthesized_prompt_ids(store) == {"c"}  # r1's prompts are eligible again
+    assert indexed_runs(store) == ["r2"] and prompt_counts(store) == {"r2": 1}
+    assert synthesized_prompts_by_run(store) == {"r2": {"c"}}
+    assert [entry["run_id"] for entry in stale_index_entries(store)] == ["r1"]
+    removed = prune_index(store)
+    assert [(entry["run_id"], entry["prompts"]) for entry in removed] == [("r1", 2)]
+    assert store.list("index/prompts/") == ["index/prompts/r2.parquet"] and not stale_index_entries(store)
 
 
 def test_training_runs_of_reads_the_accumulated_lineage(store):

@@ -4,7 +4,9 @@ Steps, each idempotent so the command can be re-run after editing prefect.yaml:
 1. check the server at PREFECT_API_URL (or --api-url) answers;
 2. create the work pools that prefect.yaml names, as `process` pools, when they do not exist yet;
 3. create (or resize) the global concurrency limit "gpu" that GPU tasks take a slot of;
-4. run `prefect --no-prompt deploy --all` (or `--name` for some) in the project folder.
+4. run `prefect --no-prompt deploy --all` (or `--name` for some) in the project folder;
+5. tidy the deployments' run forms: an optional parameter (`run_id: str | None = None`) becomes a plain field
+   that may be left empty, instead of a "string / None" switch (see `tidy_parameter_schema`).
 """
 from __future__ import annotations
 
@@ -135,6 +137,62 @@ def ensure_gpu_limit(api_url: str, slots: int) -> str:
         return f"resized concurrency limit '{GPU_LIMIT_NAME}' from {current.limit} to {slots} slot(s)"
 
 
+def tidy_parameter_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """The form-friendly version of a flow's parameter schema (a new dict).
+
+    Prefect renders `X | None = None` as a switch between X and "None" ('Property is type "None"'). Here such a
+    property becomes plain X without a default: the form shows an empty field, leaves it out of the run's
+    parameters when it stays empty, and the flow then uses its own default (None). The server still accepts an
+    explicit null for it (it allows null for optional properties without a default). Applied to the nested
+    models under `definitions` too.
+    """
+    import copy
+
+    tidied = copy.deepcopy(schema)
+
+    def tidy_properties(properties: dict[str, Any]) -> None:
+        for prop in properties.values():
+            options = prop.get("anyOf")
+            if prop.get("default", "no default") is not None or not options:
+                continue
+            kept = [option for option in options if option.get("type") != "null"]
+            if len(kept) == len(options):
+                continue
+            del prop["anyOf"], prop["default"]
+            if len(kept) == 1:
+                prop.update({key: value for key, value in kept[0].items() if key not in prop})
+            else:
+                prop["anyOf"] = kept
+
+    tidy_properties(tidied.get("properties", {}))
+    for definition in tidied.get("definitions", {}).values():
+        tidy_properties(definition.get("properties", {}))
+        for prop in definition.get("properties", {}).values():
+            if prop.get("default", "no default") is None:
+                del prop["default"]  # typed optional fields (runconfig.parameters) left empty
+    return tidied
+
+
+def tidy_deployment_forms(api_url: str, spec: dict[str, Any], only: list[str] | None = None) -> list[str]:
+    """Apply `tidy_parameter_schema` to the registered deployments of `spec`; returns their names."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    tidied = []
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        for deployment in spec["deployments"]:
+            name = f"{deployment.get('entrypoint', '').rpartition(':')[2]}/{deployment.get('name')}"
+            if only and name not in only and deployment.get("name") not in only:
+                continue
+            registered = client.read_deployment_by_name(name)
+            schema = tidy_parameter_schema(registered.parameter_openapi_schema or {})
+            if schema != registered.parameter_openapi_schema:
+                client.update_deployment(registered.id, DeploymentUpdate(parameter_openapi_schema=schema))
+            tidied.append(name)
+    return tidied
+
+
 def prefect_executable() -> str:
     """The `prefect` CLI of this environment (next to its python), else the one on PATH."""
     beside = Path(sys.executable).with_name("prefect")
@@ -169,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
     if completed.returncode != 0:
         print(f"error: `prefect deploy` failed with exit code {completed.returncode} (its output is above)", file=sys.stderr)
         return completed.returncode
+    tidy_deployment_forms(api_url, spec, args.name)
     ui_url = api_url[:-len("/api")] if api_url.endswith("/api") else api_url
     print(f"registered; deployments are listed at {ui_url}/deployments")
     for pool in pools:
