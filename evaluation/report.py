@@ -61,6 +61,18 @@ def markdown_report(current: dict[str, Any], previous: dict[str, Any] | None, ba
     return "\n".join(lines) + "\n"
 
 
+def plotted_metrics(current: dict[str, Any], previous: dict[str, Any] | None,
+                    base: dict[str, Any] | None) -> tuple[list[str], list[str]]:
+    """(metrics drawn as panels, metrics left out because they are 0 everywhere).
+
+    A panel whose every bar is 0 with no interval (BLEU of a model that wrote no translation, say) says nothing
+    the table does not: such metrics are listed under the plot's title instead of drawn as empty axes.
+    """
+    computed = [name for name, metric in current["metrics"].items() if metric.get("value") is not None]
+    all_zero = [name for name in computed if _all_zero(name, [current, previous, base])]
+    return [name for name in computed if name not in all_zero], all_zero
+
+
 def comparison_png(current: dict[str, Any], previous: dict[str, Any] | None, base: dict[str, Any] | None) -> bytes:
     """Bars per metric (one subplot each: scales differ) for base / previous / this run, with 95% error bars."""
     import io
@@ -68,11 +80,7 @@ def comparison_png(current: dict[str, Any], previous: dict[str, Any] | None, bas
     import matplotlib.pyplot as plt
 
     series = [("base model", base, "#9e9e9e"), ("previous run", previous, "#64b5f6"), ("this run", current, "#1565c0")]
-    computed = [n for n, m in current["metrics"].items() if m.get("value") is not None]
-    # A panel whose every bar is 0 with no interval (BLEU of a model that wrote no translation, say) says
-    # nothing a table does not: list those metrics under the title instead of drawing empty axes.
-    all_zero = [n for n in computed if _all_zero(n, [scores for _, scores, _ in series])]
-    names = [n for n in computed if n not in all_zero]
+    names, all_zero = plotted_metrics(current, previous, base)
     columns = max(1, min(4, len(names)))
     rows = max(1, -(-len(names) // columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), squeeze=False)

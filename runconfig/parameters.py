@@ -81,7 +81,8 @@ def _optional(kind: type, key: str, description: str, **bounds: Any) -> Any:
                               "title": key, "description": description, **bounds}
     if kind is Strategy:
         schema["enum"] = list(get_args(Strategy))
-    return Annotated[kind | None, WithJsonSchema(schema)]
+    checked = Annotated[kind, Field(ge=bounds.get("minimum"), le=bounds.get("maximum"))]
+    return Annotated[checked | None, WithJsonSchema(schema)]
 
 
 class RunOverrides(Section):
@@ -106,8 +107,8 @@ class RunOverrides(Section):
         return {_KEYS[name]: value for name, value in self.model_dump().items() if value is not None}
 
 
-_KEYS = {name: field.metadata[0].json_schema["title"] if field.metadata else name
-         for name, field in RunOverrides.model_fields.items()}
+_KEYS = {name: next(item.json_schema["title"] for item in field.metadata if isinstance(item, WithJsonSchema))
+         for name, field in RunOverrides.model_fields.items()}  # field name -> the config key it sets
 
 
 def override_mapping(overrides: RunOverrides | dict[str, Any] | None) -> dict[str, Any]:

@@ -11,31 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from infra.incremental import prompt_counts
 from infra.registry import latest_run_id, promotion_history
 from infra.store import open_store
-from tests.fixtures.prefect import PREFECT_BIN, prefect_cli_env, start_worker, stop_process
+from tests.fixtures.prefect import (PREFECT_BIN, api_client, artifacts_by_flow_run, flow_run_inputs, flow_runs_named,
+                                    prefect_cli_env, start_worker, stop_process)
 
 REPO = Path(__file__).resolve().parents[2]
 TOA = Path(sys.executable).with_name("toa")
 SCHEDULE_TIMEOUT_S = 120.0
-
-
-def client_for(api_url: str):
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    class Client:
-        def __enter__(self):
-            self._settings = temporary_settings({PREFECT_API_URL: api_url})
-            self._settings.__enter__()
-            self._client = get_client(sync_client=True)
-            return self._client.__enter__()
-
-        def __exit__(self, *exc):
-            self._client.__exit__(*exc)
-            self._settings.__exit__(*exc)
-
-    return Client()
 
 
 def scheduled_runs(client, deployment_id):
@@ -64,6 +48,32 @@ def test_prefect_yaml_declares_the_operations_contract():
         assert deployment["enforce_parameter_schema"] is True
 
 
+def test_deployment_forms_show_optional_parameters_as_plain_fields():
+    """`toa deploy` tidies each deployment's parameter schema: `X | None = None` becomes a plain X field that may
+    stay empty, and what the server accepts stays the same (validated as the server does)."""
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools import validate
+
+    from flows.synthesize import synthesize
+    from toaflow.commands.deploy import tidy_parameter_schema
+
+    raw = parameter_schema(synthesize).model_dump()
+    assert {"type": "null"} in raw["properties"]["run_id"]["anyOf"]  # what Prefect renders as a None switch
+    tidied = tidy_parameter_schema(raw)
+    for name in ("run_id", "prompts"):
+        assert tidied["properties"][name]["type"] == "string" and "default" not in tidied["properties"][name]
+    assert tidied["properties"]["limit"]["type"] == "integer"
+    assert tidied["properties"]["overrides"]["$ref"] == "#/definitions/RunOverrides"
+    assert tidied["properties"]["config"] == raw["properties"]["config"]  # a real choice is left alone
+    assert raw["properties"]["run_id"]["anyOf"]  # the input is not modified
+    for accepted in ({}, {"run_id": None, "limit": None}, {"run_id": "r", "limit": 3, "overrides": {"search_budget": 4}},
+                     {"config": "/srv/configs/mine.yaml"}):
+        validate(accepted, tidied, raise_on_error=True)
+    for refused in ({"overrides": {"trust_remote_code": True}}, {"config": {"name": "inline"}}, {"limit": "many"}):
+        with pytest.raises(Exception, match="Validation failed"):
+            validate(refused, tidied, raise_on_error=True)
+
+
 def test_toa_deploy_reports_an_unreachable_server(capsys):
     from tests.fixtures.prefect import free_port
     from toaflow.cli import main
@@ -83,7 +93,10 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
     config = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
     config["store"] = {"root": str(store_root)}
     # The smallest run that still exercises every stage: 3 prompts x 6 generations, 2 steps per stage.
-    config["synthesis"]["prompts"]["limit"] = 3
+    three_prompts = tmp_path / "three.jsonl"  # every prompt is taken on the first night: the second finds none
+    three_prompts.write_text("".join((REPO / "data" / "prompts" / "mixed_instructions.jsonl").read_text()
+                                     .splitlines(keepends=True)[:3]))
+    config["synthesis"]["prompts"] = {"source": str(three_prompts)}
     config["search"]["budget"] = 6
     config["synthesis"]["ranking"]["dpo_rejected_rank"] = 3
     config["training"]["sft"]["max_steps"] = config["training"]["dpo"]["max_steps"] = 2
@@ -98,16 +111,42 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
                             text=True, timeout=900)
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
 
-    with client_for(prefect_server) as client:
+    with api_client(prefect_server) as client:
         nightly = client.read_deployment_by_name("pipeline/nightly")
         assert nightly.work_pool_name == "toa-gpu"
         assert nightly.global_concurrency_limit.limit == 1
         assert nightly.concurrency_options.collision_strategy.value == "CANCEL_NEW"
         assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
         assert nightly.schedules[0].schedule.timezone == "UTC"
-        properties = nightly.parameter_openapi_schema["properties"]
-        assert "Run config YAML" in properties["config"]["description"]  # the UI form explains each field
+        assert [s.slug for s in nightly.schedules] == ["every day at 02:00 UTC"]  # the label the UI shows
+        schema = nightly.parameter_openapi_schema
+        properties = schema["properties"]
+        assert "shipped one" in properties["config"]["description"]  # the UI form explains each field
+        shipped, path = properties["config"]["anyOf"]  # a choice of shipped configs, or a path on the worker
+        assert "configs/demo.yaml" in shipped["enum"] and "configs/tiny.yaml" in shipped["enum"]
+        assert path == {"title": "file on the worker", "type": "string"}
         assert properties["incremental"]["type"] == "boolean"
+        # Optional parameters are plain fields left empty, not a "string / None" switch.
+        assert properties["run_id"]["type"] == "string" and "anyOf" not in properties["run_id"]
+        assert "default" not in properties["run_id"]
+        overrides = schema["definitions"]["RunOverrides"]
+        assert overrides["additionalProperties"] is False
+        assert all("anyOf" not in field and "default" not in field for field in overrides["properties"].values())
+        assert "search.budget" in {field["title"] for field in overrides["properties"].values()}
+
+        # Parameters cannot make a run execute code: the server refuses them before any run exists.
+        from prefect.exceptions import PrefectHTTPStatusError
+
+        train = client.read_deployment_by_name("train/on-demand")
+        for refused in ({"config": "configs/tiny.yaml", "run_id": "r", "overrides": {"reward.trust_remote_code": True}},
+                        {"config": {**config, "reward": {**config["reward"], "trust_remote_code": True}}, "run_id": "r"},
+                        {"config": "configs/tiny.yaml", "run_id": "r",
+                         "overrides": {"training_common_trust_remote_code": True}}):
+            with pytest.raises(PrefectHTTPStatusError, match="409"):
+                client.create_flow_run_from_deployment(train.id, parameters=refused)
+        allowed = client.create_flow_run_from_deployment(
+            train.id, parameters={"config": "configs/tiny.yaml", "run_id": "r", "overrides": {"search_budget": 4}})
+        client.delete_flow_run(allowed.id)
         for name in ("synthesize/on-demand", "train/on-demand", "evaluate/on-demand"):
             client.read_deployment_by_name(name)
         assert client.read_work_pool("toa-cpu").type == "process"
@@ -139,13 +178,44 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
     assert triggered.returncode == 0, triggered.stdout[-3000:] + triggered.stderr[-2000:] + worker_log[-6000:]
     assert "Completed" in triggered.stdout
 
+    worker = start_worker(prefect_server, prefect_server_home, "toa-gpu", tmp_path / "worker.log")
+    try:  # the second night: every prompt was synthesized on the first
+        second = subprocess.run(
+            [str(PREFECT_BIN), "deployment", "run", "pipeline/nightly", "-p", f"config={config_path}",
+             "-p", "run_id=deployed-2", "--watch", "--watch-timeout", "600"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=660)
+    finally:
+        stop_process(worker)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
+
+    with api_client(prefect_server) as client:
+        first_runs = flow_runs_named(client, "deployed-1")
+        # The pipeline and its three subflow runs, each named by the run id.
+        assert sorted(client.read_flow(run.flow_id).name for run in first_runs) == [
+            "evaluate", "pipeline", "synthesize", "train"]
+        nothing_new = flow_runs_named(client, "deployed-2")
+        assert sorted(client.read_flow(run.flow_id).name for run in nothing_new) == ["pipeline", "synthesize"]
+        night_2 = next(run for run in nothing_new if run.parent_task_run_id is None)
+        assert night_2.state.type.value == "COMPLETED" and night_2.state.name == "Nothing new"
+        assert night_2.state.message.startswith("nothing new: 3 prompts already synthesized by deployed-1 (3)")
+        # No task run received a subflow's result object: every task run page renders.
+        every_input = flow_run_inputs(client, [run.id for run in first_runs + nothing_new])
+        assert [entry for entry in every_input if entry[2] == "flow_run"] == []
+        artifacts = artifacts_by_flow_run(client, [run.id for run in first_runs + nothing_new])
+    assert all(artifacts[run.id] == [] for run in nothing_new)  # nothing new: no empty plots or tables
+    keys = [artifact.key for run in first_runs for artifact in artifacts[run.id]]
+    assert len(keys) == len(set(keys)), keys  # each key once per run
+    assert {"synthesis-models", "training-metrics", "evaluation-mini", "promotion"} <= set(keys)
+    assert not [key for key in keys if "deployed" in key]  # the run id is in descriptions, never in keys
+
     store = open_store(str(store_root))
     assert latest_run_id(store) == "deployed-1", promotion_history(store)[0]["reason"]
     assert promotion_history(store)[0]["reason"].startswith("first run")
     assert "mini.rm_win_rate" in promotion_history(store)[0]["candidate_scores"]
     assert store.list("runs/deployed-1/datasets/sft/") and store.list("runs/deployed-1/models/dpo/")
     assert store.list("runs/deployed-1/eval/mini/")
-    assert store.list("index/prompts/") == ["index/prompts/deployed-1.parquet"]
+    assert prompt_counts(store) == {"deployed-1": 3, "deployed-2": 0}
+    assert len(promotion_history(store)) == 1 and not store.list("runs/deployed-2/models/")
 
     # GPU tasks share the "gpu" limit that `toa deploy --gpu-slots 2` created: with both slots held, a third
     # request cannot get one (it times out instead of running on an occupied GPU).
@@ -165,3 +235,11 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
     checked = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True,
                              timeout=120)
     assert checked.returncode == 0 and "slots ok" in checked.stdout, checked.stdout + checked.stderr[-3000:]
+
+    # Without the limit on the server, GPU tasks run unlimited and say nothing about it.
+    with api_client(prefect_server) as client:
+        client.delete_global_concurrency_limit_by_name("gpu")
+    quiet = subprocess.run([sys.executable, "-c", "from tasks.gpu import gpu_slot\nwith gpu_slot('no limit'):\n"
+                            "    print('ran')"], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and "ran" in quiet.stdout, quiet.stderr[-3000:]
+    assert "do not exist" not in quiet.stdout + quiet.stderr

@@ -141,3 +141,34 @@ def test_a_metric_nothing_could_score_is_missing_and_says_why():
     decision = decide_promotion(candidate, None, ["mini.rm_mean_reward"], max_failure_rate=0.05)
     assert not decision.promote and decision.blocking[0].status == "missing"
     assert "no usable score (7 of 7 items failed or empty)" in decision.reason
+# -- the report people read -------------------------------------------------------------------------------------
+
+def test_report_names_what_the_decision_compared():
+    from infra.promotion import report_markdown
+
+    gated = ["mini.rm_win_rate", "mini.new_metric"]
+    candidate = {"mini.rm_win_rate": score(0.58), "mini.new_metric": score(0.3)}
+
+    # Some gated metrics compared, one without a baseline: only the columns of what was compared.
+    compared = report_markdown("r2", decide_promotion(candidate, CURRENT, gated), "r1", candidate, gated)
+    assert "Compared with: `r1` (the current `latest`) on 1 of 2 gated metric(s)" in compared
+    assert "| metric | status | this run | current latest |" in compared
+    assert "| mini.new_metric | no_baseline | 0.3 [0.25, 0.35] n=100 | - |" in compared
+
+    # No gated metric has a score at `latest`: the report does not pretend a comparison happened.
+    nothing = report_markdown("r2", decide_promotion({"mini.new_metric": score(0.3)}, CURRENT, ["mini.new_metric"]),
+                              "r1", candidate, ["mini.new_metric"])
+    assert "Compared with: not `r1` (the current `latest`): it has no score for any gated metric; nothing was " \
+           "compared, so nothing could regress" in nothing
+    assert "current latest |" not in nothing
+
+    # The first run: nothing to compare with, and its own gated values are shown.
+    first = report_markdown("r1", decide_promotion(candidate, None, gated), None, candidate, gated)
+    assert "Compared with: no model is `latest` yet; nothing was compared" in first and "PROMOTED" in first
+    assert "| mini.rm_win_rate | 0.58 [0.53, 0.63] n=100 |" in first
+
+    # The first run against its base model: that comparison is named, and only its column shown.
+    base = {"mini.rm_win_rate": score(0.5), "mini.new_metric": score(0.2)}
+    against_base = report_markdown("r1", decide_promotion(candidate, None, gated, base=base), None, candidate, gated)
+    assert "Compared with: no model is `latest` yet; the base model on 2 of 2 gated metric(s)" in against_base
+    assert "| metric | status | this run | base model |" in against_base
