@@ -25,7 +25,7 @@ from pydantic import Field, WithJsonSchema
 from toa_core.config import SearchConfig, Section
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-CONFIG_SUFFIXES = (".yaml", ".yml")
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")  # read_yaml_mapping reads JSON too
 
 
 def shipped_configs() -> tuple[str, ...]:
@@ -63,8 +63,8 @@ def config_path(config: str) -> Path:
         return PROJECT_DIR / config
     path = Path(config).expanduser()
     if path.suffix.lower() not in CONFIG_SUFFIXES:
-        raise ConfigParameterError(f"config {config!r}: expected a .yaml file (shipped ones: configs/tiny.yaml, "
-                                   "configs/demo.yaml, ...)")
+        raise ConfigParameterError(f"config {config!r}: expected a .yaml (or .json) file (shipped ones: "
+                                   "configs/tiny.yaml, configs/demo.yaml, ...)")
     if not path.is_file():
         raise ConfigParameterError(f"config {config!r}: no such file on this worker (relative paths start at "
                                    f"{Path.cwd()}); shipped configs live in {PROJECT_DIR / 'configs'}")

@@ -99,7 +99,8 @@ def evaluation_report(config: str | dict[str, Any], run_id: str, benchmark: str,
     against = " vs ".join(["this run"] + (["previous run"] if previous else []) + (["base model"] if base else []))
     publish_markdown(store, f"{prefix}/report.md", markdown, title=f"Evaluation {benchmark}, run {run_id}",
                      artifact=artifact_key("evaluation", benchmark, "report"))
-    png_uri = publish_png(store, f"{prefix}/comparison.png", png, title=f"Evaluation {benchmark}, run {run_id}: {against}",
+    png_uri = publish_png(store, f"{prefix}/comparison.png", png,
+                          title=f"Evaluation {benchmark}, run {run_id}: {against}",
                           artifact=artifact_key("evaluation", benchmark, "plot"))
     publish_table(store, f"{prefix}/comparison.json", rows, title=f"Evaluation {benchmark}, run {run_id}",
                   artifact=artifact_key("evaluation", benchmark))

@@ -42,6 +42,7 @@ def user_facing_errors() -> tuple[type[BaseException], ...]:
     from infra.run_ids import InvalidRunId
     from infra.servers import ServerError
     from infra.store import StoreError
+    from runconfig.parameters import ConfigParameterError
     from toa_core.backends.assets import AssetError
     from toa_core.backends.factory import FactoryError
     from toa_core.decontamination import DecontaminationError
@@ -55,7 +56,7 @@ def user_facing_errors() -> tuple[type[BaseException], ...]:
 
     return (InvalidRunId, IngestError, StoreError, RankingError, FactoryError, AssetError, PromptTemplateError,
             ServerError, RegistryError, TrainingConfigError, TrainingSetupError, StageFailed, BenchmarkError,
-            ModelSourceError, CometUnavailable, DecontaminationError, LeakageError)
+            ModelSourceError, CometUnavailable, DecontaminationError, LeakageError, ConfigParameterError)
 
 
 class _UserErrorOnce(logging.Filter):
