@@ -20,17 +20,16 @@ def _fmt(metric: dict[str, Any] | None) -> str:
 
 def comparison_rows(current: dict[str, Any], previous: dict[str, Any] | None,
                     base: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """One row per metric of this run: value, 95% interval, n, and the same metric of the others."""
+    """One row per metric of this run: value, 95% interval, n, and the same metric of the others (a column per
+    other run that exists: no "previous_run" column when there is no previous run)."""
     rows = []
     for name, metric in current["metrics"].items():
-        rows.append({
-            "metric": name,
-            "this_run": _fmt(metric),
-            "n": metric.get("n"),
-            "n_failed": metric.get("n_failed", 0),
-            "previous_run": _fmt((previous or {}).get("metrics", {}).get(name)),
-            "base_model": _fmt((base or {}).get("metrics", {}).get(name)),
-        })
+        row = {"metric": name, "this_run": _fmt(metric), "n": metric.get("n"), "n_failed": metric.get("n_failed", 0)}
+        if previous is not None:
+            row["previous_run"] = _fmt(previous.get("metrics", {}).get(name))
+        if base is not None:
+            row["base_model"] = _fmt(base.get("metrics", {}).get(name))
+        rows.append(row)
     return rows
 
 
@@ -47,10 +46,13 @@ def markdown_report(current: dict[str, Any], previous: dict[str, Any] | None, ba
         lines += ["> **Warning: circular evaluation.** " + " ".join(circularity["reasons"]) +
                   ". Scores from this judge measure agreement with the synthesis reward, not quality; "
                   "rely on an independent judge or reference-based metrics.", ""]
-    lines += ["| metric | this run | n | failed | previous run | base model |", "|---|---|---|---|---|---|"]
+    others = [(key, key.replace("_", " ")) for key, scores in (("previous_run", previous), ("base_model", base))
+              if scores is not None]  # columns only for the runs there are
+    lines += ["| metric | this run | n | failed |" + "".join(f" {title} |" for _, title in others),
+              "|---|---|---|---|" + "---|" * len(others)]
     for row in comparison_rows(current, previous, base):
-        lines.append(f"| {row['metric']} | {row['this_run']} | {row['n']} | {row['n_failed']} | "
-                     f"{row['previous_run']} | {row['base_model']} |")
+        lines.append(f"| {row['metric']} | {row['this_run']} | {row['n']} | {row['n_failed']} |"
+                     + "".join(f" {row[key]} |" for key, _ in others))
     diagnostics = current.get("diagnostics", {})
     if diagnostics:
         lines += ["", "Diagnostics: " + ", ".join(

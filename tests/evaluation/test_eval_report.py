@@ -1,7 +1,7 @@
 """The evaluation plot: no empty panels, no "previous run" bars when there is no previous run."""
 from __future__ import annotations
 
-from evaluation.report import comparison_png, plotted_metrics
+from evaluation.report import comparison_png, comparison_rows, markdown_report, plotted_metrics
 
 
 def scores(run_id, **values):
@@ -17,3 +17,15 @@ def test_metrics_that_are_zero_everywhere_are_listed_not_drawn():
     assert plotted_metrics(current, previous, base) == (["rm_win_rate", "bleu"], ["chrf"])
     assert plotted_metrics(scores("r", bleu=0.0), None, None) == ([], ["bleu"])
     assert comparison_png(scores("r", bleu=0.0), None, None)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_and_report_have_no_previous_run_column_without_a_previous_run():
+    current = {**scores("r1", rm_win_rate=60.0), "kind": "toaflow_mini", "model": "m", "n_items": 4, "tasks": ["chat"],
+               "evaluated_at": "now"}
+    base = scores("base", rm_win_rate=50.0)
+    assert list(comparison_rows(current, None, base)[0]) == ["metric", "this_run", "n", "n_failed", "base_model"]
+    report = markdown_report(current, None, base)
+    assert "| metric | this run | n | failed | base model |" in report and "previous run |" not in report
+    assert "Previous evaluated run: none" in report
+    with_previous = comparison_rows(current, scores("r0", rm_win_rate=55.0), base)[0]
+    assert with_previous["previous_run"] == "55.00 [55.00, 55.00]"
