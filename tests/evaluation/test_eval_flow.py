@@ -29,14 +29,14 @@ def judge():
         yield fake
 
 
-def artifact_types(*keys: str) -> list[str]:
-    """Types of the Prefect artifacts with these keys (the table, report and plot the flow published)."""
+def artifact_types(run_id: str, *keys: str) -> list[str]:
+    """Types of the Prefect artifacts with these keys that `run_id` published (its id is in their description)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(keys))))
-    return sorted(a.type for a in artifacts)
+    return sorted(a.type for a in artifacts if f"run {run_id}" in (a.description or ""))
 
 
 def write_adapter(tiny_llama_dir, out):
@@ -98,7 +98,8 @@ def test_toa_evaluate_end_to_end(tmp_path, prefect_harness, tiny_llama_dir, tiny
     assert "circular evaluation" in report and "Base model: `builtin:tiny-llama`" in report
     manifest = store.read_json("runs/r1/manifest.json")
     assert manifest["stages"]["evaluate"]["status"] == "finished"
-    assert artifact_types("eval-r1-mini", "eval-report-r1-mini", "eval-plot-r1-mini") == ["markdown", "markdown", "table"]
+    assert artifact_types("r1", "evaluation-mini", "evaluation-mini-report", "evaluation-mini-plot") == [
+        "markdown", "markdown", "table"]
 
     # Run 2: another model; the report compares with run 1, the base model's scores come from the cache.
     assert main(["evaluate", "--config", str(config_path), "--model", str(tiny_llama_dir), "--run-id", "r2"]) == 0
