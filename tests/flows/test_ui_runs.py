@@ -39,7 +39,7 @@ def test_synthesis_runs_read_well_in_the_ui(tmp_path, two_prompts, prefect_harne
     store = open_store(str(tmp_path / "store"))
 
     first = synthesize_and_index(config, "ui-first")
-    assert first.name == "Completed" and first.message.startswith("2 prompts in 1 shards, 24 new candidates")
+    assert first.name == "Completed" and first.message.startswith("2 prompts in 1 shards, 24 candidates (24 new, 0 failed)")
 
     # Nothing left: the run says so, by which run, and publishes nothing.
     nothing = synthesize_and_index(config, "ui-nothing")
