@@ -104,6 +104,6 @@ def evaluation_report(config: str | dict[str, Any], run_id: str, benchmark: str,
                           artifact=artifact_key("evaluation", benchmark, "plot"))
     publish_table(store, f"{prefix}/comparison.json", rows, title=f"Evaluation {benchmark}, run {run_id}",
                   artifact=artifact_key("evaluation", benchmark))
-    timer.lap("publish (store and Prefect artifacts)")
+    timer.lap("publish")  # store writes and Prefect artifacts
     get_run_logger().info("evaluation report of %s, run %s: %s", benchmark, run_id, timer.summary())
     return {"report": store.uri(f"{prefix}/report.md"), "plot": png_uri}

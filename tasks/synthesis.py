@@ -384,6 +384,6 @@ def report_synthesis(cfg: RunConfig, run_id: str, ingest: dict[str, Any], shards
                 title=f"Reward by model and by tree depth, synthesis run {run_id}", artifact="synthesis-rewards")
     key = run_key(run_id, "reports", "synthesis.md")
     publish_markdown(store, key, markdown, title=f"Synthesis run {run_id}", artifact="synthesis-summary")
-    timer.lap("publish (store and Prefect artifacts)")
+    timer.lap("publish")  # store writes and Prefect artifacts
     get_run_logger().info("synthesis report of run %s: %s", run_id, timer.summary())
     return store.uri(key)

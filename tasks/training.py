@@ -77,6 +77,6 @@ def training_report(config: str | dict[str, Any], run_id: str, stages: list[str]
     publish_table(None, None, metrics_table(rows), title=f"Training metrics, run {run_id}", artifact="training-metrics")
     png_key = f"runs/{run_id}/reports/training_curves.png"
     png_uri = publish_png(store, png_key, png, title=f"Training curves, run {run_id}", artifact="training-curves")
-    timer.lap("publish (store and Prefect artifacts)")
+    timer.lap("publish")  # store writes and Prefect artifacts
     get_run_logger().info("training report of run %s: %s", run_id, timer.summary())
     return {"table": store.uri(table_key), "curves": png_uri}

@@ -1,7 +1,7 @@
 """Retake the Prefect UI screenshots in README.md from a real Prefect server, driven by headless Chromium.
 
     apt-get install chromium                      # Debian's package; any Chromium/Chrome with DevTools works
-    .venv/bin/python tools/ui_screenshots.py      # writes docs/figures/ui-*.png (about 4 minutes on 2 cores)
+    .venv/bin/python tools/ui_screenshots.py      # writes docs/figures/ui-*.png (5-15 minutes on 2 cores)
 
 What it does, start to finish, on loopback only and in a temporary folder (nothing of yours is touched):
 1. starts `prefect server start` on a free port (its own PREFECT_HOME), `toa deploy`s the project's deployments

@@ -111,3 +111,12 @@ def test_lc_quick():
     assert "raw_win_rate_exact=True" in summary
     values = dict(re.findall(r"(mean_abs_diff|max_abs_diff|spearman)=([0-9.]+)", summary))
     assert float(values["mean_abs_diff"]) < 3.0 and float(values["spearman"]) > 0.8
+
+
+def test_reports_quick():
+    out = run_bench("bench_reports.py")
+    cells = dict(re.findall(r"^\s+(free|locked)\s+([\d.]+)\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.MULTILINE))
+    assert set(cells) == {"free", "locked"}, out
+    share = float(re.search(r"publish_share=([\d.]+)", out).group(1))
+    assert 0 <= share <= 1
+    assert re.search(r"publish_wait_over_lock_left=[\d.]+", out)
