@@ -61,7 +61,7 @@ def synthesize_shard(config: ConfigFile, run_id: str, shard_index: int, limit: i
         with model_servers(cfg, run_id) as endpoints:
             outcome = sample_shard(cfg, run_id, shard_index, plan[shard_index], endpoints, shards=len(plan),
                                    attempt=flow_run.get_id(),
-                                   on_progress=shard_artifact_updater(f"synthesis-shard-{run_id}-{shard_index}",
+                                   on_progress=shard_artifact_updater("synthesis-shard-progress",
                                                                       f"{label} of run {run_id}",
                                                                       len(plan[shard_index])))
     logger.info("%s done: %d prompts (%d resumed from checkpoints), %d candidates, %d failed generations -> %s",

@@ -194,8 +194,9 @@ def test_synthesis_progress_counts_prompts_and_generations_and_names_shards(tmp_
         "max_shards_in_flight": 2, "progress_interval_s": 0.2})
     synthesize(config=str(config), run_id="progress-run", limit=8)
     with get_client(sync_client=True) as client:
-        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["synthesis-progress-progress-run"])))
+        progress = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["synthesis-progress"])))  # one key, all runs
+        [artifact] = [a for a in progress if a.description.startswith("synthesis run progress-run:")]
         assert artifact.type == "progress" and float(artifact.data) == 100.0
         assert artifact.description.startswith("synthesis run progress-run: 8/8 prompts, 96 generations (0 failed)")
         assert "generations/s" in artifact.description and "shards 2/2 done" in artifact.description

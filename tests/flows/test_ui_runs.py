@@ -39,7 +39,8 @@ def test_synthesis_runs_read_well_in_the_ui(tmp_path, two_prompts, prefect_harne
     store = open_store(str(tmp_path / "store"))
 
     first = synthesize_and_index(config, "ui-first")
-    assert first.name == "Completed" and first.message.startswith("2 prompts in 1 shards, 24 candidates (24 new, 0 failed)")
+    assert first.name == "Completed"
+    assert first.message.startswith("2 prompts in 1 shards, 24 candidates (24 new, 0 failed)")
 
     # Nothing left: the run says so, by which run, and publishes nothing.
     nothing = synthesize_and_index(config, "ui-nothing")
@@ -69,3 +70,6 @@ def test_synthesis_runs_read_well_in_the_ui(tmp_path, two_prompts, prefect_harne
         assert all(name in (artifact.description or "") for artifact in published)  # the run id is in the description
     assert keys["ui-first"] == keys["ui-again"]  # the same keys again: one history per kind
     assert {"synthesis-models", "synthesis-rewards", "synthesis-summary", "synthesis-progress"} <= set(keys["ui-first"])
+    [progress] = [artifact for artifact in artifacts[runs["ui-first"].id] if artifact.key == "synthesis-progress"]
+    assert float(progress.data) == 100.0  # its total is the run's prompts: all of them done
+    assert progress.description.startswith("synthesis run ui-first: 2/2 prompts, 24 generations")
