@@ -114,9 +114,7 @@ def synthesize(config: ConfigFile = "configs/demo.yaml", run_id: str | None = No
                 # Each shard flow run starts or finds the model servers on its own host: none are started here.
                 outcomes = run_shards_on_workers(
                     cfg, run_id, plan, progress, logger=logger, finished=finished,
-                    parameters={"config": config, "limit": limit, "prompts": prompts,
-                                "overrides": overrides.model_dump() if overrides else None,
-                                "config_digest_expected": config_digest(cfg)})
+                    parameters=shard_parameters(config, limit, prompts, overrides, config_digest(cfg)))
             else:
                 with model_servers(cfg, run_id) as endpoints:
                     outcomes = run_shards_locally(cfg, run_id, plan, endpoints, progress, logger, finished=finished)
@@ -150,6 +148,15 @@ def synthesize(config: ConfigFile = "configs/demo.yaml", run_id: str | None = No
                f"DPO {counts.get('dpo_train', 0)}+{counts.get('dpo_test', 0)} rows (train+test)")
     return finish({"run_id": run_id, "run_uri": store.uri(run_key(run_id) + "/"), "datasets": ranking["datasets"],
                    "counts": counts, "report": report, "card": card, "manifest": manifest.uri}, message)
+
+
+def shard_parameters(config: str, limit: int | None, prompts: str | None, overrides: RunOverrides | None,
+                     digest: str) -> dict[str, Any]:
+    """The sample-shard deployment's parameters for this run's shards: what is set, nothing null (its schema,
+    like a form left empty, leaves unset parameters out)."""
+    parameters = {"config": config, "limit": limit, "prompts": prompts, "config_digest_expected": digest,
+                  "overrides": overrides.model_dump(exclude_none=True) if overrides else None}
+    return {key: value for key, value in parameters.items() if value is not None}
 
 
 def nothing_new_reason(prompt_ids: set[str], earlier: dict[str, set[str]], quarantined: set[str] = frozenset(),

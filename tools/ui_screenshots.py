@@ -7,7 +7,7 @@ What it does, start to finish, on loopback only and in a temporary folder (nothi
 1. starts `prefect server start` on a free port (its own PREFECT_HOME), `toa deploy`s the project's deployments
    and starts a process worker per work pool in the project folder;
 2. runs `synthesize/on-demand` on the tiny config (40 prompts, 2 per shard) and, once a fifth of it is done,
-   captures its flow run page: the graph of shard tasks, the progress artifact, the log
+   captures its flow run page: the graph of shard tasks and the progress artifact (prompts, generations/s, ETA)
                                                 -> ui-synthesis-running.png
 3. runs `pipeline/nightly` (3 prompts, 2 training steps) to the end and captures its flow run page with the
    graph of subflows and artifacts              -> ui-pipeline-run.png
@@ -220,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         run = wait_for(lambda: (r := flow_run("synthesis-demo")) and r["state_type"] == "RUNNING" and r,
                        "the synthesis run to start", 300)
         wait_for(lambda: progress_of(run["id"]) >= 20.0, "synthesis progress", 600)
-        browser.open(f"{ui}/runs/flow-run/{run['id']}", "synthesis-demo", "Running", "done: ")
+        browser.open(f"{ui}/runs/flow-run/{run['id']}", "synthesis-demo", "Running", "Artifacts")
+        browser.click_text("Artifacts")  # the progress artifact's card: prompts done, generations/s, ETA
+        browser.wait_for_text("synthesis-progress", "generations/s")
         browser.capture(args.out / "ui-synthesis-running.png")
         wait_for(lambda: flow_run("synthesis-demo")["state_type"] == "COMPLETED", "the synthesis run to finish", 900)
 

@@ -133,6 +133,9 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
         assert overrides["additionalProperties"] is False
         assert all("anyOf" not in field and "default" not in field for field in overrides["properties"].values())
         assert "search.budget" in {field["title"] for field in overrides["properties"].values()}
+        shard = client.read_deployment_by_name("synthesize-shard/sample-shard").parameter_openapi_schema
+        assert shard["properties"]["overrides"]["$ref"] == "#/definitions/RunOverrides"  # typed, not a free dict
+        assert shard["definitions"]["RunOverrides"]["additionalProperties"] is False
 
         # Parameters cannot make a run execute code: the server refuses them before any run exists.
         from prefect.exceptions import PrefectHTTPStatusError

@@ -174,22 +174,25 @@ def tidy_parameter_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def tidy_deployment_forms(api_url: str, spec: dict[str, Any], only: list[str] | None = None) -> list[str]:
-    """Apply `tidy_parameter_schema` to the registered deployments of `spec`; returns their names."""
+    """Apply `tidy_parameter_schema` to the registered deployments of `spec`; returns their entrypoints."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     tidied = []
     with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        registered = client.read_deployments()
         for deployment in spec["deployments"]:
-            name = f"{deployment.get('entrypoint', '').rpartition(':')[2]}/{deployment.get('name')}"
-            if only and name not in only and deployment.get("name") not in only:
+            entrypoint, name = deployment.get("entrypoint", ""), deployment.get("name")
+            function = entrypoint.rpartition(":")[2]
+            if only and f"{function}/{name}" not in only and name not in only:
                 continue
-            registered = client.read_deployment_by_name(name)
-            schema = tidy_parameter_schema(registered.parameter_openapi_schema or {})
-            if schema != registered.parameter_openapi_schema:
-                client.update_deployment(registered.id, DeploymentUpdate(parameter_openapi_schema=schema))
-            tidied.append(name)
+            # Matched by entrypoint and name: a flow's name may differ from its function's (synthesize-shard).
+            for found in (d for d in registered if d.name == name and d.entrypoint == entrypoint):
+                schema = tidy_parameter_schema(found.parameter_openapi_schema or {})
+                if schema != found.parameter_openapi_schema:
+                    client.update_deployment(found.id, DeploymentUpdate(parameter_openapi_schema=schema))
+                tidied.append(entrypoint)
     return tidied
 
 
