@@ -92,13 +92,13 @@ class RunOverrides(Section):
     search_budget: _optional(int, "search.budget", "generations per prompt", minimum=1) = None
     search_seed: _optional(int, "search.seed", "seed of the search") = None
     synthesis_shard_size: _optional(int, "synthesis.shard_size", "prompts per shard", minimum=1) = None
-    synthesis_parallel_shards: _optional(int, "synthesis.parallel_shards", "shards sampled at once",
-                                         minimum=1, maximum=8) = None
+    synthesis_max_shards_in_flight: _optional(int, "synthesis.max_shards_in_flight", "shards sampled at once",
+                                              minimum=1) = None
     training_sft_max_steps: _optional(int, "training.sft.max_steps", "SFT optimizer steps", minimum=1) = None
     training_dpo_max_steps: _optional(int, "training.dpo.max_steps", "DPO optimizer steps", minimum=1) = None
     training_seed: _optional(int, "training.common.seed", "seed of training") = None
     evaluation_bootstrap_samples: _optional(int, "evaluation.bootstrap_samples", "resamples behind each 95% interval",
-                                            minimum=1) = None
+                                            minimum=50) = None
     evaluation_max_regression: _optional(float, "evaluation.gate.max_regression",
                                          "allowed drop (metric units) before the gate blocks", minimum=0) = None
 

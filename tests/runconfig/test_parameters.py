@@ -46,6 +46,18 @@ def test_overrides_are_typed_safe_keys_only(tmp_path):
         RunOverrides(search_strategy="anything")
 
 
+def test_every_override_sets_a_real_config_key():
+    """Each typed override names a key the config tree still has (a renamed key would fail every UI run)."""
+    values = {"search_strategy": "random", "evaluation_max_regression": 0.25, "evaluation_bootstrap_samples": 100}
+    overrides = RunOverrides.model_validate({name: values.get(name, 3) for name in RunOverrides.model_fields})
+    cfg = load_config(config_path("configs/tiny.yaml"), overrides.dotted())
+    for key, value in overrides.dotted().items():
+        node = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        assert node == value, key
+
+
 def test_flows_refuse_a_whole_config_as_a_parameter(prefect_harness):
     from prefect.exceptions import ParameterTypeError
 
