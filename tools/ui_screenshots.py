@@ -221,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
                        "the synthesis run to start", 300)
         wait_for(lambda: progress_of(run["id"]) >= 20.0, "synthesis progress", 600)
         browser.open(f"{ui}/runs/flow-run/{run['id']}", "synthesis-demo", "Running", "Artifacts")
-        browser.click_text("Artifacts")  # the progress artifact's card: prompts done, generations/s, ETA
-        browser.wait_for_text("synthesis-progress", "generations/s")
+        browser.click_text("Artifacts")  # the progress artifact: prompts done, generations/s, ETA
+        browser.wait_for_text("synthesis-progress", "prompts")
+        browser.evaluate("document.querySelectorAll('.p-button-group__button')[1].click()")  # list view: full text
+        browser.wait_for_text("generations/s")
         browser.capture(args.out / "ui-synthesis-running.png")
         wait_for(lambda: flow_run("synthesis-demo")["state_type"] == "COMPLETED", "the synthesis run to finish", 900)
 
