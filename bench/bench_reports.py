@@ -37,14 +37,6 @@ BIN = Path(sys.executable).parent
 PHASE = re.compile(r"([a-z][a-z ]*?) ([\d.]+) s")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def write_synthetic_run(store, run_id: str, prompts: int, per_prompt: int = 12, shard_size: int = 50) -> list[dict]:
     """Shard files of `prompts` x `per_prompt` scored candidates, as the sample stage writes them; the outcomes."""
     from tasks.synthesis import shard_key
@@ -101,6 +93,8 @@ def main() -> int:
     args = parser.parse_args()
     prompts = args.prompts or (20 if args.quick else 400)
     lock_s = args.lock_s if args.lock_s is not None else (2.0 if args.quick else 20.0)
+
+    from infra.servers import free_port
 
     scratch = Path(tempfile.mkdtemp(prefix="toaflow-bench-reports-"))
     port = free_port()

@@ -233,7 +233,7 @@ def simulated(args: argparse.Namespace) -> None:
         print("  " + line)
     checked = [t for t in targets if "(reported)" not in t]
     print(f"\nSUMMARY search: {len(checked) - misses} of {len(checked)} targets met"
-          + ("" if not misses else f"; missed: " + "; ".join(t for t in targets if "MISSED" in t)))
+          + ("" if not misses else "; missed: " + "; ".join(t for t in targets if "MISSED" in t)))
 
 
 def check_targets(env: str, budget: int, out: dict[str, Outcome]) -> tuple[list[str], int]:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from infra.registry import check_run_id
+from infra.run_ids import check_run_id
 from infra.store import Store
 from toa_core.records import prompt_id_for
 

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from infra.promotion import GateDecision
-from infra.run_ids import InvalidRunId, check_run_id, new_run_id  # noqa: F401 - the run-id rule lives there
+from infra.run_ids import check_run_id
 from infra.store import Store
 
 LATEST_KEY = "registry/latest.json"

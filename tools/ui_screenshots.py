@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,12 +43,6 @@ BIN = Path(sys.executable).parent
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars", "--remote-debugging-port=0"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout_s: float, every_s: float = 1.0) -> Any:
@@ -170,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no Chromium found: apt-get install chromium, or pass --chromium PATH")
     args.out.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO))
+    from infra.servers import free_port
 
     scratch = Path(tempfile.mkdtemp(prefix="toaflow-ui-shots-"))
     port = free_port()

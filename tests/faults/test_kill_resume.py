@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,18 +15,9 @@ import pytest
 from infra.store import open_store
 from tests.faults.helpers import REPO, TOA, samples_table, toa_env, write_config, write_prompts
 from tests.fixtures.prefect import prefect_cli_env
+from tests.fixtures.waiting import wait_for
 
 N_PROMPTS, BUDGET, CONCURRENCY = 12, 6, 3
-
-
-def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.02):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def checkpoints(store_root: Path, run_id: str) -> int:

@@ -14,7 +14,6 @@ import io
 import os
 import signal
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -26,19 +25,10 @@ from infra.store import open_store
 from tests.faults.helpers import REPO, TOA, samples_table, toa_env, write_config, write_prompts
 from tests.fixtures.models import tiny_config_file
 from tests.fixtures.prefect import prefect_cli_env, start_worker, stop_process
+from tests.fixtures.waiting import wait_for
 
 LEDGER_DIR = Path(__file__).resolve().parent / "ledger"
 WORKERS = ("host-a", "host-b")
-
-
-def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.02):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def descendants(pid: int) -> list[int]:

@@ -208,7 +208,7 @@ def test_moa_stacks_layers_where_every_model_aggregates_the_previous_layer():
 
 def test_moa_aggregation_prompt_lists_the_previous_answers_in_a_seeded_shuffled_order():
     agents = [agent(n) for n in "ABCD"]
-    result = run("moa", agents, budget=32, moa_layers=2)
+    run("moa", agents, budget=32, moa_layers=2)
     orders = []
     for call in agents[0].requests:
         if call.messages[0]["role"] != "system":

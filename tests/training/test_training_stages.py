@@ -1,7 +1,6 @@
 """Tiny SFT then DPO for real: in process on S3, as stage processes (crash + resume, failures), and as the flow."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

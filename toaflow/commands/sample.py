@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from infra.runtime import model_servers, open_backends
-    from infra.registry import new_run_id
+    from infra.run_ids import new_run_id
     from toa_core.candidate_table import candidates_to_table, trees_to_jsonl
     from toa_core.engine import run_search
     from toa_core.ingest import IngestConfig, load_prompts
