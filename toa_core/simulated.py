@@ -71,7 +71,40 @@ class _CallTracking:
         self.in_flight -= 1
 
 
-class SimulatedAgent(_CallTracking):
+class _SimulatedWriter(_CallTracking):
+    """What every simulated chat model shares: seeded per request, fails for good at `failure_rate` (the first draw
+    of every request), and writes an answer carrying the quality `_quality` gives it."""
+
+    name: str
+    seed: int
+    latency_s: float
+    failure_rate: float
+
+    def _quality(self, prompt_text: str, quoted: list[float], rng: random.Random) -> float:
+        """The hidden quality of this answer; `quoted` holds the qualities of the answers the prompt quotes."""
+        raise NotImplementedError
+
+    async def generate(self, messages: list[Message], params: SamplingParams) -> Generation:
+        call_index = self._enter()
+        try:
+            await asyncio.sleep(self.latency_s)
+            prompt_text = "\n".join(m["content"] for m in messages)
+            request_seed = params.seed if params.seed is not None else call_index
+            rng = random.Random(_stable_seed(self.seed, self.name, request_seed, prompt_text))
+            if rng.random() < self.failure_rate:
+                return Generation(text=None, error=f"{self.name}: simulated failure", latency_s=self.latency_s)
+            quality = self._quality(prompt_text, read_qualities(prompt_text), rng)
+            text = f"Answer from {self.name} {quality_marker(quality)}"
+            return Generation(text=text, prompt_tokens=_words(messages), completion_tokens=len(text.split()),
+                              latency_s=self.latency_s, finish_reason="stop")
+        finally:
+            self._exit()
+
+    async def aclose(self) -> None:
+        return None
+
+
+class SimulatedAgent(_SimulatedWriter):
     """A ChatModel with a hidden skill. See the module docstring.
 
     failure_rate: probability (seeded) that a request fails for good (Generation.error set).
@@ -90,26 +123,9 @@ class SimulatedAgent(_CallTracking):
         self.latency_s = latency_s
         self._init_tracking()
 
-    async def generate(self, messages: list[Message], params: SamplingParams) -> Generation:
-        call_index = self._enter()
-        try:
-            await asyncio.sleep(self.latency_s)
-            prompt_text = "\n".join(m["content"] for m in messages)
-            request_seed = params.seed if params.seed is not None else call_index
-            rng = random.Random(_stable_seed(self.seed, self.name, request_seed, prompt_text))
-            if rng.random() < self.failure_rate:
-                return Generation(text=None, error=f"{self.name}: simulated failure", latency_s=self.latency_s)
-            quoted = read_qualities(prompt_text)
-            base = max(quoted) + self.refine_delta if quoted else self.skill
-            quality = base + (rng.gauss(0.0, self.noise) if self.noise else 0.0)
-            text = f"Answer from {self.name} {quality_marker(quality)}"
-            return Generation(text=text, prompt_tokens=_words(messages), completion_tokens=len(text.split()),
-                              latency_s=self.latency_s, finish_reason="stop")
-        finally:
-            self._exit()
-
-    async def aclose(self) -> None:
-        return None
+    def _quality(self, prompt_text: str, quoted: list[float], rng: random.Random) -> float:
+        base = max(quoted) + self.refine_delta if quoted else self.skill
+        return base + (rng.gauss(0.0, self.noise) if self.noise else 0.0)
 
 
 class SimulatedReward(_CallTracking):
@@ -278,7 +294,7 @@ def _clip(quality: float) -> float:
 EASY_TAG = "[easy]"
 
 
-class ProfileAgent(_CallTracking):
+class ProfileAgent(_SimulatedWriter):
     """A ChatModel that writes according to an AgentProfile; qualities are capped to [0, 1].
 
     On a prompt tagged EASY_TAG every answer is lifted: it keeps only `easy_gap` of its distance to a perfect
@@ -293,27 +309,15 @@ class ProfileAgent(_CallTracking):
         self.easy_gap = easy_gap
         self._init_tracking()
 
-    async def generate(self, messages: list[Message], params: SamplingParams) -> Generation:
-        call_index = self._enter()
-        try:
-            await asyncio.sleep(self.latency_s)
-            prompt_text = "\n".join(m["content"] for m in messages)
-            request_seed = params.seed if params.seed is not None else call_index
-            rng = random.Random(_stable_seed(self.seed, self.name, request_seed, prompt_text))
-            if rng.random() < self.profile.failure_rate:
-                return Generation(text=None, error=f"{self.name}: simulated failure", latency_s=self.latency_s)
-            quoted = read_qualities(prompt_text)
-            quality = _clip(self.profile.refine(max(quoted), rng) if quoted else self.profile.fresh(rng))
-            if EASY_TAG in prompt_text and not quoted:
-                quality = 1.0 - self.easy_gap * (1.0 - quality)
-            text = f"Answer from {self.name} {quality_marker(_clip(quality))}"
-            return Generation(text=text, prompt_tokens=_words(messages), completion_tokens=len(text.split()),
-                              latency_s=self.latency_s, finish_reason="stop")
-        finally:
-            self._exit()
+    @property
+    def failure_rate(self) -> float:
+        return self.profile.failure_rate
 
-    async def aclose(self) -> None:
-        return None
+    def _quality(self, prompt_text: str, quoted: list[float], rng: random.Random) -> float:
+        quality = _clip(self.profile.refine(max(quoted), rng) if quoted else self.profile.fresh(rng))
+        if EASY_TAG in prompt_text and not quoted:
+            quality = 1.0 - self.easy_gap * (1.0 - quality)
+        return _clip(quality)
 
 
 _AUTHOR = re.compile(r"Answer from (\S+)")
