@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from toa_core.config import RetryConfig, RewardConfig, Section
+from toa_core.config import RetryConfig, RewardConfig, Section, repeated_names
 
 BENCHMARK_KINDS = ("alpaca_eval", "arena_hard", "wmt", "gsm8k", "math500", "toaflow_mini")
 WMT_LANGUAGES = ("cs", "de", "is", "ru", "zh")
@@ -142,7 +142,7 @@ class EvaluationConfig(Section):
     @model_validator(mode="after")
     def _unique_names(self) -> "EvaluationConfig":
         names = [b.name for b in self.benchmarks]
-        repeated = sorted({n for n in names if names.count(n) > 1})
+        repeated = repeated_names(names)
         if repeated:
             raise ValueError(f"benchmark names must be unique; repeated: {', '.join(repeated)}")
         for gated in self.gate.metrics:

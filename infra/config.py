@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from toa_core.config import RetryConfig, Section
+from toa_core.config import RetryConfig, Section, repeated_names
 
 
 class StoreConfig(Section):
@@ -85,7 +85,7 @@ class ServersConfig(Section):
     @model_validator(mode="after")
     def _unique_names(self) -> "ServersConfig":
         names = [s.name for s in self.servers]
-        repeated = sorted({n for n in names if names.count(n) > 1})
+        repeated = repeated_names(names)
         if repeated:
             raise ValueError(f"server names must be unique; repeated: {repeated}")
         by_name = {s.name: s for s in self.servers}

@@ -13,7 +13,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from evaluation.config import EvaluationConfig
 from infra.config import ServersConfig, StoreConfig
 from toa_core.config import (ModelConfig, RewardConfig, SearchConfig, Section, describe_validation_error,
-                             read_yaml_mapping)
+                             read_yaml_mapping, repeated_names)
 from toa_core.decontamination import DecontaminationConfig
 from toa_core.ingest import IngestConfig
 from toa_core.ranking import RankingConfig
@@ -84,7 +84,7 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _unique_model_names(self) -> "RunConfig":
         names = [m.name for m in self.models]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = repeated_names(names)
         if duplicates:
             raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
         if self.search.model is not None and self.search.model not in names:

@@ -5,6 +5,8 @@ The whole run config (`runconfig.RunConfig`) composes these with the other packa
 """
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 STRATEGIES = ("toa", "ab_mcts", "random", "ensemble", "prs", "seq_refine", "moa")
 # Strategies whose generations are decided one at a time, so they can stop early and run several in one tree.
 TREE_STRATEGIES = ("toa", "ab_mcts")
+
+
+def repeated_names(names: Iterable[str]) -> list[str]:
+    """The names that occur more than once, sorted: what a "names must be unique" error lists."""
+    return sorted(name for name, count in Counter(names).items() if count > 1)
 
 
 class Section(BaseModel):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Union
 
 from toa_core.backends.openai_http import EndpointPool, OpenAIChatModel
-from toa_core.config import ModelConfig, RewardConfig
+from toa_core.config import ModelConfig, RewardConfig, repeated_names
 from toa_core.interfaces import ChatModel, RewardModel
 
 
@@ -50,7 +50,7 @@ def build_agents(models: list[ModelConfig], endpoints_override: Mapping[str, End
                  ) -> list[ChatModel]:
     """One ChatModel per config, in order (the order is the search's deterministic tie-break)."""
     names = [m.name for m in models]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = repeated_names(names)
     if duplicates:
         raise FactoryError(f"agent names must be unique; repeated: {duplicates}")
     pools: dict[tuple, EndpointPool] = {}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, ClassVar
 
 from toa_core.adaptive import BudgetPool
-from toa_core.config import SearchConfig
+from toa_core.config import SearchConfig, repeated_names
 from toa_core.interfaces import ChatModel, RewardError, RewardModel, SamplingParams
 from toa_core.prompts import Templates, load_templates
 from toa_core.records import Candidate, CandidateKind, Generation, Message, Prompt, PromptResult
@@ -66,7 +66,7 @@ class SearchContext:
         if not self.agents:
             raise ValueError("SearchContext needs at least one agent")
         names = [agent.name for agent in self.agents]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = repeated_names(names)
         if duplicates:
             raise ValueError(f"agent names must be unique; repeated: {', '.join(duplicates)}")
         if self.templates is None:
