@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from infra.secrets import redact_log_records, redact_text
-    from toaflow.commands.common import hide_prefect_tracebacks, user_facing_errors
+    from toaflow.commands.common import hide_prefect_tracebacks, quiet_prefect_defaults, user_facing_errors
 
+    quiet_prefect_defaults()
     redact_log_records()
     user_errors = (ConfigError, UserError) + user_facing_errors()
     hide_prefect_tracebacks(user_errors)

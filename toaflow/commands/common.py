@@ -23,13 +23,14 @@ def check_run_id_options(args: argparse.Namespace) -> None:
 
 
 def quiet_prefect_defaults() -> None:
-    """Prefect defaults that suit a laptop with no network: no telemetry, a patient ephemeral API.
+    """Defaults for every `toa` command (each can be overridden in the environment): no telemetry from the local
+    Prefect API, a patient start for it on a busy host, no tokenizer thread warnings in forked workers.
 
     Without PREFECT_API_URL, Prefect starts a temporary local API (SQLite) for the flow run: nothing to set up.
+    The Hugging Face hub stays reachable (a cluster's first run downloads its models); `make` targets run offline.
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

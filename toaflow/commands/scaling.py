@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from toaflow.commands.common import add_config_option, check_run_id_options, quiet_prefect_defaults
+from toaflow.commands.common import add_config_option, check_run_id_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,7 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_run_id_options(args)
-    quiet_prefect_defaults()
     from toa_core.scaling import parse_budgets, parse_strategies
     from toaflow.cli import UserError
     from runconfig import load_config

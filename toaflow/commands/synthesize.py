@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from toaflow.commands.common import add_config_option, check_run_id_options, quiet_prefect_defaults
+from toaflow.commands.common import add_config_option, check_run_id_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +22,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_run_id_options(args)
-    quiet_prefect_defaults()
     from runconfig import load_config
 
     load_config(args.config)  # fail fast, before Prefect starts, on a bad config
