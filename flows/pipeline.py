@@ -24,7 +24,7 @@ from infra.manifest import Manifest
 from infra.run_ids import check_run_id, new_run_id
 from infra.store import open_store
 from tasks.flow_runs import call_subflow, finish, name_flow_run, run_name
-from tasks.pipeline import (accumulate, current_latest, flatten_scores, previously_synthesized, promotion_gate,
+from tasks.pipeline import (ACCUMULATED_SUFFIX, accumulate, current_latest, flatten_scores, previously_synthesized, promotion_gate,
                             record_prompts, runs_awaiting_training)
 from runconfig import load_config
 from runconfig.parameters import ConfigFile, RunOverrides, config_path, override_mapping
@@ -44,7 +44,8 @@ def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None
         overrides: Settings that replace the config file's values for this run (empty = keep them).
     """
     if run_id:
-        check_run_id(run_id)  # before anything else: it becomes store keys and local folders
+        # Before anything else: it becomes store keys and local folders, and so does its accumulated data run.
+        check_run_id(run_id, room_for=ACCUMULATED_SUFFIX)
     logger = get_run_logger()
     cfg = load_config(config_path(config), override_mapping(overrides))
     run_id = run_id or new_run_id(cfg.name)

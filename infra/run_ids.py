@@ -15,7 +15,7 @@ import re
 import secrets
 from datetime import datetime, timezone
 
-RUN_ID_RULE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+RUN_ID_RULE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # 1 to MAX_RUN_ID_LENGTH characters
 _RUN_ID = re.compile(RUN_ID_RULE)
 
 
@@ -23,12 +23,23 @@ class InvalidRunId(ValueError):
     """A run id breaks the rule; the message quotes it and says what is allowed."""
 
 
-def check_run_id(run_id: object, what: str = "run id") -> str:
-    """Return `run_id` unchanged when it follows the rule, else raise InvalidRunId (`what` names the parameter)."""
+MAX_RUN_ID_LENGTH = 128
+
+
+def check_run_id(run_id: object, what: str = "run id", room_for: str = "") -> str:
+    """Return `run_id` unchanged when it follows the rule, else raise InvalidRunId (`what` names the parameter).
+
+    `room_for`: a suffix another run id is made with (the pipeline's '<run id>-accumulated'); the id must leave
+    room for it, so the derived id follows the rule too.
+    """
     if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
         raise InvalidRunId(
             f"invalid {what} {run_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or "
             f"digit (no '/', no absolute paths, no '..'), e.g. 'demo-2026-01-15'")
+    if len(run_id) + len(room_for) > MAX_RUN_ID_LENGTH:
+        raise InvalidRunId(
+            f"{what} {run_id!r} is {len(run_id)} characters; use at most {MAX_RUN_ID_LENGTH - len(room_for)} here, "
+            f"as '<run id>{room_for}' must be a run id too")
     return run_id
 
 

@@ -18,9 +18,12 @@ from infra.store import open_store
 from tasks.artifacts import publish_markdown
 
 
+ACCUMULATED_SUFFIX = "-accumulated"
+
+
 def accumulated_data_run_id(run_id: str) -> str:
     """The data run that holds a pipeline run's accumulated datasets (training reads runs/<id>/datasets/)."""
-    return f"{run_id}-accumulated"
+    return f"{run_id}{ACCUMULATED_SUFFIX}"
 
 
 @task(name="previously-synthesized-prompts")

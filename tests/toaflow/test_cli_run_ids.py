@@ -80,3 +80,22 @@ def test_a_flow_run_with_a_bad_run_id_fails_with_the_rule(tmp_path, prefect_harn
     with pytest.raises(InvalidRunId, match="invalid run id '/abs'"):
         train(str(tiny_config_file(tmp_path)), run_id="/abs")
     assert not (tmp_path / "store").exists()
+
+
+def test_a_pipeline_run_id_leaves_room_for_its_accumulated_data_run(tmp_path, capsys, monkeypatch):
+    """The pipeline writes its accumulated data under '<run id>-accumulated', itself a run id of at most 128
+    characters: a longer pipeline id is refused up front with the limit, by the command and by the flow."""
+    from flows.pipeline import pipeline
+    from tasks.pipeline import accumulated_data_run_id
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config_file(tmp_path)
+    longest = "n" * (128 - len("-accumulated"))
+    assert len(accumulated_data_run_id(longest)) == 128
+    too_long = longest + "x"
+    assert main(["pipeline", "--config", str(config), "--run-id", too_long]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: --run-id '{too_long}' is 117 characters; use at most 116 here"), line
+    with pytest.raises(InvalidRunId, match="at most 116"):
+        pipeline.fn(config=str(config), run_id=too_long)
+    assert not (tmp_path / "store").exists()
