@@ -16,7 +16,6 @@ makes the evaluation estimate it (once, cached in the store) when the official f
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -134,13 +133,9 @@ def estimate_instruction_difficulty(annotations, *, n_splits: int = 5, C: float 
     table = pd.DataFrame.sparse.from_spmatrix(design, columns=names)
     table["preference"] = frame["preference"].to_numpy()
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from alpaca_eval.metrics.glm_winrate import fit_LogisticRegressionCV
+    from evaluation.metrics.length_control import fit_alpaca_eval_glm
 
-        kwargs = {"C": C} if C is not None else {}
-        model = fit_LogisticRegressionCV(table, "preference", is_ytrue_proba=True,
-                                         n_splits=0 if C is not None else n_splits, **kwargs)
+    model = fit_alpaca_eval_glm(table, n_splits=0 if C is not None else n_splits, C=C)
     coefficients = model.coef_[0]
     values = np.concatenate([[0.0], coefficients[2 * m:2 * m + len(instructions) - 1]])
     series = pd.Series(values, index=pd.Index(instructions, name="index"), name="instruction_difficulty")

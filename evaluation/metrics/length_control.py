@@ -27,6 +27,7 @@ See docs/evaluation.md for where the prior's two numbers come from and what they
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Sequence
@@ -66,15 +67,24 @@ class GamedRows:
     source: str = "df_gamed.csv"
 
 
-def _fit_glm(frame, weights, *, n_splits: int, C: float | None):
-    """AlpacaEval's soft-label logistic fit (its own function), warnings of newer scikit-learn muted."""
-    from alpaca_eval.metrics.glm_winrate import fit_LogisticRegressionCV
+def fit_alpaca_eval_glm(frame, *, n_splits: int, C: float | None, sample_weight=None):
+    """AlpacaEval's soft-label logistic fit of `frame["preference"]` on the other columns (its own function).
 
+    Importing alpaca_eval sets the root logger to INFO (alpaca_eval/annotators/base.py), which would print every
+    HTTP request of Prefect's client in a `toa` run: the level is put back. Its `pkg_resources` warning and newer
+    scikit-learn's deprecation of `penalty=` (the fit is unchanged) are muted.
+    """
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # sklearn >= 1.8 deprecates `penalty=`; the fit is unchanged
+        warnings.simplefilter("ignore")
+        root = logging.getLogger()
+        level = root.level
+        try:
+            from alpaca_eval.metrics.glm_winrate import fit_LogisticRegressionCV
+        finally:
+            root.setLevel(level)
         kwargs = {"C": C} if C is not None else {}
         return fit_LogisticRegressionCV(frame, "preference", is_ytrue_proba=True, n_splits=n_splits,
-                                        sample_weight=weights, **kwargs)
+                                        sample_weight=sample_weight, **kwargs)
 
 
 def _design(preference: np.ndarray, std_delta: np.ndarray, difficulty: np.ndarray,
@@ -132,7 +142,7 @@ def fit_length_controlled(preference: Sequence[float], model_lengths: Sequence[f
     diff = np.zeros_like(std_delta) if difficulty is None else np.asarray(difficulty, dtype=float)
     frame, weights = _design(preference, std_delta, diff, gamed, prior, regularize_to_baseline_lambda)
     n_splits = 0 if C is not None else min(N_SPLITS, len(frame))
-    model = _fit_glm(frame, weights, n_splits=n_splits, C=C)
+    model = fit_alpaca_eval_glm(frame, n_splits=n_splits, C=C, sample_weight=weights)
     test = frame.iloc[:len(preference)][list(FEATURES)].copy()
     test[LENGTH] = 0.0
     predictions = model.predict_proba(test)[:, 1]

@@ -144,3 +144,23 @@ def test_lc_standard_error_is_alpacaevals_sem_of_predictions():
 
 def test_extreme_change_rule_is_alpacaevals():
     assert not is_extreme_change(20, 35) and is_extreme_change(20, 45) and is_extreme_change(50, 35)
+
+
+def test_computing_an_lc_leaves_the_logging_level_alone():
+    """alpaca_eval sets the root logger to INFO when imported; toaflow puts it back, so a `toa` run does not start
+    printing every HTTP request of Prefect's client once the evaluation computes an LC. In a fresh interpreter:
+    within this session alpaca_eval may already be imported."""
+    import subprocess
+    import sys
+
+    from tests.fixtures.models import REPO_ROOT
+
+    probe = ("import logging, numpy as np\n"
+             "from evaluation.metrics.length_control import length_controlled_win_rate\n"
+             "rng = np.random.default_rng(0)\n"
+             "model, baseline = rng.integers(100, 900, 60), rng.integers(100, 900, 60)\n"
+             "length_controlled_win_rate((rng.random(60) < 0.6).astype(float), model, baseline, samples=5)\n"
+             "print(logging.getLevelName(logging.getLogger().level))\n")
+    ran = subprocess.run([sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.strip() == "WARNING"
