@@ -144,8 +144,7 @@ def card_markdown(cfg: RunConfig, run_id: str, run_uri: str, ingest: dict[str, A
         f"Per prompt, usable candidates (no error, finite reward, non-blank text) are ordered by reward. The SFT target "
         f"and DPO chosen is the best candidate that is not truncated"
         f"{' (truncated allowed)' if rank.allow_truncated else ''}, not inseparable refinement leakage, and not "
-        f"overlapping an evaluation set; DPO rejected is the {rank.dpo_rejected_rank}th best usable candidate "
-        f"(fewer than that: {'the worst' if rank.short_policy == 'worst' else 'no pair'}), below the chosen, not a "
+        f"overlapping an evaluation set; DPO rejected is {rejected_rule(rank)}, below the chosen, not a "
         f"near-duplicate of it, with a reward margin above {rank.min_margin}. Prompts are split by a seeded hash "
         f"(seed {rank.seed}, test fraction {rank.test_fraction}). Exact rules: docs/data_formats.md.", "",
         "## Contents", "",
@@ -170,6 +169,28 @@ def card_markdown(cfg: RunConfig, run_id: str, run_uri: str, ingest: dict[str, A
         "`DPOTrainer` take the splits unchanged.", "",
     ]
     return f"---\n{header.to_yaml()}\n---\n\n" + "\n".join(body)
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, ..., 11th, 12th, 13th, 21st, ..."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def rejected_rule(rank) -> str:
+    """The rejected-side rule in force, in words (toa_core/pair_selection.py has the exact one)."""
+    if rank.dpo_rejected_quantile is not None:
+        target = (f"the candidate at quantile {rank.dpo_rejected_quantile} from the bottom of the prompt's usable "
+                  "candidates")
+    else:
+        short = "the worst" if rank.short_policy == "worst" else "no pair"
+        target = f"the {ordinal(rank.dpo_rejected_rank)} best usable candidate (fewer than that: {short})"
+    moved = []
+    if rank.rejected_min_spread > 0:
+        moved.append(f"at least {rank.rejected_min_spread:g} reward standard deviations below the chosen")
+    if rank.rejected_lineage == "other":
+        moved.append("not an ancestor or descendant of the chosen")
+    return target + (", or the next one down that is " + " and ".join(moved) if moved else "")
 
 
 @task(name="dataset-card", cache_policy=NO_CACHE)

@@ -12,7 +12,8 @@ What it does, start to finish, on loopback only and in a temporary folder (nothi
 3. runs `pipeline/nightly` (3 prompts, 2 training steps) to the end and captures its flow run page with the
    graph of subflows and artifacts              -> ui-pipeline-run.png
 4. captures the `pipeline/nightly` deployment page (schedule label, runs)  -> ui-nightly-deployment.png
-5. stops the workers, Chromium and the server (each by its own process id).
+5. captures that pipeline run's dataset card artifact (the datasets' README.md)  -> ui-dataset-card.png
+6. stops the workers, Chromium and the server (each by its own process id).
 
 Chromium runs with --headless --no-sandbox --disable-gpu and no network features (no QUIC, background networking,
 component updates or sync) on a fresh profile; pages are driven over the DevTools protocol (websockets, already a
@@ -145,7 +146,9 @@ def tiny_config(folder: Path, *, prompts: int | None, steps: int, budget: int, s
     config["synthesis"]["shard_size"] = shard_size
     config["synthesis"]["ranking"]["dpo_rejected_rank"] = min(3, budget)
     config["training"]["sft"]["max_steps"] = config["training"]["dpo"]["max_steps"] = steps
-    config["evaluation"]["gate"] = {"metrics": ["mini.rm_mean_reward"]}
+    # The tiny random models mostly answer nothing, which the gate rightly refuses to promote on: gate nothing,
+    # as tests/flows/test_deployments.py does, so the pipeline run shows a promotion.
+    config["evaluation"]["gate"] = {"metrics": []}
     path = folder / f"tiny-{prompts or 'all'}.yaml"
     path.write_text("# tiny config for the UI screenshots (tools/ui_screenshots.py)\n" + yaml.safe_dump(config))
     return path
@@ -231,11 +234,22 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"the pipeline run ended {run['state_name']}; see {scratch}/toa-gpu.log")
         browser.open(f"{ui}/runs/flow-run/{run['id']}", "nightly-demo", "Completed", "promoted to latest")
         browser.capture(args.out / "ui-pipeline-run.png")
+        pipeline_synthesis = httpx.post(f"{api_url}/flow_runs/filter", json={"flow_runs": {
+            "name": {"any_": ["nightly-demo"]}, "parent_task_run_id": {"is_null_": False}}}).json()
+        pipeline_synthesis = next(r for r in pipeline_synthesis if r["flow_id"] == httpx.get(
+            f"{api_url}/flows/name/synthesize").json()["id"])
 
         # 3. The nightly deployment: its schedule (with its time zone) and its runs.
         deployment = httpx.get(f"{api_url}/deployments/name/pipeline/nightly").json()
         browser.open(f"{ui}/deployments/deployment/{deployment['id']}", "every day at 02:00 UTC", "nightly-demo")
         browser.capture(args.out / "ui-nightly-deployment.png")
+
+        # 4. The nightly run's dataset card (the datasets' README.md) as its artifact page renders it.
+        [card] = httpx.post(f"{api_url}/artifacts/filter", json={
+            "artifacts": {"key": {"any_": ["dataset-card"]}, "flow_run_id": {"any_": [pipeline_synthesis["id"]]}},
+        }).json()
+        browser.open(f"{ui}/artifacts/artifact/{card['id']}", "dataset-card", "How to load", "load_dataset")
+        browser.capture(args.out / "ui-dataset-card.png")
         finished = True
     finally:
         if browser is not None:

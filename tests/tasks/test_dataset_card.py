@@ -37,3 +37,21 @@ def test_load_snippet_names_only_splits_with_rows_and_s3_options():
     assert "dpo =" not in local
     remote = load_snippet("s3://bucket/prefix/runs/r1/", rows)
     assert "storage_options=STORAGE" in remote and "s3://bucket/prefix/runs/r1/datasets/sft/train.parquet" in remote
+
+
+def test_the_rejected_rule_in_the_card_is_the_one_in_force():
+    from tasks.dataset_card import ordinal, rejected_rule
+    from toa_core.ranking import RankingConfig
+
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 30, 102, 113)] == [
+        "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "30th", "102nd", "113th"]
+    paper = RankingConfig(dpo_rejected_rank=30, rejected_min_spread=0.0)
+    assert rejected_rule(paper) == "the 30th best usable candidate (fewer than that: the worst)"
+    default = RankingConfig(dpo_rejected_rank=3)
+    assert rejected_rule(default) == ("the 3rd best usable candidate (fewer than that: the worst), or the next one "
+                                      "down that is at least 2 reward standard deviations below the chosen")
+    quantile = RankingConfig(dpo_rejected_quantile=0.8125, rejected_min_spread=0.0, rejected_lineage="other",
+                             short_policy="skip")
+    assert rejected_rule(quantile) == ("the candidate at quantile 0.8125 from the bottom of the prompt's usable "
+                                       "candidates, or the next one down that is not an ancestor or descendant of "
+                                       "the chosen")
