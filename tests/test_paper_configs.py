@@ -261,11 +261,9 @@ def test_kiwi_server_speaks_the_protocol_of_the_http_reward(tmp_path):
     import asyncio
     import os
     import subprocess
-    import time
-
-    import httpx
 
     from tests.fixtures.prefect import free_port, stop_process
+    from tests.fixtures.waiting import wait_healthy
     from toa_core.config import RetryConfig
     from toa_core.interfaces import RewardError
     from toa_core.rewards.http import HTTPReward
@@ -278,16 +276,7 @@ def test_kiwi_server_speaks_the_protocol_of_the_http_reward(tmp_path):
     server = subprocess.Popen([sys.executable, str(REPO / "tools" / "kiwi_server.py")], env=env, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "kiwi server did not come up"
-            time.sleep(0.2)
+        wait_healthy(server, f"http://127.0.0.1:{port}/health", tmp_path / "server.log", 60, "kiwi server")
 
         async def score():
             reward = HTTPReward([f"http://127.0.0.1:{port}/v1"], "Unbabel/wmt22-cometkiwi-da", api="classify",

@@ -6,13 +6,13 @@ import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.fixtures.prefect import free_port, stop_process
+from tests.fixtures.waiting import wait_healthy
 from toa_core.config import RetryConfig
 from toa_core.rewards.hf_classifier import HFClassifierReward
 from toa_core.rewards.http import HTTPReward
@@ -31,16 +31,7 @@ def test_reward_server_scores_like_the_in_process_reward(tmp_path, tiny_reward_d
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "reward server did not come up"
-            time.sleep(0.2)
+        wait_healthy(server, f"http://127.0.0.1:{port}/health", tmp_path / "server.log", 120, "reward server")
         bad = httpx.post(f"http://127.0.0.1:{port}/classify", json={"model": "rm", "messages": PAIRS[0][0]})
         assert bad.status_code == 400
 
