@@ -8,18 +8,26 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from toa_core.interfaces import RewardError, RewardModel
+from toa_core.interfaces import PairErrors, RewardError, RewardModel
 from toa_core.records import Message
+
+
+def _error_text(error: RewardError) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 async def _score_all(reward: RewardModel, pairs: list[tuple[list[Message], str]],
                      batch_size: int) -> list[float | str]:
-    """Scores, or an error message per pair: a failing batch is retried pair by pair to isolate the culprit."""
+    """Scores, or an error message per pair. A batch whose failed pairs the reward model names (PairErrors) keeps
+    its other scores as they are; any other failing batch is retried pair by pair to isolate the culprit."""
     results: list[float | str] = []
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start:start + batch_size]
         try:
             results.extend(await reward.score_batch(batch))
+            continue
+        except PairErrors as errors:
+            results.extend(_error_text(item) if isinstance(item, RewardError) else item for item in errors.results)
             continue
         except RewardError:
             pass
@@ -27,7 +35,7 @@ async def _score_all(reward: RewardModel, pairs: list[tuple[list[Message], str]]
             try:
                 results.append(await reward.score(messages, response))
             except RewardError as error:
-                results.append(f"{type(error).__name__}: {error}")
+                results.append(_error_text(error))
     return results
 
 

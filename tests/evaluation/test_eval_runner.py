@@ -18,6 +18,7 @@ from infra.store import open_store
 from tests.evaluation.fake_judge import FakeJudge, completion
 from tests.evaluation.scripted import LengthReward, ScriptedChatModel
 from toa_core.config import ModelConfig, RewardConfig
+from toa_core.interfaces import RewardError
 
 TINY_REWARD = {"kind": "hf_classifier", "model": "builtin:tiny-reward"}
 
@@ -53,6 +54,37 @@ def test_reward_judge_records_failures_instead_of_zero():
     assert by_id["b"]["reward_baseline"] is None and "RewardError" in by_id["b"]["error"]
     assert by_id["c"]["preference"] == 0.5
     assert by_id["d"]["preference"] is None and by_id["d"]["reward_model"] == pytest.approx(0.11)
+
+
+def test_reward_judge_keeps_the_scores_a_partly_failed_batch_carries():
+    """A reward model that names the failed pairs of a batch (PairErrors) is not asked again pair by pair: the other
+    pairs keep the scores the batch already gave, the failed one is that item's recorded error."""
+    from toa_core.interfaces import PairErrors
+
+    class NamingReward(LengthReward):
+        single_calls = 0
+
+        async def score(self, messages, response):
+            NamingReward.single_calls += 1
+            return await super().score(messages, response)
+
+        async def score_batch(self, pairs):
+            outcomes = []
+            for _, response in pairs:
+                try:
+                    outcomes.append(await LengthReward.score(self, [], response))
+                except RewardError as error:
+                    outcomes.append(error)
+            return PairErrors.collect(self.name, outcomes)
+
+    rows = [{"item_id": "a", "messages": [], "output": "long answer here", "baseline": "short"},
+            {"item_id": "b", "messages": [], "output": "x", "baseline": "BROKEN baseline"}]
+    judgments = asyncio.run(judge_with_reward(NamingReward(fail_on="BROKEN"), rows, batch_size=4))
+    by_id = {j["item_id"]: j for j in judgments}
+    assert NamingReward.single_calls == 0
+    assert by_id["a"]["preference"] == 1.0 and by_id["a"]["error"] is None
+    assert by_id["b"]["reward_model"] == 0.01 and by_id["b"]["reward_baseline"] is None
+    assert "RewardError: scoring server returned 500" in by_id["b"]["error"]
 
 
 def test_mini_benchmark_scored_with_every_judge(tmp_path):
