@@ -102,6 +102,18 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
+class GenerationCounts(dict):
+    """An `on_result` callback for `run_search` that counts generations and the failed ones:
+    `counts = GenerationCounts(); await run_search(prompts, ctx, on_result=counts)`; then counts["generations"]."""
+
+    def __init__(self) -> None:
+        super().__init__(generations=0, errors=0)
+
+    def __call__(self, result: Any) -> None:
+        self["generations"] += len(result.candidates)
+        self["errors"] += sum(candidate.error is not None for candidate in result.candidates)
+
+
 class Stopwatch:
     """Wall and CPU time of a block: `with Stopwatch() as sw: ...; sw.wall_s, sw.cpu_s`."""
 

@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (Stopwatch, emit_result, header, peak_rss_mib, process_cpu_seconds,  # noqa: E402
-                     run_child, table, thread_sched_seconds)
+from _common import (GenerationCounts, Stopwatch, emit_result, header, peak_rss_mib,  # noqa: E402
+                     process_cpu_seconds, run_child, table, thread_sched_seconds)
 
 AGENTS = 3
 DRIVERS = ("toaflow", "toaflow-2proc", "toaflow-httpx", "reference")
@@ -141,18 +141,14 @@ async def _toaflow_driver(url: str, in_flight: int, n_prompts: int, budget: int,
     ctx = SearchContext(agents=agents, reward=CheapReward(), search=search)
     prompts = [Prompt.from_messages([{"role": "user", "content": _question(i)}])
                for i in range(first_prompt, first_prompt + n_prompts)]
-    counts = {"generations": 0, "errors": 0}
-
-    def on_result(result) -> None:
-        counts["generations"] += len(result.candidates)
-        counts["errors"] += sum(c.error is not None for c in result.candidates)
+    counts = GenerationCounts()
 
     try:
-        await run_search(prompts, ctx, on_result=on_result)
+        await run_search(prompts, ctx, on_result=counts)
         counts["sched_end"] = thread_sched_seconds()
     finally:
         await pool.aclose()
-    return counts
+    return dict(counts)
 
 
 def _reference_driver(url: str, in_flight: int, n_prompts: int, budget: int, max_tokens: int) -> dict:

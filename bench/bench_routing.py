@@ -34,7 +34,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (Stopwatch, emit_result, header, process_cpu_seconds, run_child, table)  # noqa: E402
+from _common import (GenerationCounts, Stopwatch, emit_result, header, process_cpu_seconds, run_child,  # noqa: E402
+                     table)
 from bench_orchestration import CheapReward  # noqa: E402  (the chat part measures the servers, not the reward)
 
 AGENTS = 3
@@ -76,17 +77,13 @@ async def _chat_driver(args: argparse.Namespace) -> dict:
     ctx = SearchContext(agents=agents, reward=CheapReward(), search=search)
     prompts = [Prompt.from_messages([{"role": "user", "content": question(i, args.question_words)}])
                for i in range(args.prompts)]
-    counts = {"generations": 0, "errors": 0}
-
-    def on_result(result) -> None:
-        counts["generations"] += len(result.candidates)
-        counts["errors"] += sum(c.error is not None for c in result.candidates)
+    counts = GenerationCounts()
 
     try:
-        await run_search(prompts, ctx, on_result=on_result)
+        await run_search(prompts, ctx, on_result=counts)
     finally:
         await aclose_all(agents)
-    return counts
+    return dict(counts)
 
 
 async def _reward_driver(args: argparse.Namespace) -> dict:
