@@ -169,26 +169,23 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
         for run in scheduled_runs(client, nightly.id):
             client.delete_flow_run(run.id)
 
-    worker = start_worker(prefect_server, prefect_server_home, "toa-gpu", tmp_path / "worker.log")
-    try:
-        triggered = subprocess.run(
-            [str(PREFECT_BIN), "deployment", "run", "pipeline/nightly", "-p", f"config={config_path}",
-             "-p", "run_id=deployed-1", "--watch", "--watch-timeout", "900"],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=960)
-    finally:
-        stop_process(worker)
+    def night(run_id: str, watch_timeout_s: int) -> subprocess.CompletedProcess:
+        """One run of pipeline/nightly from the CLI, watched to its end, with a worker up only meanwhile."""
+        worker = start_worker(prefect_server, prefect_server_home, "toa-gpu", tmp_path / "worker.log")
+        try:
+            return subprocess.run(
+                [str(PREFECT_BIN), "deployment", "run", "pipeline/nightly", "-p", f"config={config_path}",
+                 "-p", f"run_id={run_id}", "--watch", "--watch-timeout", str(watch_timeout_s)],
+                env=env, cwd=tmp_path, capture_output=True, text=True, timeout=watch_timeout_s + 60)
+        finally:
+            stop_process(worker)
+
+    triggered = night("deployed-1", 900)
     worker_log = (tmp_path / "worker.log").read_text(errors="replace")
     assert triggered.returncode == 0, triggered.stdout[-3000:] + triggered.stderr[-2000:] + worker_log[-6000:]
     assert "Completed" in triggered.stdout
 
-    worker = start_worker(prefect_server, prefect_server_home, "toa-gpu", tmp_path / "worker.log")
-    try:  # the second night: every prompt was synthesized on the first
-        second = subprocess.run(
-            [str(PREFECT_BIN), "deployment", "run", "pipeline/nightly", "-p", f"config={config_path}",
-             "-p", "run_id=deployed-2", "--watch", "--watch-timeout", "600"],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=660)
-    finally:
-        stop_process(worker)
+    second = night("deployed-2", 600)  # the second night: every prompt was synthesized on the first
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
 
     with api_client(prefect_server) as client:

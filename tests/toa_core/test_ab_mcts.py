@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import re
+import functools
 import statistics
 
 import numpy as np
 import pytest
 
+from tests.toa_core.test_toa import TEMPLATES
+from tests.toa_core.test_toa import scripted_agent as toa_scripted_agent
 from toa_core.config import SearchConfig
-from toa_core.prompts import Templates
 from toa_core.records import Prompt
-from toa_core.simulated import ScriptedChatModel, ScriptedReward, SimulatedAgent, SimulatedReward
+from toa_core.simulated import ScriptedReward, SimulatedAgent, SimulatedReward
 from toa_core.strategies import SearchContext, get_strategy
 from toa_core.strategies.base import stable_sigmoid
 
 PROMPT = Prompt.from_messages([{"role": "user", "content": "Explain AB-MCTS."}])
-TEMPLATES = Templates(refine="{question} REFINE<{answer}>", aggregate="AGG", translate="T {source}",
-                      refine_translation="{source} RT<{translation}>", aggregate_translation="{source} AT {translation}")
-
-
-def scripted_agent(name: str, **kwargs) -> ScriptedChatModel:
-    """Fresh answers are '<name>.f<call>'; a refinement of X is '<name>.r(X)' (so depth shows in the text)."""
-    def script(messages, call_index):
-        refined = re.search(r"REFINE<(.*)>$", messages[-1]["content"], re.S)
-        return f"{name}.r({refined.group(1)})" if refined else f"{name}.f{call_index}"
-    return ScriptedChatModel(name, script, **kwargs)
+# Fresh answers are '<name>.f<call>'; a refinement of X is '<name>.r(X)' (so depth shows in the text).
+scripted_agent = functools.partial(toa_scripted_agent, refine_label="r")
 
 
 def depth_of(text: str) -> int:

@@ -22,11 +22,12 @@ TEMPLATES = Templates(refine="{question} REFINE<{answer}>", aggregate="AGG", tra
                       refine_translation="{source} RT<{translation}>", aggregate_translation="{source} AT {translation}")
 
 
-def scripted_agent(name: str, **kwargs) -> ScriptedChatModel:
-    """Fresh answers are '<name>.f<call>', refinements '<name>.refine(<answer>)'."""
+def scripted_agent(name: str, refine_label: str = "refine", **kwargs) -> ScriptedChatModel:
+    """Fresh answers are '<name>.f<call>', refinements '<name>.<refine_label>(<answer>)' (so depth shows in the
+    text)."""
     def script(messages, call_index):
         refined = re.search(r"REFINE<(.*)>$", messages[-1]["content"], re.S)
-        return f"{name}.refine({refined.group(1)})" if refined else f"{name}.f{call_index}"
+        return f"{name}.{refine_label}({refined.group(1)})" if refined else f"{name}.f{call_index}"
     return ScriptedChatModel(name, script, **kwargs)
 
 

@@ -3,13 +3,11 @@ pair that fails for good is neither retried nor sent again."""
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.evaluation.fake_judge import FakeJudge
 from toa_core.config import RetryConfig
 from toa_core.interfaces import PairErrors, RewardError
 from toa_core.rewards.batching import BatchingReward
@@ -131,39 +129,20 @@ def test_plugin_nan_fails_only_its_pair_and_is_asked_once(monkeypatch):
 
 # -- HTTP: a small vLLM-like /classify server that rejects one pair and scores another NaN ----------------------
 
-class _ClassifyHandler(BaseHTTPRequestHandler):
-    bodies: list[dict] = []
-
-    def do_POST(self):  # noqa: N802 - http.server's naming
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).bodies.append(body)
-        answer = body["messages"][-1]["content"]
-        if answer == POISON:
-            status, payload = 400, {"error": {"message": "this input cannot be tokenized", "code": 400}}
-        else:
-            score = math.nan if answer == "nan" else float(len(answer.split()))
-            status, payload = 200, {"data": [{"index": 0, "probs": [score]}]}
-        data = json.dumps(payload).encode()  # NaN is written as the bare token NaN, as Python servers do
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+def classify(body: dict) -> tuple[int, dict]:
+    """One pair per request: 400 for the poison answer, NaN for "nan" (written as the bare token NaN, as Python
+    servers do), else the answer's word count."""
+    answer = body["messages"][-1]["content"]
+    if answer == POISON:
+        return 400, {"error": {"message": "this input cannot be tokenized", "code": 400}}
+    score = math.nan if answer == "nan" else float(len(answer.split()))
+    return 200, {"data": [{"index": 0, "probs": [score]}]}
 
 
 @pytest.fixture
 def classify_server():
-    _ClassifyHandler.bodies = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ClassifyHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", _ClassifyHandler.bodies
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with FakeJudge(classify) as server:  # the scripted loopback server the evaluation tests use
+        yield server.endpoint, server.requests
 
 
 def test_http_reward_isolates_pairs_and_sends_the_truncation_setting(classify_server):
