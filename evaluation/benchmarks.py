@@ -197,34 +197,91 @@ def _arena_answer(row: dict[str, Any], where: str) -> str:
     raise BenchmarkError(f"{where}: no assistant answer (expected `messages` or `choices`)")
 
 
+ARENA_DEFAULT_CATEGORY = {"v0.1": "arena-hard-v0.1"}  # v0.1 files written before categories existed
+
+
+def _arena_baseline_files(config: BenchmarkConfig, categories: set[str]) -> list[tuple[str, set[str] | None]]:
+    """(file, the categories it answers) for every baseline file; None = decided by the file's `model` field."""
+    if isinstance(config.baseline, dict):
+        unknown = sorted(set(config.baseline) - categories)
+        if unknown:
+            raise BenchmarkError(f"benchmark '{config.name}': baseline for category {', '.join(unknown)}, which no "
+                                 f"question has (categories: {', '.join(sorted(categories))})")
+        return [(path, {category}) for category, paths in config.baseline.items() for path in _as_list(paths)]
+    return [(path, None) for path in _as_list(config.baseline)]
+
+
+def _categories_of_file(path: str, rows: list[dict[str, Any]], categories: set[str]) -> set[str]:
+    """The categories a listed baseline file answers: the only category, or those whose official baseline
+    (CATEGORY_BASELINES, arena-hard-auto's judge settings) is the model that wrote the file."""
+    from evaluation.metrics.arena_hard import CATEGORY_BASELINES
+
+    if len(categories) == 1:
+        return set(categories)
+    models = sorted({str(row.get("model", "")) for row in rows})
+    served = {c for c in categories if CATEGORY_BASELINES.get(c) in models}
+    if len(models) != 1 or not served:
+        expected = ", ".join(f"{c}: {CATEGORY_BASELINES.get(c, '?')}" for c in sorted(categories))
+        raise BenchmarkError(f"{path}: written by {', '.join(models) or 'no model'}, which is not the baseline of "
+                             f"one of this benchmark's categories ({expected}); name its category: "
+                             f"baseline: {{<category>: {path}}}")
+    return served
+
+
 def load_arena_hard(config: BenchmarkConfig) -> list[EvalItem]:
+    """Questions with their category's baseline answer (v2.0: hard_prompt and creative_writing each have one).
+
+    Baseline answers are keyed by (category, question): a baseline file that answers a question of a category
+    it is not the baseline of is refused, naming both, instead of one file's answer replacing another's."""
     default_name = "lmarena-ai/arena-hard-auto-v0.1" if config.version == "v0.1" else "lmarena-ai/arena-hard-auto"
     if config.source is None:
         config = config.model_copy(update={"source": default_name})
     rows, where = _rows(config)
-    answers: dict[str, tuple[str, str]] = {}
-    for path in _as_list(config.baseline):
-        for number, row in enumerate(read_records(path), start=1):
-            here = f"{path}: line {number}"
-            answers[str(_field(row, ["uid", "question_id"], here))] = (_arena_answer(row, here), row.get("model", ""))
-    items = []
+    questions: list[tuple[dict[str, Any], str, str, str]] = []  # row, uid, category, where
     for number, row in enumerate(rows, start=1):
         here = f"{where}: line {number}"
-        uid = str(_field(row, ["uid", "question_id"], here))
+        category = row.get("category") or ARENA_DEFAULT_CATEGORY.get(config.version)
+        if not category:
+            raise BenchmarkError(f"{here}: missing `category` (arena-hard {config.version} scores each category "
+                                 f"against its own baseline: hard_prompt, creative_writing)")
+        questions.append((row, str(_field(row, ["uid", "question_id"], here)), str(category), here))
+    category_of = {uid: category for _, uid, category, _ in questions}
+    categories = set(category_of.values())
+    answers: dict[tuple[str, str], tuple[str, str, str]] = {}  # (category, uid) -> answer, model, file
+    for path, named in _arena_baseline_files(config, categories):
+        records = read_records(path)
+        served = named if named is not None else _categories_of_file(path, records, categories)
+        for number, row in enumerate(records, start=1):
+            here = f"{path}: line {number}"
+            uid = str(_field(row, ["uid", "question_id"], here))
+            if uid not in category_of:
+                continue  # an answer to a question this benchmark does not ask
+            category = category_of[uid]
+            if category not in served:
+                raise BenchmarkError(
+                    f"{here}: baseline file for {', '.join(sorted(served))} answers question {uid}, which is "
+                    f"{category} (its baseline is another file); give each category a file with only its questions")
+            if (category, uid) in answers:
+                raise BenchmarkError(f"{here}: question {uid} ({category}) already has a baseline answer in "
+                                     f"{answers[(category, uid)][2]}; one baseline answer per question")
+            answers[(category, uid)] = (_arena_answer(row, here), row.get("model", ""), path)
+    items = []
+    for row, uid, category, here in questions:
         prompt = row.get("prompt") or (row.get("turns") or [{}])[0].get("content")
         if not prompt:
             raise BenchmarkError(f"{here}: missing `prompt` (v0.1/v2.0) or `turns[0].content` (older files)")
-        answer, baseline_model = answers.get(uid, (None, ""))
+        answer, baseline_model, _ = answers.get((category, uid), (None, "", ""))
         items.append(EvalItem(
             item_id=uid, task="chat", messages=_user(prompt), baseline_output=answer,
-            metadata={"category": row.get("category", ""), "cluster": row.get("cluster") or row.get("subcategory", ""),
+            metadata={"category": category, "cluster": row.get("cluster") or row.get("subcategory", ""),
                       "baseline_generator": baseline_model},
         ))
     if config.baseline:
-        missing = [item.item_id for item in items if item.baseline_output is None]
+        missing = [item for item in items if item.baseline_output is None]
         if missing:
-            raise BenchmarkError(f"{config.baseline}: no baseline answer for {len(missing)} question(s) "
-                                 f"(first uids: {', '.join(missing[:5])})")
+            by_category = sorted({item.metadata["category"] for item in missing})
+            raise BenchmarkError(f"{config.baseline}: no baseline answer for {len(missing)} question(s) of "
+                                 f"{', '.join(by_category)} (first uids: {', '.join(i.item_id for i in missing[:5])})")
     return items
 
 
@@ -328,6 +385,7 @@ LOADERS: dict[str, Callable[[BenchmarkConfig], list[EvalItem]]] = {
 
 
 def _as_list(value: str | list[str] | None) -> list[str]:
+    """One path or several, as a list."""
     return [] if value is None else [value] if isinstance(value, str) else list(value)
 
 

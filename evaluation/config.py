@@ -33,9 +33,11 @@ class BenchmarkConfig(Section):
     version: Literal["v0.1", "v2.0"] = Field("v0.1", description="arena_hard only")
     languages: list[Literal["cs", "de", "is", "ru", "zh"]] = Field(
         default_factory=lambda: list(WMT_LANGUAGES), description="wmt only: source languages (X->en)")
-    baseline: str | list[str] | None = Field(
-        None, description="baseline outputs: alpaca_eval model_outputs.json, or arena-hard answer jsonl file(s) "
-                          "(v2.0 uses two baselines: list both files)")
+    baseline: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None, description="baseline outputs: alpaca_eval model_outputs.json, or arena-hard answer jsonl file(s). "
+                          "arena_hard v2.0 has a baseline per category: list both files (each file's `model` names "
+                          "its category: o3-mini-2025-01-31 -> hard_prompt, gemini-2.0-flash-001 -> "
+                          "creative_writing), or map them: {hard_prompt: file, creative_writing: file}")
     limit: int | None = Field(None, ge=1, description="evaluate a seeded random subset of this many items")
     seed: int = 0
 
@@ -43,6 +45,9 @@ class BenchmarkConfig(Section):
     def _sources(self) -> "BenchmarkConfig":
         if self.kind == "toaflow_mini" and self.baseline:
             raise ValueError(f"benchmark '{self.name}': toaflow_mini carries its baseline outputs; drop `baseline`")
+        if isinstance(self.baseline, dict) and self.kind != "arena_hard":
+            raise ValueError(f"benchmark '{self.name}': a baseline per category ({{category: file}}) is arena_hard "
+                             f"only; give {self.kind} one file")
         return self
 
 
@@ -67,8 +72,9 @@ class ArenaHardConfig(Section):
     """How `arena_hard` benchmarks are judged and scored (arena-hard-auto's protocol).
 
     The judge writes its reasoning, then one verdict label ([[A>>B]], [[A>B]], [[A=B]], [[B>A]], [[B>>A]]); each
-    question is judged in both orders; strong verdicts count three times; a Bradley-Terry model over every
-    player judged against the same baseline (this model, earlier runs, the base model) gives each player's win
+    question is judged in both orders; strong verdicts count three times; per category (v2.0: hard_prompt against
+    o3-mini, creative_writing against gemini-2.0-flash; the headline is hard_prompt), a Bradley-Terry model over
+    every player judged against that baseline (this model, earlier runs, the base model) gives each player's win
     probability against the baseline (anchored at 50), with `bootstrap_rounds` resamples and 90% intervals."""
     prompt_file: str | None = Field(None, description="judge prompt; default evaluation/data/arena_hard_judge.txt "
                                                       "(placeholders {instruction}, {output_a}, {output_b})")
@@ -77,6 +83,10 @@ class ArenaHardConfig(Section):
     strong_weight: int = Field(3, ge=1, description="games a strong verdict (A>>B) counts as")
     bootstrap_rounds: int = Field(100, ge=10)
     style_control: bool | None = Field(None, description="control for length and markdown; default: on for v2.0, off for v0.1")
+    solver: Literal["exact", "official"] = Field(
+        "exact", description="style-controlled fit: 'exact' runs to the optimum of the likelihood (default); "
+                             "'official' reproduces arena-hard-auto's show_result.py fit (torch L-BFGS, lr 0.1, 50 "
+                             "iterations, float32, start 0.5), which stops short of it: the leaderboard's numbers")
 
 
 class JudgesConfig(Section):

@@ -27,7 +27,9 @@ def base_cache_prefix(config: EvaluationConfig, benchmark: BenchmarkConfig) -> s
         "generation": config.generation.model_dump(mode="json"),
         "bootstrap": [config.bootstrap_samples, config.seed],
         "length_control": config.length_control.model_dump(mode="json"),
-        "arena_hard": config.arena_hard.model_dump(mode="json"),
+        # the default solver is left out so base-model results cached before it existed stay valid
+        "arena_hard": config.arena_hard.model_dump(mode="json", exclude={"solver"} if config.arena_hard.solver == "exact"
+                                                   else None),
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return f"eval_cache/base/{digest}/{benchmark.name}"
@@ -46,7 +48,8 @@ def arena_key(benchmark: BenchmarkConfig, config: EvaluationConfig) -> str:
         "benchmark": benchmark.model_dump(mode="json", exclude={"name"}),
         "judge": (config.judges.llm_judge.model if config.judges.llm_judge else None),
         "prompt": hashlib.sha256(prompt_text.encode()).hexdigest(),
-        "arena": config.arena_hard.model_dump(mode="json", exclude={"prompt_file", "bootstrap_rounds", "style_control"}),
+        "arena": config.arena_hard.model_dump(mode="json", exclude={"prompt_file", "bootstrap_rounds", "style_control",
+                                                                   "solver"}),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 

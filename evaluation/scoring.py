@@ -2,7 +2,9 @@
 
 - chat items with a baseline: reward-model judge (rm_mean_reward, rm_win_rate, rm_lc_win_rate); the pairwise LLM
   judge, AlpacaEval-style (judge_win_rate, judge_lc_win_rate) or, on `arena_hard` benchmarks, with
-  arena-hard-auto's protocol (judge_win_rate, judge_bt_score: Bradley-Terry against the baseline);
+  arena-hard-auto's protocol (judge_win_rate, judge_bt_score: Bradley-Terry against the baseline, per category
+  with the category's own baseline; the unsuffixed metric is the headline category, v2.0 adds
+  judge_bt_score_<category> and judge_win_rate_<category>);
 - math items: math_accuracy (math-verify, our extraction as fallback);
 - translation items: bleu, chrf (overall and per language pair), comet / comet_kiwi when asked for.
 
@@ -14,6 +16,8 @@ in its `n_excluded`, and `n_failed` says how many there were.
 """
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
 from evaluation.alpaca_eval_files import LengthControlInputs
@@ -23,7 +27,7 @@ from evaluation.judges.llm_judge import JudgeClient, judge_arena, judge_pairs, j
 from evaluation.judges.math_answers import score_math
 from evaluation.judges.reward_judge import judge_with_reward
 from evaluation.judges.translation import bleu, chrf, comet_scores
-from evaluation.metrics.arena_hard import arena_scores, games_from_judgment
+from evaluation.metrics.arena_hard import CATEGORY_BASELINES, arena_scores, games_from_judgment, headline_category
 from evaluation.metrics.length_control import LengthPrior, length_controlled_win_rate
 from evaluation.metrics.stats import Metric, mean_metric
 from evaluation.metrics.win_rate import win_rate
@@ -74,32 +78,86 @@ def _preference_metrics(prefix: str, items: list[EvalItem], outputs: dict[str, s
 
 
 def arena_settings(version: str, config: EvaluationConfig) -> dict[str, Any]:
-    """Judge budget, strong weight, rounds and style control of an arena_hard benchmark."""
+    """Judge budget, strong weight, rounds, style control and solver of an arena_hard benchmark."""
     arena = config.arena_hard
     return {"max_tokens": arena.max_tokens or ARENA_MAX_TOKENS[version], "strong_weight": arena.strong_weight,
-            "rounds": arena.bootstrap_rounds,
+            "rounds": arena.bootstrap_rounds, "solver": arena.solver,
             "style_control": arena.style_control if arena.style_control is not None else version == "v2.0"}
 
 
 def arena_metric(judgments: Sequence[dict], others: Mapping[str, Sequence[dict]], settings: Mapping[str, Any],
-                 *, n_failed: int, seed: int) -> tuple[Metric, dict[str, Any]]:
-    """judge_bt_score of this model, fitted with every other player judged against the same baseline."""
+                 *, n_failed: int, seed: int, baseline_model: str = "baseline",
+                 category: str | None = None) -> tuple[Metric, dict[str, Any]]:
+    """judge_bt_score of this model in one category, fitted with every other player judged against the same
+    baseline (`baseline_model`, which the official solver needs to order its columns)."""
     players = {MODEL_PLAYER: [g for j in judgments for g in games_from_judgment(MODEL_PLAYER, j, settings["strong_weight"])]}
     for name, rows in others.items():
         players[name] = [g for j in rows for g in games_from_judgment(name, j, settings["strong_weight"])]
-    scores = arena_scores(players, style_control=settings["style_control"], rounds=settings["rounds"], seed=seed)
+    solver = settings.get("solver", "exact")
+    scores = arena_scores(players, style_control=settings["style_control"], rounds=settings["rounds"], seed=seed,
+                          solver=solver, baseline=baseline_model)
     mine = scores.get(MODEL_PLAYER)
     counted = sum(1 for j in judgments if games_from_judgment(MODEL_PLAYER, j))
     leaderboard = {"baseline": 50.0, **{name: round(s.score, 3) for name, s in scores.items()}}
-    extra = {"players": leaderboard, "games": mine.games if mine else 0,
+    extra = {"players": leaderboard, "games": mine.games if mine else 0, "baseline_model": baseline_model,
              "style_control": settings["style_control"], "bootstrap_rounds": settings["rounds"],
              "strong_weight": settings["strong_weight"]}
+    if category is not None:
+        extra["category"] = category
+    if settings["style_control"]:
+        extra["solver"] = solver  # which fit the style-controlled score comes from
     if mine is not None and mine.style_coefficients:
         extra["style_coefficients"] = mine.style_coefficients
     metric = Metric(mine.score if mine else None, (mine.ci_low, mine.ci_high) if mine else None, counted, n_failed,
                     "%", note="Arena-Hard score: Bradley-Terry win probability against the baseline (= 50)",
                     extra=extra, n_excluded=len(judgments) - counted, ci_level=0.90)
     return metric, {"players": leaderboard}
+
+
+def category_suffix(category: str) -> str:
+    """A category as a metric-name suffix: judge_bt_score_hard_prompt, judge_bt_score_creative_writing."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", category).strip("_").lower()
+
+
+def by_category(rows: Sequence[dict], categories: Mapping[str, str]) -> dict[str, list[dict]]:
+    """Judgment rows grouped by their question's category (rows of questions not asked here are left out)."""
+    grouped: dict[str, list[dict]] = {}
+    for row in rows:
+        category = categories.get(str(row.get("item_id")))
+        if category is not None:
+            grouped.setdefault(category, []).append(row)
+    return grouped
+
+
+def with_headline(name: str, per_category: Mapping[str, Metric], *, emit_categories: bool) -> dict[str, Metric]:
+    """`name` = the headline category's metric (hard_prompt on v2.0, as the leaderboard reports it), carrying
+    every category's value in extra["categories"]; with `emit_categories`, also `<name>_<category>` each."""
+    headline = headline_category(list(per_category))
+    top = per_category[headline]
+    summary = {category: {"value": m.value, "ci_low": m.ci95[0] if m.ci95 else None,
+                          "ci_high": m.ci95[1] if m.ci95 else None, "n": m.n}
+               for category, m in sorted(per_category.items())}
+    metrics = {name: replace(top, extra={**top.extra, "headline_category": headline, "categories": summary})}
+    if emit_categories:
+        metrics.update({f"{name}_{category_suffix(category)}": m for category, m in sorted(per_category.items())})
+    return metrics
+
+
+def arena_category_metrics(judgments: Sequence[dict], others: Mapping[str, Sequence[dict]],
+                           settings: Mapping[str, Any], *, categories: Mapping[str, str],
+                           baselines: Mapping[str, str], seed: int, emit_categories: bool) -> dict[str, Metric]:
+    """judge_bt_score per category, each against its own baseline with its own fit (as show_result.py scores
+    one category at a time), plus the headline. `categories`: {item_id: category}; `baselines`: {category:
+    baseline model}."""
+    mine = by_category(judgments, categories)
+    theirs = {name: by_category(rows, categories) for name, rows in others.items()}
+    per_category = {}
+    for category, rows in sorted(mine.items()):
+        per_category[category], _ = arena_metric(
+            rows, {name: grouped.get(category, []) for name, grouped in theirs.items()}, settings,
+            n_failed=sum(1 for j in rows if j.get("generation_failed")), seed=seed,
+            baseline_model=baselines.get(category) or CATEGORY_BASELINES.get(category, "baseline"), category=category)
+    return with_headline("judge_bt_score", per_category, emit_categories=emit_categories)
 
 
 async def score_chat(items: list[EvalItem], outputs: dict[str, str | None], config: EvaluationConfig, *,
@@ -141,18 +199,26 @@ async def score_chat(items: list[EvalItem], outputs: dict[str, str | None], conf
         if kind == "arena_hard":
             settings = arena_settings(version, config)
             system, template = load_arena_prompt(config.arena_hard.prompt_file)
+            pairs = [{**pair, "category": item.metadata.get("category")} for pair, item in zip(pairs, with_baseline)]
             lj = await judge_arena(judge, pairs, system=system, template=template, max_tokens=settings["max_tokens"],
                                    temperature=temperature, max_concurrency=concurrency)
             judgments["arena_hard"] = lj
             diagnostics["arena_hard"] = {"questions": len(lj), "generation_failed": sum(j["generation_failed"] for j in lj),
                                          "without_verdict": sum(1 for j in lj if j["preference"] is None)}
-            judged = [j for j in lj if j["preference"] is not None]
-            metrics["judge_win_rate"] = win_rate([j["preference"] for j in judged],
-                                                 n_failed=sum(j["generation_failed"] for j in judged),
-                                                 n_excluded=len(lj) - len(judged), **kwargs)
-            metrics["judge_bt_score"], _ = arena_metric(lj, arena_players or {}, settings,
-                                                        n_failed=diagnostics["arena_hard"]["generation_failed"],
-                                                        seed=config.seed)
+            categories = {item.item_id: item.metadata.get("category") or "arena-hard" for item in with_baseline}
+            baselines = {item.metadata.get("category") or "arena-hard": item.metadata.get("baseline_generator") or ""
+                         for item in with_baseline}
+            per_category_win_rate = {}
+            for category, rows in by_category(lj, categories).items():
+                judged = [j for j in rows if j["preference"] is not None]
+                per_category_win_rate[category] = win_rate(
+                    [j["preference"] for j in judged], n_failed=sum(j["generation_failed"] for j in judged),
+                    n_excluded=len(rows) - len(judged), **kwargs)
+            emit_categories = version == "v2.0"
+            metrics.update(with_headline("judge_win_rate", per_category_win_rate, emit_categories=emit_categories))
+            metrics.update(arena_category_metrics(lj, arena_players or {}, settings, categories=categories,
+                                                  baselines=baselines, seed=config.seed,
+                                                  emit_categories=emit_categories))
         else:
             answered_pairs = [p for p in pairs if not is_failed(p["output"])]
             lj = await judge_pairs(judge, answered_pairs, template=load_prompt(llm), max_tokens=llm.max_tokens if llm else 8,

@@ -261,7 +261,8 @@ async def judge_pairs(client: JudgeClient, pairs: Sequence[dict[str, Any]], *, t
 
 async def judge_arena(client: JudgeClient, pairs: Sequence[dict[str, Any]], *, system: str, template: str,
                       max_tokens: int, temperature: float = 0.0, max_concurrency: int = 8) -> list[dict[str, Any]]:
-    """Arena-Hard's protocol for each {item_id, instruction, output (None = failed generation), baseline}.
+    """Arena-Hard's protocol for each {item_id, instruction, output (None = failed generation), baseline,
+    category (optional, copied to the judgment)}.
 
     Two games (baseline as A, then the model as A); the judge reasons and ends with a verdict label. A failed
     or empty generation is not sent: both its games are recorded as strong losses ("generation_failed"), which
@@ -283,8 +284,8 @@ async def judge_arena(client: JudgeClient, pairs: Sequence[dict[str, Any]], *, s
     async def judge(pair: dict[str, Any]) -> dict[str, Any]:
         style = {"model": style_of(pair["output"]), "baseline": style_of(pair["baseline"])}
         if not pair["output"] or not pair["output"].strip():
-            return {"item_id": pair["item_id"], "labels": ["A>>B", "B>>A"], "games": [], "style": style,
-                    "preference": 0.0, "generation_failed": True}
+            return {"item_id": pair["item_id"], "category": pair.get("category"), "labels": ["A>>B", "B>>A"],
+                    "games": [], "style": style, "preference": 0.0, "generation_failed": True}
         (l1, r1), (l2, r2) = await asyncio.gather(
             game(pair["instruction"], pair["baseline"], pair["output"]),   # game 1: model is B
             game(pair["instruction"], pair["output"], pair["baseline"]),   # game 2: model is A
@@ -294,8 +295,8 @@ async def judge_arena(client: JudgeClient, pairs: Sequence[dict[str, Any]], *, s
         preference = None
         if l1 is not None and l2 is not None:
             preference = ((1.0 - LABELS[l1][0]) + LABELS[l2][0]) / 2
-        return {"item_id": pair["item_id"], "labels": [l1, l2], "games": games, "style": style,
-                "preference": preference, "generation_failed": False}
+        return {"item_id": pair["item_id"], "category": pair.get("category"), "labels": [l1, l2], "games": games,
+                "style": style, "preference": preference, "generation_failed": False}
 
     return list(await asyncio.gather(*(judge(pair) for pair in pairs)))
 
