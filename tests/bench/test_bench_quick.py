@@ -120,3 +120,17 @@ def test_reports_quick():
     share = float(re.search(r"publish_share=([\d.]+)", out).group(1))
     assert 0 <= share <= 1
     assert re.search(r"publish_wait_over_lock_left=[\d.]+", out)
+
+
+def test_arena_hard_quick():
+    out = run_bench("bench_arena_hard.py")
+    rows = re.findall(r"^(hard_prompt|creative_writing)\s+(\w+)\s+([\d.]+)\s+([\d.]+)\s+([+-][\d.]+)\s+([\d.]+)$",
+                      out, re.MULTILINE)
+    assert {(c, m) for c, m, *_ in rows} == {(c, m) for c in ("hard_prompt", "creative_writing")
+                                              for m in ("balanced", "verbose", "terse")}
+    for _category, _model, exact, official, diff, _worst in rows:
+        assert 0 < float(exact) < 100 and 0 < float(official) < 100
+        assert abs(float(exact) - float(official) - float(diff)) < 0.02
+        assert abs(float(diff)) < 5  # the official fit stops short of the optimum, not somewhere else
+    summary = out.splitlines()[-1]
+    assert re.search(r"hard_prompt=[\d.]+ \(\w+\) creative_writing=[\d.]+ \(\w+\)", summary), summary
