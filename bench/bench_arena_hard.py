@@ -83,7 +83,7 @@ def main() -> None:
     from evaluation.metrics.arena_hard import CATEGORY_BASELINES, arena_scores, games_from_judgment
 
     seeds, rounds, models, scale = (1, 20, MODELS[:3], 0.2) if args.quick else (args.seeds, args.rounds, MODELS, 1.0)
-    print(f"# arena-hard v2.0 per category, style control (length + markdown): exact vs official solver")
+    print("# arena-hard v2.0 per category, style control (length + markdown): exact vs official solver")
     print(f"# machine: {machine()}; load average {os.getloadavg()[0]:.1f}")
     print(f"# {len(models)} models; questions " + ", ".join(f"{c} {int(n * scale)}" for c, (n, _, _) in CATEGORIES.items())
           + f"; {rounds} bootstrap rounds; {seeds} seed(s)")

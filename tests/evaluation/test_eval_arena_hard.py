@@ -26,6 +26,7 @@ from evaluation.scoring import arena_metric, score_benchmark
     ("Final verdict [A=B]", "A=B"),                                   # single brackets as the fallback pattern
     ("Assistant B is worse: [[A<<B]]", "A<<B"),                       # mirrored spelling
     ("[[AB]]", None), ("no label at all", None), ("", None), (None, None),
+    ("Clearly [[A>>>B]]", None),  # unknown label: no verdict, the question is dropped (the official loader crashes)
 ])
 def test_verdict_parsing(reply, label):
     assert parse_arena_verdict(reply) == label
@@ -37,6 +38,7 @@ def test_strong_verdicts_count_three_times_and_both_orders_are_read_from_the_mod
     assert [g.outcome for g in games] == [1.0, 1.0, 1.0, 0.0]
     assert [g.outcome for g in games_from_judgment("m", {"labels": ["A=B", "A>B"]})] == [0.5, 1.0]
     assert games_from_judgment("m", {"labels": ["B>A", None]}) == []  # a game without verdict drops the question
+    assert games_from_judgment("m", {"labels": ["A>>>B", "A>B"]}) == []  # so does an unknown label
     score = arena_scores({"m": games * 10}, style_control=False, rounds=100)["m"]
     assert score.score == pytest.approx(75.0, abs=3)                # 3 strong wins + 1 loss per question
 
