@@ -10,6 +10,11 @@ Each category is fitted on its own (its games, its baseline), with both solvers 
 iterations, float32, start 0.5). Prints one row per category and model (mean over seeds) and ends with a
 `SUMMARY` line: the largest |exact - official| per category. --quick: 100 + 50 questions, 3 models, 20 rounds,
 one seed (a smoke run).
+
+--official-code DIR (a checkout of lmarena/arena-hard-auto, e.g. at commit 196f6b8; needs pandas and tqdm) also
+runs its own show_result.print_leaderboard_with_style_features on the same battles with the same bootstrap
+indices (np.random.seed(seed) then np.random.randint, as it draws them) and compares its printed scores (0.1
+precision) with toaflow's `official` solver: the check that `solver: official` is the leaderboard's fit.
 """
 from __future__ import annotations
 
@@ -70,11 +75,69 @@ def synthetic_judgments(category: str, questions: int, models, rng) -> dict[str,
     return by_model
 
 
+def official_check(code_dir: str, category: str, players, seed: int) -> float:
+    """Largest |toaflow official solver - arena-hard-auto's show_result.py| over the players, both on the same
+    battles and bootstrap indices; the official scores are printed to 0.1, so 0.0 means they agree."""
+    import contextlib
+    import io
+    import re
+
+    import numpy as np
+    import pandas as pd
+
+    from evaluation.metrics import arena_hard
+
+    sys.path.insert(0, code_dir)
+    try:
+        import show_result  # arena-hard-auto's own module, read from the checkout
+    finally:
+        sys.path.remove(code_dir)
+    baseline = arena_hard.CATEGORY_BASELINES[category]
+    games = [(name, k, g) for name, rows in players.items() for k, g in enumerate(rows)]
+    uids = [f"{name}|{k}" for name, k, _ in games]  # one metadata entry per game: the style of that game's answers
+    battles = pd.DataFrame({"uid": uids, "model": [n for n, _, _ in games], "category": category,
+                            "scores": [g.outcome for _, _, g in games]})
+
+    def metadata(style):
+        return {"token_len": style.get("tokens", 0), "header_count": {"h": style.get("headers", 0)},
+                "list_count": {"l": style.get("lists", 0)}, "bold_count": {"b": style.get("bold", 0)}}
+
+    styles = {name: {} for name in [*players, baseline]}
+    for uid, (name, _, game) in zip(uids, games):
+        styles[name][uid], styles[baseline][uid] = metadata(game.style), metadata(game.baseline_style)
+    show_result.get_model_style_metadata = lambda benchmark: styles
+    np.random.seed(seed)
+    indices = np.random.randint(low=0, high=len(games), size=(100, len(games)))
+    np.random.seed(seed)  # show_result draws the same indices
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(io.StringIO()), arena_hard.one_torch_thread():
+        show_result.print_leaderboard_with_style_features(battles, "synthetic", category, ["length", "markdown"])
+    theirs = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\s*\d+\s+(\S+)\s+([\d.]+)\s", printed.getvalue(), re.M)}
+
+    class SameIndices:  # stands in for toaflow's generator: round r resamples indices[r]
+        def __init__(self):
+            self.round = 0
+
+        def integers(self, low, high, size):
+            self.round += 1
+            return indices[self.round - 1]
+
+    generator = arena_hard.np.random.default_rng
+    arena_hard.np.random.default_rng = lambda seed: SameIndices()
+    try:
+        ours = arena_hard.arena_scores(players, style_control=True, rounds=100, solver="official", baseline=baseline)
+    finally:
+        arena_hard.np.random.default_rng = generator
+    return max(abs(float(f"{ours[name].score:.1f}") - theirs[name]) for name in players)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5, help="synthetic worlds to average over")
     parser.add_argument("--rounds", type=int, default=100, help="bootstrap rounds (arena-hard: 100)")
     parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--official-code", help="a checkout of lmarena/arena-hard-auto: also compare with its "
+                                                "show_result.py on the same battles and bootstrap indices")
     args = parser.parse_args()
     import numpy as np
     import torch  # noqa: F401 - imported before the clock starts, so the official fit's timing is the fit's
@@ -89,6 +152,7 @@ def main() -> None:
           + f"; {rounds} bootstrap rounds; {seeds} seed(s)")
     results: dict[tuple[str, str], dict[str, list[float]]] = {}
     seconds = {"exact": 0.0, "official": 0.0}
+    against_official: dict[str, float] = {}
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
         for category, (questions, _, _) in CATEGORIES.items():
@@ -101,6 +165,9 @@ def main() -> None:
                 seconds[solver] += time.perf_counter() - start
                 for name, score in scores.items():
                     results.setdefault((category, name), {}).setdefault(solver, []).append(score.score)
+            if args.official_code:
+                gap = official_check(args.official_code, category, players, seed)
+                against_official[category] = max(gap, against_official.get(category, 0.0))
     print(f"\n{'category':<18}{'model':<10}{'exact':>8}{'official':>10}{'diff':>8}{'max|diff|':>11}")
     worst: dict[str, tuple[float, str]] = {}
     for (category, name), by_solver in results.items():
@@ -112,6 +179,9 @@ def main() -> None:
     fits = seeds * len(CATEGORIES) * rounds
     print(f"\nwall time: exact {seconds['exact'] / fits * 1000:.1f} ms per fit, official {seconds['official'] / fits * 1000:.1f} ms "
           f"per fit (torch, one thread)")
+    if against_official:
+        print("toaflow's official solver vs arena-hard-auto's show_result.py (same battles and bootstrap indices, "
+              "scores printed to 0.1): max |difference| " + ", ".join(f"{c} {v:.1f}" for c, v in against_official.items()))
     print("SUMMARY arena_hard max_abs_diff exact-vs-official: "
           + " ".join(f"{category}={value:.2f} ({name})" for category, (value, name) in worst.items())
           + f" seeds={seeds} rounds={rounds}")
