@@ -208,6 +208,11 @@ async def score_chat(items: list[EvalItem], outputs: dict[str, str | None], conf
             categories = {item.item_id: item.metadata.get("category") or "arena-hard" for item in with_baseline}
             baselines = {item.metadata.get("category") or "arena-hard": item.metadata.get("baseline_generator") or ""
                          for item in with_baseline}
+            # what the report prints: which fit produced the scores, and each category's baseline
+            diagnostics["arena_hard"]["fit"] = (f"style control, {settings['solver']} solver" if settings["style_control"]
+                                                else "no style control")
+            diagnostics["arena_hard"]["baselines"] = "; ".join(
+                f"{category}: {model or CATEGORY_BASELINES.get(category, '?')}" for category, model in sorted(baselines.items()))
             per_category_win_rate = {}
             for category, rows in by_category(lj, categories).items():
                 judged = [j for j in rows if j["preference"] is not None]

@@ -193,7 +193,9 @@ def test_each_category_is_scored_against_its_own_baseline(two_categories):
     config = EvaluationConfig(benchmarks=[_arena_bench(questions, [hard, creative])], bootstrap_samples=50,
                               arena_hard={"bootstrap_rounds": 20})
     rows = [{"item_id": item.item_id, "output": f"model answer to {item.item_id}"} for item in benchmark.items]
-    metrics, judgments, _ = asyncio.run(score_benchmark(benchmark, rows, config, judge=judge, version="v2.0"))
+    metrics, judgments, diagnostics = asyncio.run(score_benchmark(benchmark, rows, config, judge=judge, version="v2.0"))
+    assert diagnostics["arena_hard"]["fit"] == "style control, exact solver"  # the report says which fit was used
+    assert diagnostics["arena_hard"]["baselines"] == "creative_writing: gemini-2.0-flash-001; hard_prompt: o3-mini-2025-01-31"
     assert judge.seen_baselines == {"HARD", "CREATIVE"}
     assert {j["category"] for j in judgments["arena_hard"]} == {"hard_prompt", "creative_writing"}
     hard_score, creative_score = metrics["judge_bt_score_hard_prompt"], metrics["judge_bt_score_creative_writing"]
@@ -210,6 +212,11 @@ def test_each_category_is_scored_against_its_own_baseline(two_categories):
     assert set(headline.extra["categories"]) == {"hard_prompt", "creative_writing"}
     assert metrics["judge_win_rate"].value == pytest.approx(100.0)
     assert metrics["judge_win_rate_creative_writing"].value == pytest.approx(0.0)
+    official = config.model_copy(update={"arena_hard": config.arena_hard.model_copy(update={"solver": "official"})})
+    metrics, _, diagnostics = asyncio.run(score_benchmark(benchmark, rows, official, judge=judge, version="v2.0"))
+    assert diagnostics["arena_hard"]["fit"] == "style control, official solver"
+    assert metrics["judge_bt_score_creative_writing"].extra["solver"] == "official"
+    assert metrics["judge_bt_score_hard_prompt"].value > 90 > 10 > metrics["judge_bt_score_creative_writing"].value
 
 
 def test_a_baseline_file_answering_a_question_of_another_category_is_refused(two_categories, tmp_path):
