@@ -102,16 +102,29 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
+# The tree strategies as the benchmarks run them: name -> (search.strategy, SearchConfig overrides).
+TREE_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "toa": ("toa", {}),
+    "toa-r4": ("toa", {"rollouts_per_tree": 4}),
+    "toa-adaptive": ("toa", {"adaptive": {"enabled": True}}),
+    "ab_mcts": ("ab_mcts", {}),
+    "ab_mcts-r4": ("ab_mcts", {"rollouts_per_tree": 4}),
+    "ab_mcts-adaptive": ("ab_mcts", {"adaptive": {"enabled": True}}),
+}
+
+
 class GenerationCounts(dict):
-    """An `on_result` callback for `run_search` that counts generations and the failed ones:
-    `counts = GenerationCounts(); await run_search(prompts, ctx, on_result=counts)`; then counts["generations"]."""
+    """An `on_result` callback for `run_search` that counts generations, the failed ones and the CPU seconds of
+    the search logic (tree strategies report it): `counts = GenerationCounts(); await run_search(prompts, ctx,
+    on_result=counts)`; then counts["generations"]."""
 
     def __init__(self) -> None:
-        super().__init__(generations=0, errors=0)
+        super().__init__(generations=0, errors=0, search_cpu_s=0.0)
 
     def __call__(self, result: Any) -> None:
         self["generations"] += len(result.candidates)
         self["errors"] += sum(candidate.error is not None for candidate in result.candidates)
+        self["search_cpu_s"] += (result.search or {}).get("search_cpu_s", 0.0)
 
 
 class Stopwatch:

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import header, table  # noqa: E402
+from _common import TREE_VARIANTS, header, table  # noqa: E402
 
 import pyarrow as pa  # noqa: E402
 
@@ -60,16 +60,8 @@ from toa_core.strategies import STRATEGY_CLASSES, SearchContext, Strategy  # noq
 from toa_core.strategies.base import refine_depth  # noqa: E402
 
 BASELINES = ("random", "ensemble", "prs", "seq_refine", "moa")
-OURS = ("toa", "toa-r4", "toa-adaptive", "ab_mcts", "ab_mcts-r4", "ab_mcts-adaptive")
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    **{name: (name, {}) for name in BASELINES},
-    "toa": ("toa", {}),
-    "toa-r4": ("toa", {"rollouts_per_tree": 4}),
-    "toa-adaptive": ("toa", {"adaptive": {"enabled": True}}),
-    "ab_mcts": ("ab_mcts", {}),
-    "ab_mcts-r4": ("ab_mcts", {"rollouts_per_tree": 4}),
-    "ab_mcts-adaptive": ("ab_mcts", {"adaptive": {"enabled": True}}),
-}
+OURS = tuple(TREE_VARIANTS)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {**{name: (name, {}) for name in BASELINES}, **TREE_VARIANTS}
 DEMO_STRATEGIES = ("toa", "ab_mcts", *BASELINES)
 PAIR_RULES: dict[str, dict[str, Any]] = {
     "rank30 (paper)": {"dpo_rejected_rank": 30, "rejected_min_spread": 0.0},
