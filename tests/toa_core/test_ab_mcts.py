@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import json
 import statistics
 
 import numpy as np
 import pytest
 
+from tests.toa_core.ab_mcts_scenarios import FIXTURE, SCENARIOS, plays_of, run_scenario
 from tests.toa_core.test_toa import TEMPLATES
 from tests.toa_core.test_toa import scripted_agent as toa_scripted_agent
 from toa_core.config import SearchConfig
@@ -21,6 +23,7 @@ from toa_core.strategies.base import stable_sigmoid
 PROMPT = Prompt.from_messages([{"role": "user", "content": "Explain AB-MCTS."}])
 # Fresh answers are '<name>.f<call>'; a refinement of X is '<name>.r(X)' (so depth shows in the text).
 scripted_agent = functools.partial(toa_scripted_agent, refine_label="r")
+GOLDEN = json.loads(FIXTURE.read_text())
 
 
 def depth_of(text: str) -> int:
@@ -191,3 +194,14 @@ def test_parallel_rollouts_cut_round_trips():
     assert sequential.search["round_trips"] == 40
     assert parallel.search["round_trips"] == 10
     assert max(a.max_in_flight for a in agents) > 1
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_plays_are_the_ones_recorded_from_the_treequest_backed_implementation(name):
+    """Speed work must not change a decision: every play (model, arm, parent, decision, score) of the scripted
+    scenarios is the one the treequest-backed strategy made (tests/toa_core/ab_mcts_scenarios.py recorded them)."""
+    recorded = GOLDEN[name]
+    result = run_scenario(name)
+    assert plays_of(result) == recorded["plays"]
+    if recorded["tree"] is not None:
+        assert result.tree == recorded["tree"]  # posteriors included: the same floats, not just close ones

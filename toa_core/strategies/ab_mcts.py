@@ -1,7 +1,9 @@
-"""AB-MCTS: Adaptive Branching MCTS (Sakana AI, arXiv 2503.04412) through treequest's AB-MCTS-A.
+"""AB-MCTS: Adaptive Branching MCTS (Sakana AI, arXiv 2503.04412), AB-MCTS-A as treequest 0.3.3 implements it.
 
-treequest does the search: we ask it which node to expand with which action, run that generation, and tell it
-the score. One action per agent, named after it: "this model writes or refines". Expanding the root with model k
+The search is treequest's ABMCTSA ("multiarm_bandit_thompson" model selection), run by ab_mcts_core.AbMctsA: the
+same choices as treequest on the same seed (tested against treequest itself), at a fraction of its CPU (see
+ab_mcts_core's docstring and bench/README.md). We ask it which node to expand with which action, run that
+generation, and tell it the score. One action per agent, named after it: "this model writes or refines". Expanding the root with model k
 is a fresh answer from k (widen); expanding a response R with model k is k's refinement of R (deepen). At every
 node treequest decides by Thompson sampling whether to generate a new child there (GEN) or to continue into an
 existing child (CONT), and, for GEN, which model acts (a Thompson draw over every model's scores in this tree:
@@ -30,47 +32,46 @@ Parallel rollouts (`search.rollouts_per_tree` = R): R asks in flight (treequest'
 slots free up). Thompson sampling is randomised, so concurrent asks spread over nodes and models by themselves;
 AB-MCTS-A has no visit counts to charge a virtual loss to, so none is added (TOA's deterministic UCB needs it).
 
-Randomness: treequest draws from numpy's global generator. Every call into it runs with this tree's own
-generator state (seeded from search.seed and the prompt id) swapped in and out, so a run is reproducible and
-trees searched concurrently do not disturb each other.
+Randomness: every tree draws from its own numpy RandomState, seeded from search.seed and the prompt id (the
+stream the treequest-backed version swapped into numpy's global generator), so a run is reproducible, trees
+searched concurrently do not disturb each other and numpy's global generator is never touched.
 
 Tree export (PromptResult.tree): the root and one node per response with its treequest statistics: `decision`
 (warmup, floor, thompson or redirected), `arm` (fresh = widen at the root, refine = deepen), `score`, `visits` (scores
-observed in its subtree) and, where cheap, `posterior` (its Gaussian/Beta parameters as seen from its parent);
-the root also holds each model's score count and mean, and the GEN/CONT posteriors. Node ids are treequest's
-expansion order + 1 (the root is 0).
+observed in its subtree), `posterior` (its Gaussian/Beta parameters as seen from its parent) and, for a node the
+search has visited, its GEN/CONT posteriors; the root also holds each model's score count and mean. Node ids are
+the expansion order + 1 (the root is 0), as in treequest.
 """
 from __future__ import annotations
 
-import contextlib
 import statistics
 from dataclasses import dataclass
-from typing import Any, Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from toa_core.adaptive import PromptBudget
 from toa_core.records import Candidate, Prompt, PromptResult
 from toa_core.strategies.base import PromptSession, SearchContext, Strategy, derive_seed, refine_depth, stable_sigmoid
 from toa_core.strategies.rollouts import Pending, run_plays
 
+if TYPE_CHECKING:
+    from toa_core.strategies.ab_mcts_core import Posterior, TreeNode
+
 _REASKS = 4  # asks before an excluded model's turn is redirected
 
 
 @dataclass
 class _Play:
-    trial_id: str
-    parent: Any  # treequest Node
+    parent: "TreeNode"
     model_index: int
     decision: str
 
 
 class _ABTree:
-    """treequest's ABMCTSA state for one prompt, with our warm-up, floor, exclusions and score mapping."""
+    """One prompt's AB-MCTS-A tree (ab_mcts_core), with our warm-up, floor, exclusions and score mapping."""
 
     def __init__(self, names: list[str], floors: list[float], dist_type: str, seed: int, scale_floor: float):
-        from treequest import ABMCTSA  # imported here: only this strategy needs treequest (and scipy)
-        from treequest.algos.ab_mcts_a.prob_state import BetaPrior, GaussianPrior, PriorConfig
+        # imported here: scipy.special is only needed by this strategy (ab_mcts_core's docstring says why)
+        from toa_core.strategies.ab_mcts_core import AbMctsA, Prior
 
         self.names = names
         self.floors = floors
@@ -78,10 +79,8 @@ class _ABTree:
         # is assumed to be as good as a first draft. (treequest's Gaussian default centres on 0, which suits
         # scores like "share of tests passed" but, on our scale, makes every untried CONT look bad, so the tree
         # mostly widens; Jeffreys' Beta prior is centred on 0.5 already.)
-        prior = GaussianPrior(m=0.5) if dist_type == "gaussian" else BetaPrior()
-        self.algo = ABMCTSA(dist_type=dist_type, prior_config=PriorConfig(dist_type=dist_type, prior=prior))
-        self.state = self.algo.init_tree()
-        self.rng_state = np.random.RandomState(seed).get_state()
+        prior = Prior("gaussian", m=0.5) if dist_type == "gaussian" else Prior("beta")
+        self.search = AbMctsA(len(names), prior, seed)
         self.scale_floor = scale_floor
         self.excluded: set[int] = set()
         self.written = [0] * len(names)  # plays issued per model (pending ones included)
@@ -92,20 +91,6 @@ class _ABTree:
         self.scale: float | None = None
         self.held: list[tuple[_Play, Candidate]] = []  # scored before the mapping was known
         self.decisions: dict[str, str] = {}  # candidate_id -> decision
-        for name in names:
-            _ = self.state.all_rewards_store[name]  # every model is an arm from the start
-
-    # --- randomness ---------------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _own_rng(self) -> Iterator[None]:
-        saved = np.random.get_state()
-        np.random.set_state(self.rng_state)
-        try:
-            yield
-        finally:
-            self.rng_state = np.random.get_state()
-            np.random.set_state(saved)
 
     # --- choosing the next play ---------------------------------------------------------------------------
 
@@ -117,7 +102,7 @@ class _ABTree:
         live = [k for k in range(len(self.names)) if k not in self.excluded]
         if not live:
             return None
-        root = self.state.tree.root
+        root = self.search.root
         if self.warmup_issued < len(self.names) or (not self.mapped and not self.warmup_pending
                                                    and not self.warmup_rewards):
             # Warm-up: one fresh answer per model in configured order (more, round robin, if all failed).
@@ -131,27 +116,21 @@ class _ABTree:
             if self.floors[k] > 0 and self.written[k] < self.floors[k] * (play + 1):
                 return self._force(root, k, "floor")
         for _ in range(_REASKS):
-            with self._own_rng():
-                self.state, trials = self.algo.ask_batch(self.state, 1, self.names)
-            trial = trials[0]
-            k = self.names.index(trial.action)
+            node, k = self.search.ask()  # an ask that is never told changes nothing but the random stream
             if k not in self.excluded:
                 self.written[k] += 1
-                return _Play(trial.trial_id, self.state.tree.get_node(trial.node_to_expand), k, "thompson")
-            self.state.trial_store.running_trials.pop(trial.trial_id, None)  # never told: drop it
-        node = self.state.tree.get_node(trial.node_to_expand)
+                return _Play(node, k, "thompson")
         best = max(live, key=lambda i: (self._mean_score(i), -i))
         return self._force(node, best, "redirected")
 
-    def _force(self, node: Any, k: int, decision: str) -> _Play:
-        """A play treequest did not choose (warm-up, floor, redirect), registered so that it can be told."""
-        self.state.thompson_states.get_or_create(node, self.names)
-        trial = self.state.trial_store.create_trial(node, self.names[k])
+    def _force(self, node: "TreeNode", k: int, decision: str) -> _Play:
+        """A play the search did not choose (warm-up, floor, redirect)."""
+        node.visited = True
         self.written[k] += 1
-        return _Play(trial.trial_id, node, k, decision)
+        return _Play(node, k, decision)
 
     def _mean_score(self, k: int) -> float:
-        scores = self.state.all_rewards_store[self.names[k]]
+        scores = self.search.model_scores[k]
         return statistics.fmean(scores) if scores else 0.5
 
     # --- results ------------------------------------------------------------------------------------------
@@ -162,9 +141,7 @@ class _ABTree:
             self.warmup_pending -= 1
             if scored:
                 self.warmup_rewards.append(candidate.reward)
-        if not scored:
-            self.state.trial_store.running_trials.pop(play.trial_id, None)  # never told
-        else:
+        if scored:  # a failure is never told
             self.decisions[candidate.candidate_id] = play.decision
             if self.mapped:
                 self._tell(play, candidate)
@@ -192,66 +169,57 @@ class _ABTree:
 
     def _tell(self, play: _Play, candidate: Candidate) -> None:
         candidate.reward_norm = self.score(candidate.reward)
-        self.state = self.algo.tell(self.state, play.trial_id, (candidate, candidate.reward_norm))
+        self.search.tell(play.parent, play.model_index, candidate, candidate.reward_norm)
 
     # --- export -------------------------------------------------------------------------------------------
 
     def export(self) -> list[dict[str, Any]]:
-        thompson = self.state.thompson_states
-        root = self.state.tree.root
-        root_state = thompson.get(root)
+        search = self.search
+        root = search.root
         models = {name: {"n": len(scores), "mean": statistics.fmean(scores) if scores else None}
-                  for name, scores in self.state.all_rewards_store.items()}
-        all_scores = [s for scores in self.state.all_rewards_store.values() for s in scores]
+                  for name, scores in zip(self.names, search.model_scores)}
+        all_scores = [s for scores in search.model_scores for s in scores]
         nodes: list[dict[str, Any]] = [{
             "node_id": 0, "parent_id": None, "type": "root", "model": None, "arm": None, "depth": 0,
             "visits": 1 + len(all_scores), "value_mean": statistics.fmean(all_scores) if all_scores else None,
             "expansions": len(root.children), "candidate_id": None, "reward": None,
             "models": models, "score_center": self.center, "score_scale": self.scale,
-            **(_gen_cont(root_state) if root_state is not None else {}),
+            **(_gen_cont(root) if root.visited else {}),
         }]
-        tree_nodes = self.state.tree.get_nodes()
         subtree: dict[int, list[float]] = {}  # expand_idx -> scores in its subtree (itself included)
-        for node in reversed(tree_nodes):  # children are expanded after their parent: post-order by expand_idx
+        for node in reversed(search.nodes):  # children are expanded after their parent: post-order by expand_idx
             if node.is_root():
                 continue
             scores = subtree.setdefault(node.expand_idx, [])
             scores.append(node.score)
             if not node.parent.is_root():
                 subtree.setdefault(node.parent.expand_idx, []).extend(scores)
-        for node in tree_nodes:
-            if node.is_root():
-                continue
-            candidate: Candidate = node.state
-            parent_state = thompson.get(node.parent)
-            posterior = None
-            if parent_state is not None:
-                index = next(i for i, child in enumerate(node.parent.children) if child is node)
-                dist = parent_state.node_probas.get("shared", {}).get(index)
-                if dist is not None:
-                    posterior = {key: float(value) for key, value in dist.params.items()}
-            own_state = thompson.get(node)
+        for node in search.nodes[1:]:
+            candidate: Candidate = node.payload
             scores = subtree[node.expand_idx]
             nodes.append({
                 "node_id": node.expand_idx + 1, "parent_id": node.parent.expand_idx + 1, "type": "response",
                 "model": candidate.model, "arm": candidate.kind, "depth": node.depth, "visits": len(scores),
                 "value_mean": statistics.fmean(scores), "expansions": len(node.children),
                 "candidate_id": candidate.candidate_id, "reward": candidate.reward, "score": node.score,
-                "decision": self.decisions.get(candidate.candidate_id), "posterior": posterior,
-                **(_gen_cont(own_state) if own_state is not None else {}),
+                "decision": self.decisions.get(candidate.candidate_id),
+                "posterior": _floats(node.parent.child_posteriors[node.index]),
+                **(_gen_cont(node) if node.visited else {}),
             })
         return nodes
 
 
-def _gen_cont(node_state: Any) -> dict[str, Any]:
-    """The GEN (widen here) and CONT (go into a child) posteriors of a node treequest has expanded from."""
-    shared = node_state.gen_vs_cont_probas.get("shared", {})
-    return {"gen_posterior": {k: float(v) for k, v in shared["GEN"].params.items()} if "GEN" in shared else None,
-            "cont_posterior": {k: float(v) for k, v in shared["CONT"].params.items()} if "CONT" in shared else None}
+def _floats(posterior: "Posterior") -> dict[str, float]:
+    return {key: float(value) for key, value in posterior.params().items()}
+
+
+def _gen_cont(node: "TreeNode") -> dict[str, Any]:
+    """The GEN (widen here) and CONT (go into a child) posteriors of a node the search has visited."""
+    return {"gen_posterior": _floats(node.gen), "cont_posterior": _floats(node.cont)}
 
 
 class ABMCTSStrategy(Strategy):
-    """AB-MCTS-A via treequest (see the module docstring)."""
+    """AB-MCTS-A as treequest implements it (see the module docstring)."""
     name = "ab_mcts"
 
     async def run(self, prompt: Prompt, ctx: SearchContext) -> PromptResult:
@@ -289,7 +257,7 @@ class ABMCTSStrategy(Strategy):
     @staticmethod
     def _expand(session: PromptSession, ctx: SearchContext, chosen: _Play, play: int):
         model = ctx.agents[chosen.model_index]
-        parent: Candidate | None = chosen.parent.state
+        parent: Candidate | None = chosen.parent.payload
         if parent is None:
             messages = ctx.templates.fresh_messages(session.prompt)
             return session.generate_and_score(model, messages, "fresh", None, 1, index=play)

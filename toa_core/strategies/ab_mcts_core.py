@@ -1,0 +1,272 @@
+"""AB-MCTS-A's selection and backup, written for speed: the same choices as treequest 0.3.3's ABMCTSA.
+
+What it reproduces: treequest's ABMCTSA with model_selection_strategy="multiarm_bandit_thompson" (the mode
+toa_core/strategies/ab_mcts.py uses), Gaussian or Beta posteriors, one shared prior. From the root down, each
+node with children draws from its GEN and CONT posteriors (in that order); CONT goes into the child whose
+posterior draw is highest, GEN (or a node without children) picks the model whose draw from a posterior over all
+of this tree's scores of that model is highest (no draw with one model). A told score updates the new child's
+posterior at its parent, the parent's GEN posterior, the model's posterior, and for every ancestor A above the
+parent: the posterior of A's child on the path and A's CONT posterior.
+
+Why it is cheaper than treequest, decision for decision (profiled in bench/README.md):
+- posteriors are kept per node and per model between plays and updated by the scores they see, where treequest
+  rebuilds every model's posterior from all of its scores on every GEN decision (deep copies of priors,
+  one np.mean + np.var per score told);
+- draws go straight to the tree's numpy RandomState (one uniform and one standard normal per Gaussian posterior,
+  the inverse-gamma quantile computed for all of a node's options in one vectorised scipy.special call), where
+  treequest calls scipy.stats' rv_continuous.rvs per draw, and no global generator state is swapped in and out;
+- nodes are found by reference, not by sorting the whole tree per lookup.
+Same choices: treequest draws from numpy's global RandomState; this module draws the same variates from the
+tree's own RandomState in the same order (scipy's invgamma.rvs is 1 / gammainccinv(a, uniform) x scale; numpy's
+normal(m, s) is m + s x standard_normal), and computes each Gaussian posterior from the same sums with numpy's
+summation order (`numpy_sum`), so the posterior parameters are bit for bit treequest's. Checked against treequest
+itself on seeded ask/tell sequences (tests/toa_core/test_ab_mcts_core.py) and against plays recorded from the
+treequest-backed strategy (tests/toa_core/data/ab_mcts_plays.json).
+
+Adding an arm: options are drawn by `Thompson.pick` over any list of posteriors, so a new move (say, "aggregate the
+top k") is one more posterior in the list that `AbMctsA.ask` draws from at a node, and one more update in `tell`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from scipy.special import gammainccinv  # the inverse-gamma quantile scipy.stats' invgamma.rvs uses
+
+DistType = Literal["gaussian", "beta"]
+_SCALAR_OPTIONS = 4  # up to this many options, drawing one by one in Python beats numpy's per-call overhead
+
+
+@dataclass(frozen=True)
+class Prior:
+    """treequest's GaussianPrior (m, kappa, nu, tau_square) or BetaPrior (a, b), for every posterior of a tree."""
+    dist_type: DistType = "gaussian"
+    m: float = 0.0
+    kappa: float = 1.0
+    nu: float = 1.0
+    tau_square: float = 0.1
+    a: float = 0.5
+    b: float = 0.5
+
+
+def _pairwise_sum(values: list[float], start: int, n: int) -> float:
+    """numpy's pairwise summation of values[start:start + n] (numpy/_core/src/umath/loops_utils.h.src)."""
+    if n < 8:
+        total = -0.0
+        for i in range(start, start + n):
+            total += values[i]
+        return total
+    if n <= 128:
+        r = values[start:start + 8]
+        i = 8
+        stop = n - n % 8
+        while i < stop:
+            base = start + i
+            r[0] += values[base]
+            r[1] += values[base + 1]
+            r[2] += values[base + 2]
+            r[3] += values[base + 3]
+            r[4] += values[base + 4]
+            r[5] += values[base + 5]
+            r[6] += values[base + 6]
+            r[7] += values[base + 7]
+            i += 8
+        total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        while i < n:
+            total += values[start + i]
+            i += 1
+        return total
+    half = n // 2
+    half -= half % 8
+    return _pairwise_sum(values, start, half) + _pairwise_sum(values, start + half, n - half)
+
+
+def numpy_sum(values: list[float]) -> float:
+    """float(np.add.reduce(np.asarray(values, dtype=float64))) without numpy: the same rounding, bit for bit
+    (for lists shorter than numpy's 8192-element buffer, far more than a tree's scores)."""
+    return 0.0 + _pairwise_sum(values, 0, len(values))
+
+
+class Posterior:
+    """One of treequest's ProbabilisticDist: the posterior of the scores told to it, under `prior`.
+
+    Gaussian: normal-inverse-chi-squared (Murphy, PML2 3.4.3.3), parameters recomputed lazily from the scores, the
+    way treequest does (np.mean, np.var) so that they are the same floats. Beta: a += score, b += 1 - score.
+    """
+    __slots__ = ("prior", "scores", "a", "b", "_params")
+
+    def __init__(self, prior: Prior):
+        self.prior = prior
+        self.scores: list[float] = []
+        self.a, self.b = prior.a, prior.b
+        self._params: tuple[float, float, float, float] | None = None
+
+    def observe(self, score: float) -> None:
+        if self.prior.dist_type == "beta":
+            if not 0.0 <= score <= 1.0:
+                raise ValueError(f"a Beta posterior needs scores in [0, 1], got {score}")
+            self.a += score
+            self.b += 1 - score
+        else:
+            self.scores.append(score)
+            self._params = None
+
+    @property
+    def gaussian_params(self) -> tuple[float, float, float, float]:
+        """(m, kappa, nu, tau_square) after the scores told so far."""
+        if self._params is None:
+            p = self.prior
+            n = len(self.scores)
+            if n == 0:
+                self._params = (p.m, p.kappa, p.nu, p.tau_square)
+            else:
+                mean = numpy_sum(self.scores) / n
+                spread = numpy_sum([(x - mean) * (x - mean) for x in self.scores]) / n * n  # float(np.var(x)) * n
+                kappa, nu = p.kappa + n, p.nu + n
+                m = (p.kappa * p.m + n * mean) / kappa
+                tau_square = (p.nu * p.tau_square + spread
+                              + n * p.kappa * (p.m - mean) * (p.m - mean) / (p.kappa + n)) / nu
+                self._params = (m, kappa, nu, tau_square)
+        return self._params
+
+    def params(self) -> dict[str, float]:
+        """treequest's parameter dict (for the exported tree)."""
+        if self.prior.dist_type == "beta":
+            return {"a": self.a, "b": self.b}
+        return dict(zip(("m", "kappa", "nu", "tau_square"), self.gaussian_params))
+
+    @property
+    def count(self) -> int:
+        return len(self.scores)
+
+
+class Thompson:
+    """Thompson sampling over posteriors with a numpy RandomState: the draws treequest would make from the global
+    one, in the same order."""
+
+    def __init__(self, rng: np.random.RandomState, dist_type: DistType):
+        self.rng = rng
+        self.gaussian = dist_type == "gaussian"
+
+    def pick(self, options: list[Posterior]) -> int:
+        """The index of the option with the highest draw (the first on a tie, as treequest's strict >)."""
+        if self.gaussian:
+            return self._pick_gaussian(options)
+        rng = self.rng
+        best, best_value = 0, None
+        for i, option in enumerate(options):
+            value = rng.beta(option.a, option.b)
+            if best_value is None or value > best_value:
+                best, best_value = i, value
+        return best
+
+    def _pick_gaussian(self, options: list[Posterior]) -> int:
+        # Per option treequest draws sigma^2 ~ InvGamma(nu/2, scale=nu tau^2/2) by inverse CDF (one uniform), then
+        # mu ~ N(m, sqrt(sigma^2/kappa)) (one standard normal): draw the variates in that order here, then do the
+        # arithmetic (the inverse-gamma quantile in one vectorised call for many options).
+        uniform, normal = self.rng.random_sample, self.rng.standard_normal
+        if len(options) <= _SCALAR_OPTIONS:
+            best, best_value = 0, None
+            for i, option in enumerate(options):
+                m, kappa, nu, tau_square = option.gaussian_params
+                sigma_square = (1.0 / float(gammainccinv(nu / 2, uniform()))) * ((nu * tau_square) / 2)
+                value = m + math.sqrt(sigma_square / kappa) * normal()
+                if best_value is None or value > best_value:
+                    best, best_value = i, value
+            return best
+        n = len(options)
+        u, z = [0.0] * n, [0.0] * n
+        for i in range(n):
+            u[i] = uniform()
+            z[i] = normal()
+        m, kappa, nu, tau_square = np.array([option.gaussian_params for option in options]).T
+        sigma_square = (1.0 / gammainccinv(nu / 2, u)) * ((nu * tau_square) / 2)
+        mu = m + np.sqrt(sigma_square / kappa) * np.array(z)
+        return int(np.argmax(mu))
+
+
+class TreeNode:
+    """A node of the search tree. `payload` is the caller's object (a Candidate); the root has none.
+
+    At a node with children: `gen` = posterior of the scores of its children (a new child here), `cont` = of the
+    scores below its children (going into one), `child_posteriors[i]` = of the scores in child i's subtree."""
+    __slots__ = ("parent", "index", "children", "payload", "score", "expand_idx", "model", "depth", "gen", "cont",
+                 "child_posteriors", "visited")
+
+    def __init__(self, parent: "TreeNode | None", payload: Any, score: float | None, expand_idx: int,
+                 model: int | None, prior: Prior):
+        self.parent = parent
+        self.index = len(parent.children) if parent is not None else 0  # position among its parent's children
+        self.children: list[TreeNode] = []
+        self.payload = payload
+        self.score = score
+        self.expand_idx = expand_idx  # order of the tells: the root is -1, then 0, 1, 2, ... (treequest's)
+        self.model = model
+        self.depth = 0 if parent is None else parent.depth + 1
+        self.gen = Posterior(prior)
+        self.cont = Posterior(prior)
+        self.child_posteriors: list[Posterior] = []
+        self.visited = False  # an ask has drawn at this node (treequest's "has a thompson state"); callers may set it
+
+    def is_root(self) -> bool:
+        return self.parent is None
+
+
+class AbMctsA:
+    """One tree of AB-MCTS-A over `n_models` models (actions 0..n-1, in treequest's order of actions).
+
+    `ask()` -> (node to expand, model index); `tell(node, model, payload, score)` adds the result as a child.
+    Asks are independent: one that is never told (a failed generation, a refused model) changes nothing but the
+    random stream, as in treequest."""
+
+    def __init__(self, n_models: int, prior: Prior, seed: int):
+        if n_models < 1:
+            raise ValueError("AB-MCTS needs at least one model")
+        self.prior = prior
+        self.n_models = n_models
+        self.rng = np.random.RandomState(seed)
+        self.thompson = Thompson(self.rng, prior.dist_type)
+        self.root = TreeNode(None, None, None, -1, None, prior)
+        self.nodes: list[TreeNode] = [self.root]  # in expansion order
+        self.model_posteriors = [Posterior(prior) for _ in range(n_models)]
+        self.model_scores: list[list[float]] = [[] for _ in range(n_models)]
+
+    def ask(self) -> tuple[TreeNode, int]:
+        """Where to expand next and with which model (treequest's _get_expand_node_and_action)."""
+        node = self.root
+        while True:
+            node.visited = True
+            # Every visited node draws GEN vs CONT, even one without children (which then generates anyway).
+            generate = self.thompson.pick([node.gen, node.cont]) == 0
+            if generate or not node.children:
+                return node, self._pick_model()
+            node = node.children[self.thompson.pick(node.child_posteriors)]
+
+    def _pick_model(self) -> int:
+        if self.n_models == 1:
+            return 0
+        return self.thompson.pick(self.model_posteriors)
+
+    def tell(self, parent: TreeNode, model: int, payload: Any, score: float) -> TreeNode:
+        """Add `payload` (scored `score` in [0, 1]) as `model`'s new child of `parent` and back the score up."""
+        if not 0.0 <= score <= 1.0 or math.isnan(score):
+            raise ValueError(f"AB-MCTS scores must be in [0, 1], got {score}")
+        child = TreeNode(parent, payload, score, len(self.nodes) - 1, model, self.prior)
+        parent.children.append(child)
+        own = Posterior(self.prior)
+        own.observe(score)
+        parent.child_posteriors.append(own)
+        self.nodes.append(child)
+        self.model_scores[model].append(score)
+        self.model_posteriors[model].observe(score)
+        parent.gen.observe(score)
+        below = parent
+        while below.parent is not None:
+            above = below.parent
+            above.child_posteriors[below.index].observe(score)
+            above.cont.observe(score)
+            below = above
+        return child
+
