@@ -256,6 +256,9 @@ def child(args: argparse.Namespace) -> None:
     import toa_core.engine  # noqa: F401  (imports outside the measured window, for every driver alike)
     import httpx  # noqa: F401
 
+    if TREE_VARIANTS[args.strategy[0]][0] == "ab_mcts":  # what the strategy imports on first use, once per process
+        import toa_core.strategies.ab_mcts_core  # noqa: F401
+
     in_flight = args.in_flight[0]
     if args.child == "toaflow-2proc":
         emit_result(_multi_process_driver(args.url, in_flight, args.prompts, args.budget, args.max_tokens,
