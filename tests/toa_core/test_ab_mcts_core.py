@@ -130,3 +130,26 @@ def test_scores_outside_zero_one_are_refused():
     node, model = tree.ask()
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
         tree.tell(node, model, "x", 1.5)
+
+
+def test_a_recycled_generator_draws_exactly_what_a_new_one_does():
+    def asks(tree: AbMctsA) -> list[tuple[int, int]]:
+        out = []
+        for step in range(30):
+            node, model = tree.ask()
+            out.append((node.expand_idx, model))
+            tree.tell(node, model, f"{node.payload or ''}/{model}", _score(f"{step}"))
+        return out
+
+    first = AbMctsA(3, Prior("gaussian", m=0.5), seed=11)
+    asks(first)
+    first.rng.standard_normal()  # leaves a cached Gaussian variate behind
+    used = first.rng
+    first.close()
+    second = AbMctsA(3, Prior("gaussian", m=0.5), seed=12)
+    assert second.rng is used
+    recycled = asks(second)
+    second.close()
+    fresh = AbMctsA(3, Prior("gaussian", m=0.5), seed=12)
+    fresh.rng = fresh.thompson.rng = np.random.RandomState(12)
+    assert asks(fresh) == recycled

@@ -249,7 +249,10 @@ class ABMCTSStrategy(Strategy):
                     tree.excluded.add(chosen.model_index)
             tree.take(chosen, candidate)
 
-        stats = await run_plays(budget, search.rollouts_per_tree, select, take)
+        try:
+            stats = await run_plays(budget, search.rollouts_per_tree, select, take)
+        finally:
+            tree.search.close()
         tree.finish()
         return session.result(tree=tree.export(), search={
             **budget.summary(), **stats.as_dict(), "rollouts_per_tree": search.rollouts_per_tree})

@@ -13,9 +13,15 @@ Why it is cheaper than treequest, decision for decision (profiled in bench/READM
   rebuilds every model's posterior from all of its scores on every GEN decision (deep copies of priors,
   one np.mean + np.var per score told);
 - draws go straight to the tree's numpy RandomState (one uniform and one standard normal per Gaussian posterior,
-  the inverse-gamma quantile computed for all of a node's options in one vectorised scipy.special call), where
-  treequest calls scipy.stats' rv_continuous.rvs per draw, and no global generator state is swapped in and out;
+  the inverse-gamma quantile from scipy.special's C function), where treequest calls scipy.stats'
+  rv_continuous.rvs per draw (argument checks and broadcasting around the same C function), and no global
+  generator state is swapped in and out (np.random.get_state + set_state per ask cost ~0.1 ms);
+- a tree's RandomState is a recycled one re-seeded (6 us) rather than a new one (0.3 ms: a new MT19937 first
+  seeds itself from the OS through SeedSequence), see `_generator`;
 - nodes are found by reference, not by sorting the whole tree per lookup.
+What costs remain: about 4 us per option drawn (2 us of them the inverse-gamma quantile itself), i.e. per node
+on the path its GEN/CONT pair plus its children or the models; and recomputing a changed Gaussian posterior from
+its scores (O(scores), which keeps the parameters bit for bit treequest's).
 Same choices: treequest draws from numpy's global RandomState; this module draws the same variates from the
 tree's own RandomState in the same order (scipy's invgamma.rvs is 1 / gammainccinv(a, uniform) x scale; numpy's
 normal(m, s) is m + s x standard_normal), and computes each Gaussian posterior from the same sums with numpy's
@@ -33,10 +39,23 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy.special import gammainccinv  # the inverse-gamma quantile scipy.stats' invgamma.rvs uses
+# The inverse-gamma quantile scipy.stats' invgamma.rvs uses (its ufunc, scipy.special.gammainccinv, runs the same
+# C function with 1.5 us more of call overhead).
+from scipy.special.cython_special import gammainccinv
 
 DistType = Literal["gaussian", "beta"]
-_SCALAR_OPTIONS = 4  # up to this many options, drawing one by one in Python beats numpy's per-call overhead
+
+_FREE_GENERATORS: list[np.random.RandomState] = []  # RandomStates of finished trees, for reuse
+
+
+def _generator(seed: int) -> np.random.RandomState:
+    """np.random.RandomState(seed), recycled when one is free: seed() resets the whole state (the Mersenne
+    Twister's and the cached Gaussian), so the stream is exactly a new one's."""
+    if _FREE_GENERATORS:
+        generator = _FREE_GENERATORS.pop()
+        generator.seed(seed)
+        return generator
+    return np.random.RandomState(seed)
 
 
 @dataclass(frozen=True)
@@ -163,28 +182,19 @@ class Thompson:
         return best
 
     def _pick_gaussian(self, options: list[Posterior]) -> int:
-        # Per option treequest draws sigma^2 ~ InvGamma(nu/2, scale=nu tau^2/2) by inverse CDF (one uniform), then
-        # mu ~ N(m, sqrt(sigma^2/kappa)) (one standard normal): draw the variates in that order here, then do the
-        # arithmetic (the inverse-gamma quantile in one vectorised call for many options).
+        # Per option treequest draws sigma^2 ~ InvGamma(nu/2, scale=nu tau^2/2) by inverse CDF (one uniform: scipy's
+        # invgamma.rvs is 1 / gammainccinv(a, u) x scale), then mu ~ N(m, sqrt(sigma^2/kappa)) (numpy's normal(m, s)
+        # is m + s x one standard normal). The same variates in the same order, the same float operations.
         uniform, normal = self.rng.random_sample, self.rng.standard_normal
-        if len(options) <= _SCALAR_OPTIONS:
-            best, best_value = 0, None
-            for i, option in enumerate(options):
-                m, kappa, nu, tau_square = option.gaussian_params
-                sigma_square = (1.0 / float(gammainccinv(nu / 2, uniform()))) * ((nu * tau_square) / 2)
-                value = m + math.sqrt(sigma_square / kappa) * normal()
-                if best_value is None or value > best_value:
-                    best, best_value = i, value
-            return best
-        n = len(options)
-        u, z = [0.0] * n, [0.0] * n
-        for i in range(n):
-            u[i] = uniform()
-            z[i] = normal()
-        m, kappa, nu, tau_square = np.array([option.gaussian_params for option in options]).T
-        sigma_square = (1.0 / gammainccinv(nu / 2, u)) * ((nu * tau_square) / 2)
-        mu = m + np.sqrt(sigma_square / kappa) * np.array(z)
-        return int(np.argmax(mu))
+        sqrt = math.sqrt
+        best, best_value = 0, -math.inf
+        for i, option in enumerate(options):
+            m, kappa, nu, tau_square = option._params or option.gaussian_params
+            sigma_square = (1.0 / gammainccinv(nu / 2, uniform())) * ((nu * tau_square) / 2)
+            value = m + sqrt(sigma_square / kappa) * normal()
+            if value > best_value or i == 0:
+                best, best_value = i, value
+        return best
 
 
 class TreeNode:
@@ -226,12 +236,18 @@ class AbMctsA:
             raise ValueError("AB-MCTS needs at least one model")
         self.prior = prior
         self.n_models = n_models
-        self.rng = np.random.RandomState(seed)
+        self.rng = _generator(seed)
         self.thompson = Thompson(self.rng, prior.dist_type)
         self.root = TreeNode(None, None, None, -1, None, prior)
         self.nodes: list[TreeNode] = [self.root]  # in expansion order
         self.model_posteriors = [Posterior(prior) for _ in range(n_models)]
         self.model_scores: list[list[float]] = [[] for _ in range(n_models)]
+
+    def close(self) -> None:
+        """The search is over: its generator may serve the next tree (no ask after this)."""
+        if self.rng is not None:
+            _FREE_GENERATORS.append(self.rng)
+            self.rng = self.thompson.rng = None
 
     def ask(self) -> tuple[TreeNode, int]:
         """Where to expand next and with which model (treequest's _get_expand_node_and_action)."""
