@@ -215,7 +215,8 @@ def _floats(posterior: "Posterior") -> dict[str, float]:
 
 def _gen_cont(node: "TreeNode") -> dict[str, Any]:
     """The GEN (widen here) and CONT (go into a child) posteriors of a node the search has visited."""
-    return {"gen_posterior": _floats(node.gen), "cont_posterior": _floats(node.cont)}
+    gen, cont = node.gen_cont()
+    return {"gen_posterior": _floats(gen), "cont_posterior": _floats(cont)}
 
 
 class ABMCTSStrategy(Strategy):

@@ -169,7 +169,7 @@ class Thompson:
         self.rng = rng
         self.gaussian = dist_type == "gaussian"
 
-    def pick(self, options: list[Posterior]) -> int:
+    def pick(self, options: list[Posterior] | tuple[Posterior, ...]) -> int:
         """The index of the option with the highest draw (the first on a tie, as treequest's strict >)."""
         if self.gaussian:
             return self._pick_gaussian(options)
@@ -181,7 +181,7 @@ class Thompson:
                 best, best_value = i, value
         return best
 
-    def _pick_gaussian(self, options: list[Posterior]) -> int:
+    def _pick_gaussian(self, options: list[Posterior] | tuple[Posterior, ...]) -> int:
         # Per option treequest draws sigma^2 ~ InvGamma(nu/2, scale=nu tau^2/2) by inverse CDF (one uniform: scipy's
         # invgamma.rvs is 1 / gammainccinv(a, u) x scale), then mu ~ N(m, sqrt(sigma^2/kappa)) (numpy's normal(m, s)
         # is m + s x one standard normal). The same variates in the same order, the same float operations.
@@ -203,7 +203,7 @@ class TreeNode:
     At a node with children: `gen` = posterior of the scores of its children (a new child here), `cont` = of the
     scores below its children (going into one), `child_posteriors[i]` = of the scores in child i's subtree."""
     __slots__ = ("parent", "index", "children", "payload", "score", "expand_idx", "model", "depth", "gen", "cont",
-                 "child_posteriors", "visited")
+                 "child_posteriors", "visited", "prior")
 
     def __init__(self, parent: "TreeNode | None", payload: Any, score: float | None, expand_idx: int,
                  model: int | None, prior: Prior):
@@ -214,14 +214,23 @@ class TreeNode:
         self.score = score
         self.expand_idx = expand_idx  # order of the tells: the root is -1, then 0, 1, 2, ... (treequest's)
         self.model = model
+        self.prior = prior
         self.depth = 0 if parent is None else parent.depth + 1
-        self.gen = Posterior(prior)
-        self.cont = Posterior(prior)
+        # GEN/CONT posteriors exist once the search has drawn at the node or it has children (most leaves never
+        # need them: fewer objects per generation).
+        self.gen: Posterior | None = None
+        self.cont: Posterior | None = None
         self.child_posteriors: list[Posterior] = []
         self.visited = False  # an ask has drawn at this node (treequest's "has a thompson state"); callers may set it
 
     def is_root(self) -> bool:
         return self.parent is None
+
+    def gen_cont(self) -> tuple[Posterior, Posterior]:
+        """The GEN and CONT posteriors (created at first use)."""
+        if self.gen is None:
+            self.gen, self.cont = Posterior(self.prior), Posterior(self.prior)
+        return self.gen, self.cont
 
 
 class AbMctsA:
@@ -255,7 +264,7 @@ class AbMctsA:
         while True:
             node.visited = True
             # Every visited node draws GEN vs CONT, even one without children (which then generates anyway).
-            generate = self.thompson.pick([node.gen, node.cont]) == 0
+            generate = self.thompson.pick(node.gen_cont()) == 0
             if generate or not node.children:
                 return node, self._pick_model()
             node = node.children[self.thompson.pick(node.child_posteriors)]
@@ -277,12 +286,12 @@ class AbMctsA:
         self.nodes.append(child)
         self.model_scores[model].append(score)
         self.model_posteriors[model].observe(score)
-        parent.gen.observe(score)
+        parent.gen_cont()[0].observe(score)
         below = parent
         while below.parent is not None:
             above = below.parent
             above.child_posteriors[below.index].observe(score)
-            above.cont.observe(score)
+            above.gen_cont()[1].observe(score)
             below = above
         return child
 
