@@ -62,8 +62,9 @@ _REASKS = 4  # asks before an excluded model's turn is redirected
 @dataclass
 class _Play:
     parent: "TreeNode"
-    model_index: int
+    model_index: int  # the model that writes
     decision: str
+    action: int  # the search's action told with the result (today one per model: "this model writes or refines")
 
 
 class _ABTree:
@@ -80,7 +81,7 @@ class _ABTree:
         # scores like "share of tests passed" but, on our scale, makes every untried CONT look bad, so the tree
         # mostly widens; Jeffreys' Beta prior is centred on 0.5 already.)
         prior = Prior("gaussian", m=0.5) if dist_type == "gaussian" else Prior("beta")
-        self.search = AbMctsA(len(names), prior, seed)
+        self.search = AbMctsA(len(names), prior, seed)  # action k = model k
         self.scale_floor = scale_floor
         self.excluded: set[int] = set()
         self.written = [0] * len(names)  # plays issued per model (pending ones included)
@@ -119,7 +120,7 @@ class _ABTree:
             node, k = self.search.ask()  # an ask that is never told changes nothing but the random stream
             if k not in self.excluded:
                 self.written[k] += 1
-                return _Play(node, k, "thompson")
+                return _Play(node, k, "thompson", action=k)
         best = max(live, key=lambda i: (self._mean_score(i), -i))
         return self._force(node, best, "redirected")
 
@@ -127,10 +128,10 @@ class _ABTree:
         """A play the search did not choose (warm-up, floor, redirect)."""
         node.visited = True
         self.written[k] += 1
-        return _Play(node, k, decision)
+        return _Play(node, k, decision, action=k)
 
     def _mean_score(self, k: int) -> float:
-        scores = self.search.model_scores[k]
+        scores = self.search.action_scores[k]
         return statistics.fmean(scores) if scores else 0.5
 
     # --- results ------------------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class _ABTree:
 
     def _tell(self, play: _Play, candidate: Candidate) -> None:
         candidate.reward_norm = self.score(candidate.reward)
-        self.search.tell(play.parent, play.model_index, candidate, candidate.reward_norm)
+        self.search.tell(play.parent, play.action, candidate, candidate.reward_norm)
 
     # --- export -------------------------------------------------------------------------------------------
 
@@ -177,8 +178,8 @@ class _ABTree:
         search = self.search
         root = search.root
         models = {name: {"n": len(scores), "mean": statistics.fmean(scores) if scores else None}
-                  for name, scores in zip(self.names, search.model_scores)}
-        all_scores = [s for scores in search.model_scores for s in scores]
+                  for name, scores in zip(self.names, search.action_scores)}
+        all_scores = [s for scores in search.action_scores for s in scores]
         nodes: list[dict[str, Any]] = [{
             "node_id": 0, "parent_id": None, "type": "root", "model": None, "arm": None, "depth": 0,
             "visits": 1 + len(all_scores), "value_mean": statistics.fmean(all_scores) if all_scores else None,

@@ -2,15 +2,15 @@
 
 What it reproduces: treequest's ABMCTSA with model_selection_strategy="multiarm_bandit_thompson" (the mode
 toa_core/strategies/ab_mcts.py uses), Gaussian or Beta posteriors, one shared prior. From the root down, each
-node with children draws from its GEN and CONT posteriors (in that order); CONT goes into the child whose
-posterior draw is highest, GEN (or a node without children) picks the model whose draw from a posterior over all
-of this tree's scores of that model is highest (no draw with one model). A told score updates the new child's
-posterior at its parent, the parent's GEN posterior, the model's posterior, and for every ancestor A above the
-parent: the posterior of A's child on the path and A's CONT posterior.
+node draws from its GEN and CONT posteriors (in that order); CONT at a node with children goes into the child
+whose posterior draw is highest; GEN (or a node without children) picks the action (in ab_mcts.py: a model) whose
+draw from a posterior over all of this tree's scores of that action is highest (no draw with one action). A told
+score updates the new child's posterior at its parent, the parent's GEN posterior, the action's posterior, and
+for every ancestor A above the parent: the posterior of A's child on the path and A's CONT posterior.
 
 Why it is cheaper than treequest, decision for decision (profiled in bench/README.md):
-- posteriors are kept per node and per model between plays and updated by the scores they see, where treequest
-  rebuilds every model's posterior from all of its scores on every GEN decision (deep copies of priors,
+- posteriors are kept per node and per action between plays and updated by the scores they see, where treequest
+  rebuilds every action's posterior from all of its scores on every GEN decision (deep copies of priors,
   one np.mean + np.var per score told);
 - draws go straight to the tree's numpy RandomState (one uniform and one standard normal per Gaussian posterior,
   the inverse-gamma quantile from scipy.special's C function), where treequest calls scipy.stats'
@@ -20,7 +20,7 @@ Why it is cheaper than treequest, decision for decision (profiled in bench/READM
   seeds itself from the OS through SeedSequence), see `_generator`;
 - nodes are found by reference, not by sorting the whole tree per lookup.
 What costs remain: about 4 us per option drawn (2 us of them the inverse-gamma quantile itself), i.e. per node
-on the path its GEN/CONT pair plus its children or the models; and recomputing a changed Gaussian posterior from
+on the path its GEN/CONT pair plus its children or the actions; and recomputing a changed Gaussian posterior from
 its scores (O(scores), which keeps the parameters bit for bit treequest's).
 Same choices: treequest draws from numpy's global RandomState; this module draws the same variates from the
 tree's own RandomState in the same order (scipy's invgamma.rvs is 1 / gammainccinv(a, uniform) x scale; numpy's
@@ -29,8 +29,9 @@ summation order (`numpy_sum`), so the posterior parameters are bit for bit treeq
 itself on seeded ask/tell sequences (tests/toa_core/test_ab_mcts_core.py) and against plays recorded from the
 treequest-backed strategy (tests/toa_core/data/ab_mcts_plays.json).
 
-Adding an arm: options are drawn by `Thompson.pick` over any list of posteriors, so a new move (say, "aggregate the
-top k") is one more posterior in the list that `AbMctsA.ask` draws from at a node, and one more update in `tell`.
+Adding a move (say, "a model aggregates the top k answers"): in treequest's terms, one more action name; here one
+more action index (AbMctsA(n_actions)), which the caller maps to what it generates, as ab_mcts.py maps an index
+to a model. The GEN draw then covers it like any other action, and its scores update its own posterior.
 """
 from __future__ import annotations
 
@@ -202,18 +203,18 @@ class TreeNode:
 
     At a node with children: `gen` = posterior of the scores of its children (a new child here), `cont` = of the
     scores below its children (going into one), `child_posteriors[i]` = of the scores in child i's subtree."""
-    __slots__ = ("parent", "index", "children", "payload", "score", "expand_idx", "model", "depth", "gen", "cont",
+    __slots__ = ("parent", "index", "children", "payload", "score", "expand_idx", "action", "depth", "gen", "cont",
                  "child_posteriors", "visited", "prior")
 
     def __init__(self, parent: "TreeNode | None", payload: Any, score: float | None, expand_idx: int,
-                 model: int | None, prior: Prior):
+                 action: int | None, prior: Prior):
         self.parent = parent
         self.index = len(parent.children) if parent is not None else 0  # position among its parent's children
         self.children: list[TreeNode] = []
         self.payload = payload
         self.score = score
         self.expand_idx = expand_idx  # order of the tells: the root is -1, then 0, 1, 2, ... (treequest's)
-        self.model = model
+        self.action = action
         self.prior = prior
         self.depth = 0 if parent is None else parent.depth + 1
         # GEN/CONT posteriors exist once the search has drawn at the node or it has children (most leaves never
@@ -234,23 +235,24 @@ class TreeNode:
 
 
 class AbMctsA:
-    """One tree of AB-MCTS-A over `n_models` models (actions 0..n-1, in treequest's order of actions).
+    """One tree of AB-MCTS-A over `n_actions` actions (0..n-1, in the order treequest was given its action names;
+    ab_mcts.py has one per model: "this model writes or refines").
 
-    `ask()` -> (node to expand, model index); `tell(node, model, payload, score)` adds the result as a child.
+    `ask()` -> (node to expand, action); `tell(node, action, payload, score)` adds the result as a child.
     Asks are independent: one that is never told (a failed generation, a refused model) changes nothing but the
     random stream, as in treequest."""
 
-    def __init__(self, n_models: int, prior: Prior, seed: int):
-        if n_models < 1:
-            raise ValueError("AB-MCTS needs at least one model")
+    def __init__(self, n_actions: int, prior: Prior, seed: int):
+        if n_actions < 1:
+            raise ValueError("AB-MCTS needs at least one action")
         self.prior = prior
-        self.n_models = n_models
+        self.n_actions = n_actions
         self.rng = _generator(seed)
         self.thompson = Thompson(self.rng, prior.dist_type)
         self.root = TreeNode(None, None, None, -1, None, prior)
         self.nodes: list[TreeNode] = [self.root]  # in expansion order
-        self.model_posteriors = [Posterior(prior) for _ in range(n_models)]
-        self.model_scores: list[list[float]] = [[] for _ in range(n_models)]
+        self.action_posteriors = [Posterior(prior) for _ in range(n_actions)]
+        self.action_scores: list[list[float]] = [[] for _ in range(n_actions)]
 
     def close(self) -> None:
         """The search is over: its generator may serve the next tree (no ask after this)."""
@@ -259,33 +261,33 @@ class AbMctsA:
             self.rng = self.thompson.rng = None
 
     def ask(self) -> tuple[TreeNode, int]:
-        """Where to expand next and with which model (treequest's _get_expand_node_and_action)."""
+        """Where to expand next and with which action (treequest's _get_expand_node_and_action)."""
         node = self.root
         while True:
             node.visited = True
             # Every visited node draws GEN vs CONT, even one without children (which then generates anyway).
             generate = self.thompson.pick(node.gen_cont()) == 0
             if generate or not node.children:
-                return node, self._pick_model()
+                return node, self._pick_action()
             node = node.children[self.thompson.pick(node.child_posteriors)]
 
-    def _pick_model(self) -> int:
-        if self.n_models == 1:
+    def _pick_action(self) -> int:
+        if self.n_actions == 1:
             return 0
-        return self.thompson.pick(self.model_posteriors)
+        return self.thompson.pick(self.action_posteriors)
 
-    def tell(self, parent: TreeNode, model: int, payload: Any, score: float) -> TreeNode:
-        """Add `payload` (scored `score` in [0, 1]) as `model`'s new child of `parent` and back the score up."""
+    def tell(self, parent: TreeNode, action: int, payload: Any, score: float) -> TreeNode:
+        """Add `payload` (scored `score` in [0, 1]) as `action`'s new child of `parent` and back the score up."""
         if not 0.0 <= score <= 1.0 or math.isnan(score):
             raise ValueError(f"AB-MCTS scores must be in [0, 1], got {score}")
-        child = TreeNode(parent, payload, score, len(self.nodes) - 1, model, self.prior)
+        child = TreeNode(parent, payload, score, len(self.nodes) - 1, action, self.prior)
         parent.children.append(child)
         own = Posterior(self.prior)
         own.observe(score)
         parent.child_posteriors.append(own)
         self.nodes.append(child)
-        self.model_scores[model].append(score)
-        self.model_posteriors[model].observe(score)
+        self.action_scores[action].append(score)
+        self.action_posteriors[action].observe(score)
         parent.gen_cont()[0].observe(score)
         below = parent
         while below.parent is not None:
