@@ -4,9 +4,9 @@ Setup: bench/loadserver.py on loopback stands in for a vLLM replica: `slots` req
 rest queue), each takes `latency` (= response tokens x per-token delay), so the server's capacity is
 `slots / latency` generations per second. The drivers run against the same server in the same run:
 
-- toaflow: `toa_core.engine.run_search` with a tree strategy (`--strategy`, default TOA), three agents (OpenAIChatModel: aiohttp + orjson,
-  one shared connection pool per endpoint) and a cheap in-process reward, `prompts in flight` trees at once, in
-  one process (one event loop, one core at most).
+- toaflow: `toa_core.engine.run_search` with a tree strategy (`--strategy`, default TOA), three agents
+  (OpenAIChatModel: aiohttp + orjson, one shared connection pool per endpoint) and a cheap in-process reward,
+  `prompts in flight` trees at once, in one process (one event loop, one core at most).
 - toaflow-2proc: the same split over two processes (half the prompts and half the trees each, both at once), as
   `synthesis.processes_per_host: 2` splits a shard.
 - toaflow-httpx: one process with the client's previous transport (httpx, connections spread over small

@@ -3,11 +3,11 @@
 The search is treequest's ABMCTSA ("multiarm_bandit_thompson" model selection), run by ab_mcts_core.AbMctsA: the
 same choices as treequest on the same seed (tested against treequest itself), at a fraction of its CPU (see
 ab_mcts_core's docstring and bench/README.md). We ask it which node to expand with which action, run that
-generation, and tell it the score. One action per agent, named after it: "this model writes or refines". Expanding the root with model k
-is a fresh answer from k (widen); expanding a response R with model k is k's refinement of R (deepen). At every
-node treequest decides by Thompson sampling whether to generate a new child there (GEN) or to continue into an
-existing child (CONT), and, for GEN, which model acts (a Thompson draw over every model's scores in this tree:
-treequest's "multiarm_bandit_thompson" model selection).
+generation, and tell it the score. One action per agent: "this model writes or refines". Expanding the root with
+model k is a fresh answer from k (widen); expanding a response R with model k is k's refinement of R (deepen).
+At every node the search decides by Thompson sampling whether to generate a new child there (GEN) or to continue
+into an existing child (CONT), and, for GEN, which model acts (a Thompson draw over every model's scores in this
+tree: treequest's "multiarm_bandit_thompson" model selection).
 
 Scores in [0, 1]: treequest's posteriors expect scores in [0, 1] and raw rewards have any scale (ArmoRM 0.05..0.2,
 Skywork logits, Kiwi 0..1), and a prompt's rewards sit in a narrow band that differs from prompt to prompt. So
