@@ -52,11 +52,12 @@ _FREE_GENERATORS: list[np.random.RandomState] = []  # RandomStates of finished t
 def _generator(seed: int) -> np.random.RandomState:
     """np.random.RandomState(seed), recycled when one is free: seed() resets the whole state (the Mersenne
     Twister's and the cached Gaussian), so the stream is exactly a new one's."""
-    if _FREE_GENERATORS:
-        generator = _FREE_GENERATORS.pop()
-        generator.seed(seed)
-        return generator
-    return np.random.RandomState(seed)
+    try:
+        generator = _FREE_GENERATORS.pop()  # atomic: safe when trees run in several threads
+    except IndexError:
+        return np.random.RandomState(seed)
+    generator.seed(seed)
+    return generator
 
 
 @dataclass(frozen=True)
