@@ -36,6 +36,7 @@ to a model. The GEN draw then covers it like any other action, and its scores up
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -72,33 +73,27 @@ class Prior:
     b: float = 0.5
 
 
+def _sequential_sum(values: list[float], start: float) -> float:
+    total = start
+    for value in values:
+        total += value
+    return total
+
+
+if sys.version_info < (3, 12):
+    _sequential_sum = sum  # noqa: F811  (plain left-to-right double additions in C; 3.12 compensates, so no)
+
+
 def _pairwise_sum(values: list[float], start: int, n: int) -> float:
     """numpy's pairwise summation of values[start:start + n] (numpy/_core/src/umath/loops_utils.h.src)."""
     if n < 8:
-        total = -0.0
-        for i in range(start, start + n):
-            total += values[i]
-        return total
+        return _sequential_sum(values[start:start + n], -0.0)
     if n <= 128:
-        r = values[start:start + 8]
-        i = 8
-        stop = n - n % 8
-        while i < stop:
-            base = start + i
-            r[0] += values[base]
-            r[1] += values[base + 1]
-            r[2] += values[base + 2]
-            r[3] += values[base + 3]
-            r[4] += values[base + 4]
-            r[5] += values[base + 5]
-            r[6] += values[base + 6]
-            r[7] += values[base + 7]
-            i += 8
+        stop = start + n - n % 8
+        # eight running sums over the whole blocks of eight, combined pairwise, then the rest one by one
+        r = [_sequential_sum(values[start + j:stop:8], -0.0) for j in range(8)]
         total = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
-        while i < n:
-            total += values[start + i]
-            i += 1
-        return total
+        return _sequential_sum(values[stop:start + n], total)
     half = n // 2
     half -= half % 8
     return _pairwise_sum(values, start, half) + _pairwise_sum(values, start + half, n - half)
@@ -186,17 +181,47 @@ class Thompson:
     def _pick_gaussian(self, options: list[Posterior] | tuple[Posterior, ...]) -> int:
         # Per option treequest draws sigma^2 ~ InvGamma(nu/2, scale=nu tau^2/2) by inverse CDF (one uniform: scipy's
         # invgamma.rvs is 1 / gammainccinv(a, u) x scale), then mu ~ N(m, sqrt(sigma^2/kappa)) (numpy's normal(m, s)
-        # is m + s x one standard normal). The same variates in the same order, the same float operations.
+        # is m + s x one standard normal). The same variates in the same order, the same float operations; but a
+        # draw whose normal variate is negative is at most its posterior mean m, so when a draw already computed is
+        # above m it cannot win and its inverse-gamma quantile (half of the cost) is never computed.
         uniform, normal = self.rng.random_sample, self.rng.standard_normal
-        sqrt = math.sqrt
-        best, best_value = 0, -math.inf
-        for i, option in enumerate(options):
-            m, kappa, nu, tau_square = option._params or option.gaussian_params
-            sigma_square = (1.0 / gammainccinv(nu / 2, uniform())) * ((nu * tau_square) / 2)
-            value = m + sqrt(sigma_square / kappa) * normal()
-            if value > best_value or i == 0:
+        variates = [(uniform(), normal()) for _ in options]  # uniform, then normal, option by option
+        best, best_value = -1, -math.inf
+        for upward in (True, False):
+            for i, (u, z) in enumerate(variates):
+                if (z >= 0.0) is not upward:
+                    continue
+                m, kappa, nu, tau_square = options[i]._params or options[i].gaussian_params
+                if not upward and m < best_value:
+                    continue  # its draw is <= m < the best so far
+                value = m + math.sqrt((1.0 / gammainccinv(nu / 2, u)) * ((nu * tau_square) / 2) / kappa) * z
+                if value != value:  # NaN (an infinite variance times 0): treequest's order decides, replay it
+                    return self._first_maximum(options, variates)
+                if value > best_value or (value == best_value and i < best) or best < 0:
+                    best, best_value = i, value
+        return best
+
+    @staticmethod
+    def _first_maximum(options: list[Posterior] | tuple[Posterior, ...], variates: list[tuple[float, float]]) -> int:
+        """treequest's loop over the same variates: the first option whose draw is above every earlier one."""
+        best, best_value = 0, None
+        for i, (option, (u, z)) in enumerate(zip(options, variates)):
+            m, kappa, nu, tau_square = option.gaussian_params
+            value = m + math.sqrt((1.0 / gammainccinv(nu / 2, u)) * ((nu * tau_square) / 2) / kappa) * z
+            if best_value is None or value > best_value:
                 best, best_value = i, value
         return best
+
+    def burn(self, options: list[Posterior] | tuple[Posterior, ...]) -> None:
+        """Consume the variates `pick(options)` would, when its result does not matter."""
+        if self.gaussian:
+            uniform, normal = self.rng.random_sample, self.rng.standard_normal
+            for _ in options:
+                uniform()
+                normal()
+        else:
+            for option in options:
+                self.rng.beta(option.a, option.b)  # how many uniforms a beta variate takes depends on (a, b)
 
 
 class TreeNode:
@@ -266,9 +291,12 @@ class AbMctsA:
         node = self.root
         while True:
             node.visited = True
-            # Every visited node draws GEN vs CONT, even one without children (which then generates anyway).
-            generate = self.thompson.pick(node.gen_cont()) == 0
-            if generate or not node.children:
+            # Every visited node draws GEN vs CONT, even one without children, which then generates anyway: there
+            # only the variates are consumed.
+            if not node.children:
+                self.thompson.burn(node.gen_cont())
+                return node, self._pick_action()
+            if self.thompson.pick(node.gen_cont()) == 0:
                 return node, self._pick_action()
             node = node.children[self.thompson.pick(node.child_posteriors)]
 
