@@ -21,7 +21,7 @@ Columns (means over prompts):
 - gens:    generations spent per prompt (adaptive variants spend fewer; never more than budget x prompts in all)
 - trips:   round trips per prompt: the longest chain of requests that waited on each other (a prompt's latency
            in units of one request)
-- cpu_ms:  CPU of the search logic per generation (selection/backup, treequest's ask/tell), tree strategies only
+- cpu_ms:  CPU of the search logic per generation (selection/backup, AB-MCTS's ask/tell), tree strategies only
 - pairs_ok, gap: the DPO pairs the DEFAULT ranking (RankingConfig()) builds from the candidates: share whose
            chosen is truly better than its rejected, and the mean true gap chosen - rejected
 Then, per environment and budget, the same pair measures for every rejected-selection rule (paper rank 30,

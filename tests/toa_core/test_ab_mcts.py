@@ -1,4 +1,4 @@
-"""ab_mcts (AB-MCTS-A through treequest): budget, warm-up, score mapping, exploration floor, widen vs deepen,
+"""ab_mcts (treequest's AB-MCTS-A, run by ab_mcts_core): budget, warm-up, score mapping, exploration floor, widen vs deepen,
 failures, exported tree, reproducibility."""
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def test_same_seed_same_search_and_numpy_global_state_untouched():
     np.random.seed(123)
     expected_next = np.random.RandomState(123).random_sample()
     first = once(5)
-    assert np.random.random_sample() == expected_next  # treequest's draws used the tree's own generator
+    assert np.random.random_sample() == expected_next  # the draws used the tree's own generator
     second, other = once(5), once(6)
     assert first.tree == second.tree
     assert [c.to_row() for c in first.candidates] == [c.to_row() for c in second.candidates]
