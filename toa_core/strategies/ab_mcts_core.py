@@ -153,10 +153,6 @@ class Posterior:
             return {"a": self.a, "b": self.b}
         return dict(zip(("m", "kappa", "nu", "tau_square"), self.gaussian_params))
 
-    @property
-    def count(self) -> int:
-        return len(self.scores)
-
 
 class Thompson:
     """Thompson sampling over posteriors with a numpy RandomState: the draws treequest would make from the global
