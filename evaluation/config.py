@@ -112,11 +112,17 @@ class GenerationConfig(Section):
 
 
 class GateConfig(Section):
-    """What the promotion gate compares (used by the pipeline, not here): `<benchmark>.<metric>` names."""
+    """What the promotion gate compares (used by the pipeline, not here): `<benchmark>.<metric>` names.
+
+    The gate fails closed (infra.promotion): a pipeline run with promote=true needs at least one gated metric."""
     metrics: list[str] = Field(default_factory=list, description='e.g. ["mini.rm_win_rate", "mini.math_accuracy"]')
     max_regression: float = Field(0.0, ge=0, description="allowed drop (metric units) before the gate fails")
-    max_failure_rate: float = Field(0.05, ge=0, le=1, description="block a candidate whose share of failed or empty "
-                                                                   "generations on a gated benchmark is above this")
+    max_failure_rate: float | None = Field(
+        0.05, ge=0, le=1, description="block a candidate whose share of failed, empty or judge-unscored items on a "
+                                      "gated metric is above this; null allows none (it never turns the check off)")
+    min_scored_items: int = Field(
+        30, ge=1, description="block a gated metric with fewer items the judge scored (infra.promotion); small "
+                              "demo subsets lower it")
 
 
 class LengthControlConfig(Section):

@@ -101,6 +101,7 @@ def gate_table(scores: dict[str, dict[str, Any]], metrics: list[str] | None = No
             table[full] = {"value": metric["value"], "ci_low": metric["ci_low"], "ci_high": metric["ci_high"],
                            "n": metric["n"], "n_failed": metric.get("n_failed", 0),
                            "n_excluded": metric.get("n_excluded", 0),
+                           "failed_in_excluded": metric.get("failed_in_excluded", False),
                            "higher_is_better": metric.get("higher_is_better", True)}
     return table
 

@@ -183,6 +183,7 @@ async def score_chat(items: list[EvalItem], outputs: dict[str, str | None], conf
         scored = [j["reward_model"] for j in rm if j["reward_model"] is not None]
         metrics["rm_mean_reward"] = mean_metric(scored, unit="reward", n_failed=n_failed, **kwargs)
         metrics["rm_mean_reward"].n_excluded = len(items) - len(scored)  # the failed items too: they have no reward
+        metrics["rm_mean_reward"].failed_in_excluded = True
         baseline_scored = [j["reward_baseline"] for j in rm if j["reward_baseline"] is not None]
         if baseline_scored:
             metrics["rm_baseline_mean_reward"] = mean_metric(baseline_scored, unit="reward", **kwargs)

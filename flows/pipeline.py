@@ -48,6 +48,11 @@ def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None
         check_run_id(run_id, room_for=ACCUMULATED_SUFFIX)
     logger = get_run_logger()
     cfg = load_config(config_path(config), override_mapping(overrides))
+    if promote and not cfg.evaluation.gate.metrics:
+        # Refused before any work: the gate fails closed, so hours of synthesis and training would end unpromoted.
+        raise ValueError(f"config {config!r} has no evaluation.gate.metrics, and promote=true needs at least one gated "
+                         "metric (the gate promotes nothing it cannot check): add evaluation.gate.metrics to the "
+                         "config, or run with promote=false (synthesis-only reproductions: use `toa synthesize`)")
     run_id = run_id or new_run_id(cfg.name)
     name_flow_run(run_id)
     store = open_store(cfg.store)
@@ -92,8 +97,9 @@ def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None
     scores = gate_table(evaluated)  # metrics with a value and an interval: what the gate may compare
     result.update(data_run_id=data_run_id, scores=flatten_scores(evaluated))
     if promote:
-        compared_with = current_latest(cfg.store)
-        current_scores = gate_table(load_scores(store, compared_with)) if compared_with else None
+        # `latest`'s scores as recorded in the registry when it was promoted (not its scores.json, which another
+        # evaluation could have rewritten).
+        compared_with, current_scores = current_latest(cfg.store)
         # The base model was scored in this run's evaluate stage (or cached): a candidate worse than the model it
         # was trained from is never promoted, first run included.
         base_scores = gate_table(base_model_scores(store, cfg.evaluation)) or None
@@ -101,7 +107,8 @@ def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None
         with manifest.stage_attempt("promote") as attempt:
             record = promotion_gate(cfg.store, run_id, scores, current_scores, compared_with, list(gate.metrics),
                                     gate.max_regression, result["flow_run_id"], base_scores=base_scores,
-                                    max_failure_rate=gate.max_failure_rate)
+                                    max_failure_rate=gate.max_failure_rate,
+                                    min_scored_items=gate.min_scored_items)
             attempt.counts = {"promoted": int(record["promoted"])}
             attempt.outputs = [store.uri(f"runs/{run_id}/promotion.json")]
         result["promotion"] = record

@@ -3,23 +3,32 @@
 A pure function over two score tables (no store, no Prefect), so the rule is easy to test and to explain.
 
 Score tables map a metric name ("<benchmark>.<metric>", as the evaluation flow writes them) to
-`{value, ci_low, ci_high, n, higher_is_better}`; [ci_low, ci_high] is the metric's confidence interval.
+`{value, ci_low, ci_high, n, n_failed, n_excluded, higher_is_better}`; [ci_low, ci_high] is the metric's confidence
+interval, `n_excluded` the items the judge could not score.
 
-The rule, for every gated metric (each finding goes into the record, with both intervals):
-- a gated metric the candidate lacks (or whose value is not a finite number) blocks: it cannot be checked.
-- failures: when more than `max_failure_rate` of the metric's items are failed or empty generations
-  (n_failed / (n + n_excluded)), the candidate is blocked, whatever its score: a model that fails a third of
-  the items must not win on the rest.
+The gate fails closed: anything it cannot check blocks. For every gated metric (each finding goes into the
+record, with both intervals):
+- no gated metric at all blocks: promotion with nothing to check would promote anything that finished.
+- a gated metric the candidate lacks, or whose value or interval is not a finite number (NaN, inf), blocks:
+  it cannot be checked, and a NaN interval could never "regress".
+- too few scored items: fewer than `min_scored_items` items with a real judged answer blocks (3 items of 800
+  say nothing about the model).
+- failures: when more than `max_failure_rate` of the metric's items are failed or empty generations OR items
+  the judge could not score (n_failed + n_excluded, of n + n_excluded), the candidate is blocked, whatever its
+  score: a model must not win on the few items that could be scored. `max_failure_rate=None` allows none
+  (rate 0): an unset allowance allows nothing, it never switches the check off.
 - against the current `latest` model: the candidate regressed when the current model's value lies beyond the
   candidate's interval on the bad side, by more than `max_regression` (metric units): for a higher-is-better
   metric, `ci_high + max_regression < current.value`; for a lower-is-better one, `ci_low - max_regression >
   current.value`. A drop that the candidate's own uncertainty can explain is noise, not a regression.
-  A gated metric the current model lacks (a new benchmark) cannot regress; it is reported as "no baseline".
+  The current scores are the ones recorded in the registry when `latest` was promoted (infra.registry), never a
+  scores.json another run could rewrite. A gated metric the current model lacks (a new benchmark) cannot
+  regress; it is reported as "no baseline".
 - against the base model it was trained from (scored in the same pipeline run, when given): a candidate whose
   value is worse than the base model's by more than `max_regression` is blocked. This bar is the point, not
   the interval: training that leaves the model worse than where it started is never promoted, however noisy.
-  It applies on the first run too, when there is no current model to compare with.
-The candidate is promoted only when no gated metric blocks.
+It is the same rule on the first run (no `latest`, no base-model score): every check that has something to
+check still runs. The candidate is promoted only when no gated metric blocks.
 """
 from __future__ import annotations
 
@@ -28,13 +37,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Status = Literal["ok", "improved", "regressed", "missing", "no_baseline", "too_many_failures", "worse_than_base"]
-BLOCKING: tuple[str, ...] = ("missing", "too_many_failures", "regressed", "worse_than_base")
+Status = Literal["ok", "improved", "regressed", "missing", "not_finite", "too_few_scored", "no_baseline",
+                 "too_many_failures", "worse_than_base", "no_gated_metrics"]
+BLOCKING: tuple[str, ...] = ("no_gated_metrics", "missing", "not_finite", "too_many_failures", "too_few_scored",
+                             "regressed", "worse_than_base")
+DEFAULT_MIN_SCORED_ITEMS = 30  # below this a 95% interval is too wide to tell a regression from noise
 
 
 @dataclass(frozen=True)
 class MetricScore:
-    """One metric of one run: point estimate, confidence interval, sample count and direction."""
+    """One metric of one run: point estimate, confidence interval, sample count and direction.
+
+    `n_failed` failed or empty generations are inside `n` as losses, except for metrics marked
+    `failed_in_excluded` (rm_mean_reward: a failed item has no reward), where they are inside `n_excluded`."""
     value: float
     ci_low: float
     ci_high: float
@@ -42,12 +57,33 @@ class MetricScore:
     higher_is_better: bool = True
     n_failed: int = 0
     n_excluded: int = 0
+    failed_in_excluded: bool = False
+
+    @property
+    def total(self) -> int:
+        """Every item of the metric, scored or not."""
+        return self.n + self.n_excluded
+
+    @property
+    def unusable(self) -> int:
+        """Items that did not yield a judged answer: failed or empty generations plus items the judge could not
+        score (each item counted once)."""
+        return min(self.total, self.n_excluded + (0 if self.failed_in_excluded else self.n_failed))
+
+    @property
+    def scored(self) -> int:
+        """Items with a real answer the judge scored."""
+        return max(0, self.total - self.unusable)
 
     @property
     def failure_rate(self) -> float:
-        """Share of the metric's items whose generation failed (they are inside `n` as losses)."""
-        total = self.n + self.n_excluded
-        return self.n_failed / total if total else 0.0
+        """Share of the metric's items that were failed, empty or not scored by the judge (they count against
+        the candidate). An empty metric is all failure."""
+        return self.unusable / self.total if self.total else 1.0
+
+    @property
+    def finite(self) -> bool:
+        return all(math.isfinite(x) for x in (self.value, self.ci_low, self.ci_high))
 
     @classmethod
     def parse(cls, name: str, raw: Mapping[str, Any]) -> "MetricScore":
@@ -56,7 +92,7 @@ class MetricScore:
         A null `value` (the metric could not be computed) becomes NaN, which the gate treats as missing.
         A null interval (fewer than two items) becomes the point itself: no uncertainty to allow for.
         A percentile-bootstrap interval need not contain the point estimate, so the interval used is
-        widened to include it.
+        widened to include it. A non-finite interval is kept as it is (the gate blocks on it).
         """
         if isinstance(raw, MetricScore):
             return raw
@@ -73,13 +109,22 @@ class MetricScore:
                 raise ValueError(f"metric '{name}': {key} must be a number, got {value!r}")
             return float(value)
 
+        def count(key: str) -> int:
+            value = raw.get(key)
+            if value is None:
+                return 0
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or value != int(value):
+                raise ValueError(f"metric '{name}': {key} must be a whole number >= 0, got {value!r}")
+            return int(value)
+
         value = number("value", math.nan)
         low, high = number("ci_low", value), number("ci_high", value)
-        if math.isfinite(value):
+        if math.isfinite(value) and math.isfinite(low) and math.isfinite(high):
             low, high = min(low, value), max(high, value)
-        return cls(value=value, ci_low=low, ci_high=high, n=int(raw.get("n") or 0),
-                   higher_is_better=bool(raw.get("higher_is_better", True)), n_failed=int(raw.get("n_failed") or 0),
-                   n_excluded=int(raw.get("n_excluded") or 0))
+        return cls(value=value, ci_low=low, ci_high=high, n=count("n"),
+                   higher_is_better=bool(raw.get("higher_is_better", True)), n_failed=count("n_failed"),
+                   n_excluded=count("n_excluded"), failed_in_excluded=bool(raw.get("failed_in_excluded", False)))
 
 
 @dataclass(frozen=True)
@@ -123,25 +168,37 @@ def _worse(candidate: MetricScore, reference: float, slack: float) -> bool:
     return candidate.value + slack < reference if candidate.higher_is_better else candidate.value - slack > reference
 
 
+def _failures(score: MetricScore) -> str:
+    """'(12 of 40 items failed or empty)', naming the items the judge could not score when there are any."""
+    what = "failed or empty" if not score.n_excluded else "failed, empty or not scored by the judge"
+    return f"({score.unusable} of {score.total} items {what})"
+
+
 def _check(metric: str, candidate: MetricScore | None, current: MetricScore | None, base: MetricScore | None,
-           max_regression: float, max_failure_rate: float | None) -> MetricCheck:
+           max_regression: float, max_failure_rate: float | None, min_scored_items: int) -> MetricCheck:
     if candidate is None or not math.isfinite(candidate.value):
-        why = (f" ({candidate.n_failed} of {candidate.n + candidate.n_excluded} items failed or empty)"
-               if candidate is not None and candidate.n_failed else "")
+        why = f" {_failures(candidate)}" if candidate is not None and candidate.unusable else ""
         return MetricCheck(metric, "missing", candidate, current,
                            f"{metric}: the candidate has no usable score{why}, so it cannot be checked", base)
+    if not candidate.finite:
+        return MetricCheck(metric, "not_finite", candidate, current,
+                           f"{metric}: the candidate's value or interval is not finite ({candidate.value!r} "
+                           f"[{candidate.ci_low!r}, {candidate.ci_high!r}]), so it cannot be checked", base)
     for other in (current, base):
-        if other is not None and math.isfinite(other.value) and candidate.higher_is_better != other.higher_is_better:
+        if other is not None and other.finite and candidate.higher_is_better != other.higher_is_better:
             raise ValueError(f"metric '{metric}': higher_is_better differs between the candidate and the scores it is "
                              f"compared with")
     findings: list[tuple[Status, str]] = []
-    if max_failure_rate is not None and candidate.failure_rate > max_failure_rate:
+    allowed = 0.0 if max_failure_rate is None else max_failure_rate
+    if candidate.failure_rate > allowed:
         findings.append(("too_many_failures",
-                         f"failure rate {candidate.failure_rate:.0%} ({candidate.n_failed} of "
-                         f"{candidate.n + candidate.n_excluded} items failed or empty) is above the allowed "
-                         f"{max_failure_rate:.0%}"))
+                         f"failure rate {candidate.failure_rate:.0%} {_failures(candidate)} is above the allowed "
+                         f"{allowed:.0%}"))
+    if candidate.scored < min_scored_items:
+        findings.append(("too_few_scored", f"only {candidate.scored} scored item(s) of {candidate.total}, fewer than "
+                                           f"the {min_scored_items} required (evaluation.gate.min_scored_items)"))
     slack = f" + allowed {max_regression:g}" if max_regression else ""
-    if current is not None and math.isfinite(current.value):
+    if current is not None and current.finite:
         if candidate.higher_is_better:
             regressed, improved = candidate.ci_high + max_regression < current.value, candidate.ci_low > current.value
         else:
@@ -153,7 +210,7 @@ def _check(metric: str, candidate: MetricScore | None, current: MetricScore | No
                          f"current model {_fmt(current)}: {'improved' if improved else 'within the interval'}"))
     else:
         findings.append(("no_baseline", "no current model score to compare with"))
-    if base is not None and math.isfinite(base.value):
+    if base is not None and base.finite:
         if _worse(candidate, base.value, max_regression):
             findings.append(("worse_than_base", f"worse than the base model it was trained from, {_fmt(base)}{slack}"))
         else:
@@ -169,22 +226,28 @@ def _check(metric: str, candidate: MetricScore | None, current: MetricScore | No
 def decide_promotion(candidate: Mapping[str, Mapping[str, Any]], current: Mapping[str, Mapping[str, Any]] | None,
                      gated: Sequence[str], max_regression: float = 0.0, *,
                      base: Mapping[str, Mapping[str, Any]] | None = None,
-                     max_failure_rate: float | None = None) -> GateDecision:
-    """Decide whether `candidate` (scores of the new run) may replace `current` (scores of `latest`, or None).
+                     max_failure_rate: float | None = None,
+                     min_scored_items: int = DEFAULT_MIN_SCORED_ITEMS) -> GateDecision:
+    """Decide whether `candidate` (scores of the new run) may replace `current` (the scores recorded for
+    `latest`, or None).
 
     `base`: scores of the base model the candidate was trained from (None: not evaluated). `max_failure_rate`:
-    the largest share of failed generations a gated metric may have (None: not checked). `gated` names the
-    metrics that can block promotion; other metrics are ignored. With an empty `gated` list nothing can block
-    (every run that finished evaluation is promoted); say so in the config if intended.
+    the largest share of failed, empty or unscored items a gated metric may have (None: none allowed).
+    `min_scored_items`: the fewest items with a judged answer a gated metric needs. `gated` names the metrics
+    that can block promotion; other metrics are ignored. An empty `gated` list blocks: nothing could be checked.
     """
     if max_regression < 0:
         raise ValueError(f"max_regression must be >= 0, got {max_regression}")
-    if current is None and not base and max_failure_rate is None:
-        return GateDecision(True, "first run: there is no current model and no base-model score to compare with")
+    if min_scored_items < 1:
+        raise ValueError(f"min_scored_items must be >= 1, got {min_scored_items}")
+    if not gated:
+        return GateDecision(False, "no gated metric configured (evaluation.gate.metrics is empty): the gate has "
+                                   "nothing to check, so it does not promote; name at least one metric or run "
+                                   "with promote=false", [])
     parse = lambda table: {name: MetricScore.parse(name, raw) for name, raw in (table or {}).items()}  # noqa: E731
     candidate_scores, current_scores, base_scores = parse(candidate), parse(current), parse(base)
     checks = [_check(metric, candidate_scores.get(metric), current_scores.get(metric) if current is not None else None,
-                     base_scores.get(metric), max_regression, max_failure_rate)
+                     base_scores.get(metric), max_regression, max_failure_rate, min_scored_items)
               for metric in dict.fromkeys(gated)]  # keep order, drop repeats
     blocking = [check for check in checks if check.blocks]
     if blocking:
@@ -192,8 +255,6 @@ def decide_promotion(candidate: Mapping[str, Mapping[str, Any]], current: Mappin
         return GateDecision(False, reason, checks)
     against = "compared with the current model" if current is not None else \
         "first run, compared with the base model" if base else "first run"
-    if not checks:
-        return GateDecision(True, f"{against}: no gated metrics configured (evaluation.gate.metrics is empty)", checks)
     return GateDecision(True, f"{against}: no gated metric blocks: " + "; ".join(c.explanation for c in checks), checks)
 
 
@@ -206,8 +267,8 @@ def report_markdown(run_id: str, decision: GateDecision, compared_with: str | No
     """
     verdict = "PROMOTED" if decision.promote else "NOT PROMOTED"
     checks = decision.checks
-    with_current = [c for c in checks if c.current is not None and math.isfinite(c.current.value)]
-    with_base = [c for c in checks if c.base is not None and math.isfinite(c.base.value)]
+    with_current = [c for c in checks if c.current is not None and c.current.finite]
+    with_base = [c for c in checks if c.base is not None and c.base.finite]
     compared = []
     if compared_with is None:
         compared.append("no model is `latest` yet")
@@ -230,8 +291,8 @@ def report_markdown(run_id: str, decision: GateDecision, compared_with: str | No
             columns.append(("current latest", lambda c: _cell(c.current)))
         if with_base:
             columns.append(("base model", lambda c: _cell(c.base)))
-        if any(c.candidate is not None and c.candidate.n_failed for c in checks):
-            columns.append(("failed", lambda c: f"{c.candidate.n_failed}/{c.candidate.n + c.candidate.n_excluded}"
+        if any(c.candidate is not None and c.candidate.unusable for c in checks):
+            columns.append(("failed or unscored", lambda c: f"{c.candidate.unusable}/{c.candidate.total}"
                             if c.candidate is not None else "-"))
         lines += ["| metric | status | " + " | ".join(title for title, _ in columns) + " |",
                   "|---|---|" + "---|" * len(columns)]

@@ -1,16 +1,22 @@
 """The run registry: which run is the served model (`latest`), and why each candidate was promoted or not.
 
 Pure store operations (no Prefect). Layout under the store root:
-    registry/latest.json                         {"run_id", "promoted_at", "reason", "previous_run_id", "record"}
+    registry/latest.json                         {"run_id", "promoted_at", "reason", "previous_run_id", "record",
+                                                  "model_uri", "model_digest", "scores"}
     registry/promotions/<decided_at>-<run_id>.json   one record per gate decision, promoted or blocked
     runs/<run_id>/promotion.json                 the same record, next to the run it is about
 
 The record is written before the pointer moves, so `latest` never names a run without its reason. Writes are
 atomic (the store guarantees it); one pipeline runs at a time (the deployment's concurrency limit), so the
 pointer has a single writer.
+
+The pointer carries the gated scores `latest` was promoted on, with the URI and a digest of the model they belong
+to: the next gate compares with those (`latest_scores`), never with runs/<id>/eval/*/scores.json, which a later
+evaluation could rewrite.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -72,6 +78,32 @@ def latest_run_id(store: Store) -> str | None:
     return pointer["run_id"] if pointer else None
 
 
+def model_digest(store: Store, run_id: str) -> str | None:
+    """A fingerprint of run `run_id`'s trained model (runs/<id>/models/): sha256 over its file names and the
+    bytes of its small metadata files (configs, adapter config, training metrics), so replacing the model or
+    retraining it changes the digest without reading gigabytes of weights. None when the run has no model."""
+    prefix = f"{run_prefix(run_id)}models/"
+    keys = sorted(store.list(prefix))
+    if not keys:
+        return None
+    digest = hashlib.sha256()
+    for key in keys:
+        digest.update(key[len(prefix):].encode() + b"\0")
+        if key.endswith((".json", ".yaml", ".txt")) and not key.endswith("tokenizer.json"):
+            digest.update(hashlib.sha256(store.read_bytes(key)).digest())
+    return "sha256:" + digest.hexdigest()
+
+
+def latest_scores(store: Store, pointer: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The gated scores recorded for `latest`'s model when it was promoted (None: no `latest`, or a pointer from
+    before scores were recorded / a manual promotion without scores: the gate then has no baseline)."""
+    pointer = read_latest(store) if pointer is None else pointer
+    if not pointer:
+        return None
+    scores = pointer.get("scores")
+    return dict(scores) if isinstance(scores, dict) and scores else None
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -101,17 +133,24 @@ def record_decision(store: Store, run_id: str, decision: GateDecision, *, compar
     store.write_json(f"{run_prefix(run_id)}promotion.json", record.to_dict())
     if decision.promote:
         store.write_json(LATEST_KEY, {"run_id": run_id, "promoted_at": record.decided_at, "reason": record.reason,
-                                      "previous_run_id": compared_with, "record": history_key})
+                                      "previous_run_id": compared_with, "record": history_key,
+                                      "model_uri": store.uri(f"{run_prefix(run_id)}models/"),
+                                      "model_digest": model_digest(store, run_id),
+                                      "scores": dict(candidate_scores)})
     return record
 
 
-def set_latest(store: Store, run_id: str, reason: str) -> PromotionRecord:
-    """Point `latest` at `run_id` by hand (a rollback or an operator override); `reason` is recorded with it."""
+def set_latest(store: Store, run_id: str, reason: str, scores: dict[str, Any] | None = None) -> PromotionRecord:
+    """Point `latest` at `run_id` by hand (a rollback or an operator override); `reason` is recorded with it.
+
+    `scores` (the run's gated scores, as the operator vouches for them) become the baseline of the next gate;
+    without them the next gate has no current model to compare with (its other checks still apply)."""
     if not reason.strip():
         raise RegistryError("a manual promotion needs a reason (it is recorded next to the pointer)")
     current = latest_run_id(store)
     decision = GateDecision(True, f"manual: {reason.strip()}")
-    return record_decision(store, run_id, decision, compared_with=current, candidate_scores={}, current_scores=None)
+    return record_decision(store, run_id, decision, compared_with=current, candidate_scores=dict(scores or {}),
+                           current_scores=None)
 
 
 def promotion_history(store: Store, run_id: str | None = None) -> list[dict[str, Any]]:

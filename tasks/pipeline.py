@@ -12,8 +12,8 @@ from prefect import get_run_logger, task
 from infra.config import StoreConfig
 from infra.incremental import (accumulate_datasets, indexed_runs, prompt_counts, prompt_ids_sampled_in_run,
                                record_synthesized_prompts, synthesized_prompt_ids, training_runs_of)
-from infra.promotion import decide_promotion, report_markdown
-from infra.registry import latest_run_id, promotion_history, record_decision
+from infra.promotion import DEFAULT_MIN_SCORED_ITEMS, decide_promotion, report_markdown
+from infra.registry import latest_scores, promotion_history, read_latest, record_decision
 from infra.store import open_store
 from tasks.artifacts import publish_markdown
 
@@ -80,11 +80,12 @@ def accumulate(store_cfg: StoreConfig, run_id: str) -> dict[str, Any] | None:
 def promotion_gate(store_cfg: StoreConfig, run_id: str, candidate_scores: dict[str, Any],
                    current_scores: dict[str, Any] | None, compared_with: str | None, gated: list[str],
                    max_regression: float, flow_run_id: str | None = None, base_scores: dict[str, Any] | None = None,
-                   max_failure_rate: float | None = None) -> dict[str, Any]:
+                   max_failure_rate: float | None = None, min_scored_items: int = DEFAULT_MIN_SCORED_ITEMS
+                   ) -> dict[str, Any]:
     """Decide, record the decision, move `latest` when it promotes; returns the record as a dict."""
     store = open_store(store_cfg)
     decision = decide_promotion(candidate_scores, current_scores, gated, max_regression, base=base_scores,
-                                max_failure_rate=max_failure_rate)
+                                max_failure_rate=max_failure_rate, min_scored_items=min_scored_items)
     record = record_decision(store, run_id, decision, compared_with=compared_with, candidate_scores=candidate_scores,
                              current_scores=current_scores, flow_run_id=flow_run_id, base_scores=base_scores)
     verdict = "PROMOTED" if record.promoted else "NOT PROMOTED"
@@ -95,9 +96,14 @@ def promotion_gate(store_cfg: StoreConfig, run_id: str, candidate_scores: dict[s
     return record.to_dict()
 
 
-def current_latest(store_cfg: StoreConfig) -> str | None:
-    """The run `latest` points at (read once, before the gate, and passed to it as `compared_with`)."""
-    return latest_run_id(open_store(store_cfg))
+def current_latest(store_cfg: StoreConfig) -> tuple[str | None, dict[str, Any] | None]:
+    """The run `latest` points at and the gated scores recorded for its model when it was promoted, read once
+    from the registry before the gate (the run id is passed to it as `compared_with`). The scores come from the
+    registry, never from that run's scores.json, which another evaluation could have rewritten since."""
+    pointer = read_latest(open_store(store_cfg))
+    if pointer is None:
+        return None, None
+    return pointer["run_id"], latest_scores(open_store(store_cfg), pointer)
 
 
 def flatten_scores(scores_by_benchmark: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

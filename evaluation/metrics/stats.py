@@ -26,6 +26,8 @@ class Metric:
     ci_level: float = 0.95
 
     higher_is_better: bool = True
+    # True when the failed items are inside `n_excluded` rather than `n` (rm_mean_reward): the gate counts them once.
+    failed_in_excluded: bool = False
 
     def to_dict(self) -> dict:
         """The scores.json entry; `ci_low`/`ci_high` are the interval (the promotion gate reads them)."""
@@ -36,6 +38,8 @@ class Metric:
             data.pop("extra")
         if not data["note"]:
             data.pop("note")
+        if not data["failed_in_excluded"]:
+            data.pop("failed_in_excluded")
         return data
 
 

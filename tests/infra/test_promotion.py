@@ -18,7 +18,7 @@ def test_first_run_promotes_without_comparison():
     decision = decide_promotion({"mini.rm_win_rate": score(0.1)}, None, ["mini.rm_win_rate"])
     assert decision.promote
     assert "first run" in decision.reason
-    assert decision.checks == []
+    assert [check.status for check in decision.checks] == ["no_baseline"]  # the first run is still checked
 
 
 def test_promotes_when_no_gated_metric_regressed():
@@ -104,18 +104,19 @@ def with_failures(value, n_failed, n=30, half_width=0.05):
 
 def test_candidate_failing_30_percent_of_items_is_blocked_naming_the_failure_rate():
     candidate = {"mini.rm_win_rate": with_failures(0.70, n_failed=9)}  # better than current, but 9 of 30 failed
-    decision = decide_promotion(candidate, CURRENT, ["mini.rm_win_rate"], max_failure_rate=0.05)
+    decision = decide_promotion(candidate, CURRENT, ["mini.rm_win_rate"], max_failure_rate=0.05, min_scored_items=10)
     assert not decision.promote
     assert decision.blocking[0].status == "too_many_failures"
     assert "failure rate 30% (9 of 30 items failed or empty)" in decision.reason and "5%" in decision.reason
     assert decide_promotion({"mini.rm_win_rate": with_failures(0.70, n_failed=1)}, CURRENT, ["mini.rm_win_rate"],
-                            max_failure_rate=0.05).promote  # 3%: within the allowance
+                            max_failure_rate=0.05, min_scored_items=10).promote  # 3%: within the allowance
 
 
 def test_first_run_worse_than_its_base_model_is_blocked_naming_the_metric():
     candidate = {"mini.chrf": score(12.7, 6.0, n=10), "mini.rm_win_rate": score(0.5)}
     base = {"mini.chrf": score(18.1, 6.0, n=10), "mini.rm_win_rate": score(0.4)}
-    decision = decide_promotion(candidate, None, ["mini.rm_win_rate", "mini.chrf"], base=base, max_failure_rate=0.05)
+    decision = decide_promotion(candidate, None, ["mini.rm_win_rate", "mini.chrf"], base=base, max_failure_rate=0.05,
+                                min_scored_items=10)
     assert not decision.promote
     assert [c.metric for c in decision.blocking] == ["mini.chrf"] and decision.blocking[0].status == "worse_than_base"
     assert "mini.chrf" in decision.reason and "base model" in decision.reason and "18.1" in decision.reason
@@ -137,10 +138,10 @@ def test_base_model_is_checked_beside_the_current_model():
 
 def test_a_metric_nothing_could_score_is_missing_and_says_why():
     candidate = {"mini.rm_mean_reward": {"value": None, "ci_low": None, "ci_high": None, "n": 0, "n_failed": 7,
-                                         "n_excluded": 7}}
+                                         "n_excluded": 7, "failed_in_excluded": True}}
     decision = decide_promotion(candidate, None, ["mini.rm_mean_reward"], max_failure_rate=0.05)
     assert not decision.promote and decision.blocking[0].status == "missing"
-    assert "no usable score (7 of 7 items failed or empty)" in decision.reason
+    assert "no usable score (7 of 7 items failed, empty or not scored by the judge)" in decision.reason
 # -- the report people read -------------------------------------------------------------------------------------
 
 def test_report_names_what_the_decision_compared():
@@ -165,7 +166,7 @@ def test_report_names_what_the_decision_compared():
     # The first run: nothing to compare with, and its own gated values are shown.
     first = report_markdown("r1", decide_promotion(candidate, None, gated), None, candidate, gated)
     assert "Compared with: no model is `latest` yet; nothing was compared" in first and "PROMOTED" in first
-    assert "| mini.rm_win_rate | 0.58 [0.53, 0.63] n=100 |" in first
+    assert "| mini.rm_win_rate | no_baseline | 0.58 [0.53, 0.63] n=100 |" in first
 
     # The first run against its base model: that comparison is named, and only its column shown.
     base = {"mini.rm_win_rate": score(0.5), "mini.new_metric": score(0.2)}

@@ -54,11 +54,12 @@ def test_first_promotion_sets_latest_and_records_why(store):
     assert pointer["run_id"] == "r1" and "first run" in pointer["reason"] and pointer["previous_run_id"] is None
     assert store.read_json(pointer["record"])["candidate_scores"] == scores(0.5)
     assert store.read_json("runs/r1/promotion.json")["promoted"] is True
+    assert pointer["scores"] == scores(0.5) and pointer["model_uri"].rstrip("/").endswith("runs/r1/models")  # the next baseline
 
 
 def test_blocked_candidate_keeps_the_old_latest_and_says_which_metric(store):
     make_run(store, "r1"), make_run(store, "r2")
-    record_decision(store, "r1", decide_promotion(scores(0.6), None, []), compared_with=None,
+    record_decision(store, "r1", decide_promotion(scores(0.6), None, ["mini.rm_win_rate"]), compared_with=None,
                     candidate_scores=scores(0.6), current_scores=None)
     decision = decide_promotion(scores(0.3), scores(0.6), ["mini.rm_win_rate"])
     record = record_decision(store, "r2", decision, compared_with="r1", candidate_scores=scores(0.3),
