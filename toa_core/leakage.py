@@ -33,6 +33,11 @@ CHECKED_KINDS = ("refine", "aggregate")
 # Markdown decoration that may precede a preamble or a postscript heading ("**Changes made:**", "## Note", "> ...").
 _DECORATION = re.compile(r"^[\s#*>_\-]*")
 _SEPARATOR_LINE = re.compile(r"^\s*([-*_=]\s*){3,}$")
+# Line-start rules see a line with its whitespace runs collapsed to one space and cut to its first
+# _LINE_START_CHARS characters: a preamble or postscript is told by its opening words, and the bound keeps a
+# config's own (extra_*) patterns from taking quadratic time on a line of 20,000 spaces or one huge line.
+_WHITESPACE_RUN = re.compile(r"\s+")
+_LINE_START_CHARS = 400
 
 
 class LeakageError(ValueError):
@@ -174,6 +179,7 @@ def _undecorated(line: str) -> tuple[str, int]:
 
 
 def _match_start(patterns: tuple[re.Pattern[str], ...], body: str) -> re.Pattern[str] | None:
+    body = _WHITESPACE_RUN.sub(" ", body)[:_LINE_START_CHARS]
     for pattern in patterns:
         if pattern.match(body):
             return pattern
