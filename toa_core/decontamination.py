@@ -4,9 +4,15 @@ A model trained on benchmark questions "improves" on that benchmark by memorisin
 checked against an index of the evaluation sets; a match is quarantined with the benchmark, the item id and the
 n-gram that matched.
 
-Normalisation: Unicode NFKC, case folding, punctuation and markup dropped; tokens are runs of letters/digits,
-and every CJK character is a token of its own (Chinese and Japanese have no spaces). So whitespace, case and
-punctuation changes do not hide a copy.
+Normalisation: default-ignorable characters removed (soft hyphen, zero-width space/joiners, word joiner, BOM,
+variation selectors, tag characters: invisible, so "pan\u00adcakes" reads as "pancakes"), Unicode NFKC (fullwidth
+and mathematical letters), case folding, punctuation and markup dropped; tokens are runs of letters/digits, and
+every CJK character is a token of its own (Chinese and Japanese have no spaces). Confusables: in a token that
+mixes Latin letters with Cyrillic or Greek lookalikes ("pаncakes" with a Cyrillic "а"), the lookalikes are folded
+to their Latin twins (a small map, `_CONFUSABLES`, of the letters that look identical in common fonts). Tokens
+written wholly in one script are left alone, so Russian or Greek text (and the shipped index, built from it) keeps
+its tokens; a word whose every letter was swapped for a lookalike is not folded. So whitespace, case,
+punctuation, invisible characters and mixed-script lookalikes do not hide a copy.
 
 Matching (the GPT-3 paper's rule, made explicit for short items):
 - an item of at least `ngram` (13) tokens matches a text that shares one of its indexed 13-grams. The index
@@ -72,9 +78,34 @@ class DecontaminationConfig(Section):
 # Normalisation and hashing
 
 
+# Unicode's Default_Ignorable_Code_Point set (DerivedCoreProperties.txt), less the unassigned ranges: characters
+# that render as nothing. Removed before tokenising so they can neither split a word nor hide in one.
+_DEFAULT_IGNORABLE = re.compile(
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f"
+    "\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8\U0001bca0-\U0001bca3\U0001d173-\U0001d17a"
+    "\U000e0000-\U000e0fff]")
+# Cyrillic and Greek (and a few IPA) letters that look like a Latin letter in common fonts, after case folding.
+# A small hand-made subset of Unicode's confusables.txt: the letters a copy-paste disguise actually uses.
+_CONFUSABLES = str.maketrans({
+    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ј": "j", "ѕ": "s",
+    "ԁ": "d", "ԛ": "q", "ԝ": "w", "һ": "h", "ӏ": "l", "ё": "ë", "ї": "ï", "к": "k", "м": "m", "т": "t", "в": "b",
+    "н": "h", "ο": "o", "α": "a", "ν": "v", "ι": "i", "κ": "k", "ρ": "p", "υ": "u", "χ": "x", "ε": "e", "τ": "t",
+    "ɑ": "a", "ɡ": "g", "ı": "i", "ɩ": "i", "ʏ": "y", "ᴏ": "o", "ᴄ": "c", "ᴠ": "v", "ᴡ": "w", "ᴢ": "z",
+})
+_LATIN_LETTER = re.compile("[a-z]")
+
+
+def _fold_confusables(token: str) -> str:
+    """`token` with Cyrillic/Greek lookalikes folded to Latin when it mixes them with Latin letters."""
+    if token.isascii() or not _LATIN_LETTER.search(token):
+        return token
+    return token.translate(_CONFUSABLES)
+
+
 def normalise(text: str) -> list[str]:
     """The token sequence that matching compares (see the module doc)."""
-    return _TOKEN.findall(unicodedata.normalize("NFKC", text).casefold())
+    text = unicodedata.normalize("NFKC", _DEFAULT_IGNORABLE.sub("", text)).casefold()
+    return [_fold_confusables(token) for token in _TOKEN.findall(text)]
 
 
 def _constants(count: int) -> np.ndarray:
