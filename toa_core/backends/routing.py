@@ -19,7 +19,8 @@ Affinity, as done here:
   30 s); its first success restores it. So a dead replica costs one failed attempt, not one per request.
 - Requests without a session (evaluation, judges) go to the least-loaded replica.
 
-Round robin keeps the behaviour toaflow always had: each request starts at the next replica, retries move on.
+Round robin keeps the behaviour toaflow always had: each request starts at the next replica, retries move on;
+a replica cooling down is skipped (moved to the end of the plan) as in affinity routing.
 In both policies a request's retry goes to the next replica of its plan.
 """
 from __future__ import annotations
@@ -90,9 +91,13 @@ class ReplicaRouter:
         n = len(self.endpoints)
         if n == 1:
             return list(self.endpoints)
+        now = self._clock()
         if self.policy == "round_robin":
+            # Rotation as always, but replicas cooling down after a failure go to the end of the plan (in rotation
+            # order): a request is not sent to a replica known to be failing while a healthy one is there.
             start, self._next = self._next, (self._next + 1) % n
-            return [self.endpoints[(start + i) % n] for i in range(n)]
+            rotated = [self.endpoints[(start + i) % n] for i in range(n)]
+            return [e for e in rotated if self._down_until[e] <= now] + [e for e in rotated if self._down_until[e] > now]
         if session is None:
             # Least loaded first; ties rotate so that an idle pool is still used in turn.
             start, self._next = self._next, (self._next + 1) % n
@@ -100,7 +105,6 @@ class ReplicaRouter:
             ranking = sorted(rotated, key=self.in_flight.__getitem__)
         else:
             ranking = sorted(self.endpoints, key=lambda endpoint: _weight(session, endpoint), reverse=True)
-        now = self._clock()
         healthy = [e for e in ranking if self._down_until[e] <= now]
         ranking = healthy + [e for e in ranking if self._down_until[e] > now]
         chosen = self._first_within_bound(healthy or ranking)
