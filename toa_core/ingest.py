@@ -9,8 +9,8 @@ Each row becomes a `Prompt` whose messages are [system?, ..., user]:
 - else a `prompt` string, else an `instruction` string (with the Alpaca-style `input` appended) becomes
   [system?, user], `system` coming from `IngestConfig.system_prompt`;
 - a bare string row is a prompt string.
-Rows that cannot be used (bad JSON, bytes that are not UTF-8, a truncated last line, empty or non-text
-content, wrong types, over-long prompts) are quarantined with the source, line, field, reason and raw text;
+Rows that cannot be used (bad JSON, bytes that are not UTF-8, text holding a lone surrogate, a truncated last
+line, empty or non-text content, wrong types, over-long prompts) are quarantined with the source, line, field, reason and raw text;
 `strict: true` turns any of them into an IngestError listing the first few, before any sampling.
 Duplicates (same prompt_id, the stable hash of the messages) are dropped and counted.
 """
@@ -160,7 +160,25 @@ def _quarantine(source: str, line: int, field_name: str, reason: str, raw: Any) 
             text = json.dumps(raw, ensure_ascii=False, default=str)
         except (TypeError, ValueError):
             text = repr(raw)
-    return {"source": source, "line": line, "field": field_name, "reason": reason, "raw": text[:_RAW_CHARS]}
+    # Lone surrogates (and any other code point UTF-8 cannot hold) are written as escapes: the quarantine file
+    # must be writable whatever the row held.
+    return {"source": source, "line": line, "field": field_name, "reason": _escaped(reason),
+            "raw": _escaped(text[:_RAW_CHARS])}
+
+
+def _escaped(text: str) -> str:
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+
+
+def _check_unicode(text: str, where: str) -> str:
+    """`text` unchanged, or _BadRow when it holds a lone surrogate: JSON's "\\ud800" escape decodes to one, and
+    no later step (hashing, Parquet, an HTTP request) can encode it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise _BadRow(where, f"invalid Unicode: a lone surrogate (U+{ord(text[error.start]):04X}) at character "
+                             f"{error.start}; fix the text or drop the row") from None
+    return text
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -372,7 +390,7 @@ def _normalise(row: Any, cfg: IngestConfig) -> tuple[list[Message], dict[str, An
             value = row.get(cfg.id_field)
             if value is None or isinstance(value, (dict, list)):
                 raise _BadRow(cfg.id_field, f"id field '{cfg.id_field}' is missing or not a scalar")
-            metadata["source_id"] = str(value)
+            metadata["source_id"] = _check_unicode(str(value), cfg.id_field)
         if row.get(cfg.messages_field) is not None:
             messages = _from_messages(row[cfg.messages_field], cfg)
         elif row.get(cfg.prompt_field) is not None:
@@ -403,6 +421,7 @@ def _from_text(value: Any, field_name: str, cfg: IngestConfig) -> list[Message]:
         raise _BadRow(field_name, f"expected text, got {type(value).__name__}")
     if not value.strip():
         raise _BadRow(field_name, "empty prompt")
+    _check_unicode(value, field_name)
     messages: list[Message] = []
     if cfg.system_prompt:
         messages.append({"role": "system", "content": cfg.system_prompt})
@@ -460,7 +479,7 @@ def _text_content(content: Any, where: str) -> str:
         raise _BadRow(where, f"expected text, got {type(content).__name__}")
     if not content.strip():
         raise _BadRow(where, "empty content")
-    return content
+    return _check_unicode(content, where)
 
 
 # ----------------------------------------------------------------------------------------------------------

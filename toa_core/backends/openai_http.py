@@ -102,12 +102,17 @@ class Response:
     retry_after: str | None = None
 
     def json(self) -> Any:
+        """The body as JSON; ValueError for anything unreadable, including a body nested too deeply for the
+        standard library's recursive parser (which raises RecursionError)."""
         try:
             return orjson.loads(self.body)
         except orjson.JSONDecodeError:
             # Python-based servers may write NaN/Infinity (not JSON, which orjson refuses): read them as the
             # standard library does, so a reward server's NaN is reported as a non-finite score, not a bad body.
-            return json.loads(self.body)
+            try:
+                return json.loads(self.body)
+            except RecursionError:
+                raise ValueError("JSON body nested too deeply") from None
 
     @property
     def text(self) -> str:
@@ -243,8 +248,15 @@ class OpenAIChatModel:
         return body
 
     async def generate(self, messages: list[Message], params: SamplingParams) -> Generation:
-        """One completion with retries. Never raises: a request that fails for good returns Generation(error=...)."""
+        """One completion with retries. Never raises: a request that fails for good returns Generation(error=...),
+        and so does anything unexpected (a body no check foresaw): one failed candidate, never a failed run."""
         started = time.monotonic()
+        try:
+            return await self._generate(messages, params, started)
+        except Exception as exc:  # noqa: BLE001 - the contract is "never raises"; cancellation still propagates
+            return self._failed(f"unexpected error: {type(exc).__name__}: {str(exc)[:300]}", started, 0)
+
+    async def _generate(self, messages: list[Message], params: SamplingParams, started: float) -> Generation:
         body = self.request_body(messages, params)
         headers = {"X-Request-Id": uuid.uuid4().hex}  # the same on every retry: servers can trace and dedupe
         if self._api_key:
@@ -298,28 +310,42 @@ class OpenAIChatModel:
         raise _Fatal(f"HTTP {status} from {endpoint}: {message}")
 
     def _parse(self, endpoint: str, response: Response, body: dict[str, Any]) -> Generation:
+        """A 200 answer as a Generation. A body of the wrong shape (not the OpenAI schema, odd types, nested too
+        deeply) is retryable: another replica or attempt may answer properly. Text that is not valid Unicode (a
+        lone surrogate such as "\\ud800" that a JSON escape can carry) is a failed generation: it cannot be stored
+        in a Parquet table or sent on, and the same request would likely produce it again."""
         try:
             payload = response.json()
             choice = payload["choices"][0]
             content = choice["message"].get("content")
+            if not isinstance(choice, dict) or not (content is None or isinstance(content, str)):
+                raise TypeError("choices[0].message.content is not a string")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise _Retryable(f"malformed or truncated response from {endpoint}: {type(exc).__name__}") from None
         text = content if isinstance(content, str) else ""
-        usage = payload.get("usage") or {}
+        if not is_valid_unicode(text):
+            raise _Fatal(f"response from {endpoint} holds invalid Unicode (a lone surrogate code point); "
+                         "the answer is recorded as failed")
+        usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
         prompt_tokens, completion_tokens = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        if not isinstance(prompt_tokens, int) or not isinstance(completion_tokens, int):
+        prompt_tokens = prompt_tokens if _is_count(prompt_tokens) else None
+        completion_tokens = completion_tokens if _is_count(completion_tokens) else None
+        if prompt_tokens is None or completion_tokens is None:
             if not self._warned_no_usage:
                 log.warning("agent %s: server %s returns no `usage`; token counts are estimated (~4 chars/token)",
                             self.name, endpoint)
                 self._warned_no_usage = True
             prompt_chars = sum(len(m["content"]) for m in body["messages"])
-            prompt_tokens = prompt_tokens if isinstance(prompt_tokens, int) else estimate_tokens_from_chars(prompt_chars)
-            completion_tokens = completion_tokens if isinstance(completion_tokens, int) else estimate_tokens_from_chars(len(text))
+            prompt_tokens = prompt_tokens if prompt_tokens is not None else estimate_tokens_from_chars(prompt_chars)
+            completion_tokens = completion_tokens if completion_tokens is not None else estimate_tokens_from_chars(len(text))
+        finish_reason = choice.get("finish_reason")
         return Generation(text=text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                          finish_reason=choice.get("finish_reason"))
+                          finish_reason=finish_reason if isinstance(finish_reason, str) and is_valid_unicode(finish_reason)
+                          else None)
 
     def _failed(self, error: str, started: float, retries: int) -> Generation:
-        error = self._scrub(error)
+        # A server's message may carry lone surrogates too: the error goes into the candidate table as text.
+        error = self._scrub(error).encode("utf-8", "replace").decode("utf-8")
         log.warning("agent %s: generation failed: %s", self.name, error)
         return Generation(text=None, error=error, retries=retries, latency_s=time.monotonic() - started)
 
@@ -335,6 +361,19 @@ class OpenAIChatModel:
         if not self._closed:
             self._closed = True
             await self._pool.release()
+
+
+def is_valid_unicode(text: str) -> bool:
+    """False when `text` holds a lone surrogate (JSON's "\\ud800" escape decodes to one): not encodable as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def estimate_tokens_from_chars(n_chars: int) -> int:
@@ -367,4 +406,7 @@ def _server_message(response: Response, limit: int = 500) -> str:
             return str(payload["detail"])[:limit]
         if payload.get("message"):
             return str(payload["message"])[:limit]
-    return orjson.dumps(payload).decode()[:limit]
+    try:
+        return orjson.dumps(payload).decode()[:limit]
+    except (TypeError, ValueError):  # nested deeper than orjson writes, or not serialisable back
+        return response.text[:limit]
