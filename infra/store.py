@@ -235,7 +235,17 @@ class LocalStore(Store):
         return f"LocalStore({str(self.root)!r})"
 
     def _path(self, key: str) -> Path:
-        return self.root / normalize_key(key)
+        """The file of `key`; StoreError when a symbolic link on the way leads out of the store's folder (a link
+        planted in the store must not make a read or write touch files elsewhere on the machine)."""
+        path = self.root / normalize_key(key)
+        if not self._inside(path):
+            raise StoreError(f"store key '{key}' leads outside the store ({self.root}) through a symbolic link; "
+                             "the local store refuses it: remove the link or copy the data into the store")
+        return path
+
+    def _inside(self, path: Path) -> bool:
+        resolved = path.resolve()
+        return resolved == path or resolved.is_relative_to(self.root)
 
     def uri(self, key: str) -> str:
         return str(self._path(key))
@@ -247,13 +257,15 @@ class LocalStore(Store):
         prefix = _normalize_prefix(prefix)
         # Walk only the deepest folder that can contain matches; filter by string prefix like S3 does.
         folder = self.root / prefix if not prefix or prefix.endswith("/") else (self.root / prefix).parent
-        if not folder.is_dir():
+        if not folder.is_dir() or not self._inside(folder):
             return []
         keys = []
-        for dirpath, _dirnames, filenames in os.walk(folder):
+        for dirpath, _dirnames, filenames in os.walk(folder):  # does not descend into linked folders
             for name in filenames:
                 if name.startswith(_TMP_PREFIX):
                     continue
+                if os.path.islink(os.path.join(dirpath, name)) and not self._inside(Path(dirpath, name)):
+                    continue  # a link out of the store is not a key of it
                 key = Path(dirpath, name).relative_to(self.root).as_posix()
                 if key.startswith(prefix):
                     keys.append(key)

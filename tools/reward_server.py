@@ -10,16 +10,45 @@ servers the client keeps every pair of one prompt on one of them (`reward.routin
         --trust-remote-code --port 8300
 
 It reuses no computed prefix (transformers recomputes every pair): more servers add throughput, affinity only
-balances them. A failed batch answers HTTP 500 to each of its requests: the client retries, and at worst records
+balances them. A malformed request answers HTTP 400 (422 for a body FastAPI cannot read as an object) and a pair
+the model scores as NaN or infinite answers 422: the client records those at once, without retrying or cooling the
+replica down. A failed batch answers HTTP 500 to each of its requests: the client retries, and at worst records
 the candidate as unscored (never 0.0). Runs in this project's environment (fastapi and uvicorn are installed).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+
+_ROLES = ("system", "user", "assistant")
+
+
+def _conversation(body: dict) -> list[dict[str, str]]:
+    """The request's messages as [{role, content}], ending with the assistant answer to score; HTTP 400 naming the
+    problem for anything else (a malformed request is the client's error, and 4xx tells it not to retry)."""
+    from fastapi import HTTPException
+
+    messages = body.get("messages")
+    if not isinstance(messages, list) or len(messages) < 2:
+        raise HTTPException(400, "`messages` must be a list of at least two messages ending with the assistant "
+                                 "response to score")
+    conversation = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES \
+                or not isinstance(message.get("content"), str):
+            raise HTTPException(400, f"messages[{index}] must be an object with a role ({', '.join(_ROLES)}) and a "
+                                     "string content")
+        conversation.append({"role": message["role"], "content": message["content"]})
+    if conversation[-1]["role"] != "assistant":
+        raise HTTPException(400, "`messages` must end with the assistant response to score")
+    if not isinstance(body.get("model"), (str, type(None))):
+        raise HTTPException(400, "`model` must be a string")
+    return conversation
 
 
 def build_app(model: str, *, head: str, trust_remote_code: bool, max_length: int, batch_size: int,
@@ -27,6 +56,7 @@ def build_app(model: str, *, head: str, trust_remote_code: bool, max_length: int
     """The FastAPI app: GET /health, GET /v1/models, POST /classify."""
     from fastapi import FastAPI, HTTPException
 
+    from toa_core.interfaces import RewardError
     from toa_core.rewards.batching import BatchingReward
     from toa_core.rewards.hf_classifier import HFClassifierReward
 
@@ -46,15 +76,19 @@ def build_app(model: str, *, head: str, trust_remote_code: bool, max_length: int
 
     @app.post("/classify")
     async def classify(body: dict) -> dict:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or len(messages) < 2 or messages[-1].get("role") != "assistant":
-            raise HTTPException(400, "`messages` must end with the assistant response to score")
+        conversation = _conversation(body)  # 400 for anything that is not a conversation ending in the answer
         if body.get("model") not in (None, name):
             raise HTTPException(404, f"The model `{body.get('model')}` does not exist.")
         try:
-            score = await reward.score(messages[:-1], str(messages[-1].get("content", "")))
+            score = await reward.score(conversation[:-1], conversation[-1]["content"])
+        except RewardError as error:
+            if error.permanent:  # this pair cannot be scored (a non-finite score): asking again changes nothing
+                raise HTTPException(422, f"cannot score this pair: {error}") from None
+            raise HTTPException(500, f"scoring failed: {error}") from None
         except Exception as error:  # noqa: BLE001 - the client retries a 500; it never reads a made-up score
             raise HTTPException(500, f"scoring failed: {type(error).__name__}: {error}") from None
+        if not math.isfinite(score):
+            raise HTTPException(422, f"cannot score this pair: the model gave a non-finite score ({score})")
         return {"object": "list", "model": name,
                 "data": [{"index": 0, "label": "reward", "probs": [score], "num_classes": 1}]}
 
