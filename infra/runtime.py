@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator, Iterator
 
@@ -29,7 +28,10 @@ def local_run_dir(run_id: str) -> Path:
     """Local folder of a run (server logs land in its servers/, uploaded to the run folder when they stop)."""
     from infra.run_ids import check_run_id
 
-    root = Path(os.environ.get("TOAFLOW_WORKDIR", Path(tempfile.gettempdir()) / "toaflow"))
+    from toa_core.folders import private_scratch_root
+
+    workdir = os.environ.get("TOAFLOW_WORKDIR")
+    root = Path(workdir) if workdir else private_scratch_root("toaflow")  # private: never another user's folder
     path = root / "runs" / check_run_id(run_id)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from infra.manifest import one_line
 from infra.run_ids import InvalidRunId, check_run_id
 from infra.secrets import redact, redact_log_records, redact_text
 from infra.store import DIR_MARKER, Store, open_store
-from toa_core.folders import is_inside, remove_tree
+from toa_core.folders import is_inside, private_scratch_root, remove_tree
 from training.config import CommonTrainingConfig, StageConfig, StageSettings, TrainingConfigError, load_stage_settings
 from training.modeling import Precision, TrainingSetupError
 
@@ -75,7 +74,7 @@ class StageRun:
         else:
             # Keyed by the store too, so the same run id in two stores never shares a folder.
             store_tag = hashlib.sha256(settings.store.root.encode()).hexdigest()[:10]
-            root, owns = Path(tempfile.gettempdir()) / "toaflow-training" / store_tag, True
+            root, owns = private_scratch_root("toaflow-training") / store_tag, True
         workdir = root / run_id / stage
         if not is_inside(workdir, root):  # a symlinked run folder pointing elsewhere
             raise TrainingSetupError(f"scratch folder {workdir} resolves outside {root}; remove the link")
