@@ -14,6 +14,7 @@ prompt re-synthesized later replaces its older data and never lands in both trai
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -22,9 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from infra.run_ids import check_run_id
+from infra.run_ids import InvalidRunId, check_run_id
 from infra.store import Store
 from toa_core.records import prompt_id_for
+
+log = logging.getLogger(__name__)
 
 INDEX_PREFIX = "index/prompts/"
 STAGES = ("sft", "dpo")
@@ -39,6 +42,14 @@ def _write_table(store: Store, key: str, table: pa.Table) -> str:
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     return store.write_bytes(key, buffer.getvalue())
+
+
+def is_valid_run_id(run_id: str) -> bool:
+    try:
+        check_run_id(run_id)
+    except InvalidRunId:
+        return False
+    return True
 
 
 def index_key(run_id: str) -> str:
@@ -88,9 +99,15 @@ def index_entries(store: Store) -> list[dict[str, Any]]:
     for key in store.list(INDEX_PREFIX):
         if not key.endswith(".parquet"):
             continue
+        run_id = key[len(INDEX_PREFIX):-len(".parquet")]
+        if "/" in run_id or not is_valid_run_id(run_id):
+            # Not written by record_synthesized_prompts (a copy in a subfolder, a hand-made file): it names no run,
+            # so it is left alone rather than failing every incremental run.
+            log.warning("ignoring %s: the prompt index holds only <run_id>.parquet files directly under %s; move or "
+                        "delete it", store.uri(key), store.uri(INDEX_PREFIX))
+            continue
         metadata = pq.read_metadata(io.BytesIO(store.read_bytes(key)))
         schema_metadata = metadata.schema.to_arrow_schema().metadata or {}
-        run_id = key[len(INDEX_PREFIX):-len(".parquet")]
         entries.append({"run_id": run_id, "key": key, "prompts": metadata.num_rows,
                         "recorded_at": schema_metadata.get(b"recorded_at", b"").decode(),
                         # A run that found nothing new has no datasets and no prompts: nothing to go stale.
