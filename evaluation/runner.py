@@ -24,6 +24,7 @@ from evaluation.generation import ModelUnderTest, build_chat_model, generate_out
 from evaluation.judges.llm_judge import HttpJudgeClient, JudgeClient
 from evaluation.scores import arena_key, arena_players
 from evaluation.scoring import score_benchmark
+from toa_core.credentials import redact
 from toa_core.config import RewardConfig
 from toa_core.interfaces import ChatModel, RewardModel
 
@@ -102,12 +103,12 @@ async def evaluate_model_on_benchmark(
                         "fingerprint": fingerprint,
                         "messages": by_id[row["item_id"]].messages, **{k: v for k, v in row.items() if k != "item_id"}}
                        for row in generated]
-        store.write_text(outputs_key, _jsonl(output_rows))
+        store.write_text(outputs_key, _jsonl(redact(output_rows)))
         chat_rows = [{"instruction": by_id[r["item_id"]].instruction, "output": r["output"], "generator": model.label,
                       "dataset": by_id[r["item_id"]].metadata.get("dataset", benchmark.name)}
                      for r in output_rows if r["task"] == "chat" and r["output"] is not None]
         if chat_rows:
-            store.write_json(f"{prefix}/model_outputs.json", chat_rows)
+            store.write_json(f"{prefix}/model_outputs.json", redact(chat_rows))
 
     has_chat_baseline = any(item.task == "chat" and item.baseline_output is not None for item in benchmark.items)
     length_control = None
@@ -132,8 +133,8 @@ async def evaluate_model_on_benchmark(
         if owned_judge:
             await judge_client.aclose()
 
-    store.write_text(f"{prefix}/{JUDGMENTS_FILE}", _jsonl(
-        [{"judge": name, **row} for name, rows in judgments.items() for row in rows]))
+    store.write_text(f"{prefix}/{JUDGMENTS_FILE}", _jsonl(redact(
+        [{"judge": name, **row} for name, rows in judgments.items() for row in rows])))
     circularity = check_circularity(config.judges, synthesis_reward)
     if circularity["circular"]:
         log.warning("benchmark %s: CIRCULAR evaluation: %s", benchmark.name, "; ".join(circularity["reasons"]))
@@ -154,6 +155,7 @@ async def evaluate_model_on_benchmark(
     }
     if key:
         scores["arena_key"] = key  # other runs judged against the same baseline, by the same judge, share it
+    scores = redact(scores)  # the model label may be an endpoint URL with credentials
     store.write_json(f"{prefix}/{SCORES_FILE}", scores)
     return scores
 

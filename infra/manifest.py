@@ -287,4 +287,6 @@ class Manifest:
 
     def _write(self) -> None:
         self.data["updated_at"] = _now()
+        # Lineage URIs, stage errors, counts: whatever went in, nothing secret comes out.
+        self.data = redact(self.data)
         self.store.write_json(manifest_key(self.run_id), self.data)

@@ -42,6 +42,7 @@ Status = Literal["ok", "improved", "regressed", "missing", "not_finite", "too_fe
 BLOCKING: tuple[str, ...] = ("no_gated_metrics", "missing", "not_finite", "too_many_failures", "too_few_scored",
                              "regressed", "worse_than_base")
 DEFAULT_MIN_SCORED_ITEMS = 30  # below this a 95% interval is too wide to tell a regression from noise
+DEFAULT_MAX_FAILURE_RATE = 0.05  # the config's default (evaluation.gate.max_failure_rate)
 
 
 @dataclass(frozen=True)
@@ -226,7 +227,7 @@ def _check(metric: str, candidate: MetricScore | None, current: MetricScore | No
 def decide_promotion(candidate: Mapping[str, Mapping[str, Any]], current: Mapping[str, Mapping[str, Any]] | None,
                      gated: Sequence[str], max_regression: float = 0.0, *,
                      base: Mapping[str, Mapping[str, Any]] | None = None,
-                     max_failure_rate: float | None = None,
+                     max_failure_rate: float | None = DEFAULT_MAX_FAILURE_RATE,
                      min_scored_items: int = DEFAULT_MIN_SCORED_ITEMS) -> GateDecision:
     """Decide whether `candidate` (scores of the new run) may replace `current` (the scores recorded for
     `latest`, or None).

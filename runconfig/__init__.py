@@ -12,6 +12,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 
 from evaluation.config import EvaluationConfig
 from infra.config import ServersConfig, StoreConfig
+from toa_core.credentials import remember_secret_env_names, secret_env_names_in
 from toa_core.config import (ModelConfig, RewardConfig, SearchConfig, Section, describe_validation_error,
                              read_yaml_mapping, repeated_names)
 from toa_core.decontamination import DecontaminationConfig
@@ -108,9 +109,13 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> RunConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(describe_validation_error(source, error)) from None
+    # Every variable the config names as holding a key is masked from now on (logs, states, files), whatever
+    # its name looks like.
+    remember_secret_env_names(secret_env_names_in(data))
+    return config
 
 
 def read_config_mapping(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import re
 import time
 from typing import Any, Sequence
 
+from infra.secrets import redact, redact_text
 from infra.store import Store
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ def figure_png(figure: Any) -> bytes:
 def publish_png(store: Store, key: str, png: bytes, *, title: str, artifact: str | None = None) -> str:
     """Save a PNG under `key` in the store and show it in the Prefect UI; returns its store URI."""
     store.write_bytes(key, png)
-    uri = store.uri(key)
+    uri = redact_text(store.uri(key))
+    title = redact_text(title)
     if artifact and _in_prefect_run():
         from prefect.artifacts import create_markdown_artifact
 
@@ -75,6 +77,7 @@ def publish_png(store: Store, key: str, png: bytes, *, title: str, artifact: str
 def publish_table(store: Store | None, key: str | None, rows: Sequence[dict[str, Any]], *, title: str,
                   artifact: str | None = None) -> None:
     """Save rows as JSON in the store (when a key is given) and show them as a Prefect table artifact."""
+    rows = redact(list(rows))
     if store is not None and key:
         store.write_json(key, list(rows))
     if artifact and _in_prefect_run():
@@ -86,6 +89,7 @@ def publish_table(store: Store | None, key: str | None, rows: Sequence[dict[str,
 def publish_markdown(store: Store | None, key: str | None, markdown: str, *, title: str,
                      artifact: str | None = None) -> None:
     """Save a markdown report in the store and show it as a Prefect markdown artifact."""
+    markdown = redact_text(markdown)
     if store is not None and key:
         store.write_text(key, markdown)
     if artifact and _in_prefect_run():

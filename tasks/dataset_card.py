@@ -16,6 +16,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from infra.secrets import redact_text
 from infra.store import open_store
 from runconfig import RunConfig
 
@@ -203,7 +204,8 @@ def write_dataset_card(cfg: RunConfig, run_id: str, ingest: dict[str, Any], deco
     run_uri = store.uri(f"runs/{run_id}") + "/"
     manifest_key = f"runs/{run_id}/manifest.json"
     manifest = store.read_json(manifest_key) if store.exists(manifest_key) else None
-    markdown = card_markdown(cfg, run_id, run_uri, ingest, decontamination, ranking, manifest)
+    # The card is published (store, Prefect artifact, a dataset hub): the one redaction, like every other file.
+    markdown = redact_text(card_markdown(cfg, run_id, run_uri, ingest, decontamination, ranking, manifest))
     key = f"runs/{run_id}/{CARD_FILE}"
     store.write_text(key, markdown)
     publish_markdown(None, None, artifact_markdown(markdown), title=f"dataset card of run {run_id}",

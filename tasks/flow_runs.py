@@ -53,6 +53,10 @@ def finish(summary: dict[str, Any], message: str, *, nothing_new: bool = False) 
     from prefect.context import FlowRunContext
     from prefect.states import Completed
 
+    from infra.secrets import redact, redact_text
+
+    # The result and the message are stored by the Prefect server and shown in the UI: redacted like any file.
+    summary, message = redact(summary), redact_text(message)
     if FlowRunContext.get() is None:
         return summary
     return Completed(message=message, data=summary, **({"name": NOTHING_NEW} if nothing_new else {}))

@@ -12,7 +12,7 @@ from prefect import get_run_logger, task
 from infra.config import StoreConfig
 from infra.incremental import (accumulate_datasets, indexed_runs, prompt_counts, prompt_ids_sampled_in_run,
                                record_synthesized_prompts, synthesized_prompt_ids, training_runs_of)
-from infra.promotion import DEFAULT_MIN_SCORED_ITEMS, decide_promotion, report_markdown
+from infra.promotion import DEFAULT_MAX_FAILURE_RATE, DEFAULT_MIN_SCORED_ITEMS, decide_promotion, report_markdown
 from infra.registry import latest_scores, promotion_history, read_latest, record_decision
 from infra.store import open_store
 from tasks.artifacts import publish_markdown
@@ -80,7 +80,8 @@ def accumulate(store_cfg: StoreConfig, run_id: str) -> dict[str, Any] | None:
 def promotion_gate(store_cfg: StoreConfig, run_id: str, candidate_scores: dict[str, Any],
                    current_scores: dict[str, Any] | None, compared_with: str | None, gated: list[str],
                    max_regression: float, flow_run_id: str | None = None, base_scores: dict[str, Any] | None = None,
-                   max_failure_rate: float | None = None, min_scored_items: int = DEFAULT_MIN_SCORED_ITEMS
+                   max_failure_rate: float | None = DEFAULT_MAX_FAILURE_RATE,
+                   min_scored_items: int = DEFAULT_MIN_SCORED_ITEMS
                    ) -> dict[str, Any]:
     """Decide, record the decision, move `latest` when it promotes; returns the record as a dict."""
     store = open_store(store_cfg)

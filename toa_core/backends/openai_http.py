@@ -37,7 +37,7 @@ import orjson
 
 from toa_core.backends.routing import DEFAULT_LOAD_FACTOR, SESSION_HEADER, ReplicaRouter, session_key
 from toa_core.config import ModelConfig, RetryConfig
-from toa_core.credentials import mask_url_credentials
+from toa_core.credentials import mask_url_credentials, redact_text, secret_values
 from toa_core.records import Generation, Message
 from toa_core.interfaces import SamplingParams
 
@@ -352,9 +352,7 @@ class OpenAIChatModel:
     def _scrub(self, text: str) -> str:
         """Remove the API key (servers sometimes echo it) and credentials written in an endpoint URL from any text
         that may leave this object."""
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        return mask_url_credentials(text)
+        return redact_text(text, secret_values() | ({self._api_key} if self._api_key else set()))
 
     async def aclose(self) -> None:
         """Release the endpoint pool (its connections close with its last agent). Idempotent."""

@@ -36,7 +36,7 @@ import aiohttp
 from toa_core.backends.openai_http import RETRYABLE_STATUS, HTTPTransport, backoff_delay, parse_retry_after
 from toa_core.backends.routing import DEFAULT_LOAD_FACTOR, SESSION_HEADER, ReplicaRouter, session_key
 from toa_core.config import RetryConfig
-from toa_core.credentials import mask_url_credentials
+from toa_core.credentials import mask_url_credentials, redact_text, secret_values
 from toa_core.interfaces import PairErrors, RewardError
 from toa_core.records import Message
 
@@ -165,7 +165,7 @@ class HTTPReward:
 
     def _scrub(self, text: str) -> str:
         """Remove the API key and any credentials written in an endpoint URL from text leaving this object."""
-        return mask_url_credentials(text.replace(self._api_key, "***") if self._api_key else text)
+        return redact_text(text, secret_values() | ({self._api_key} if self._api_key else set()))
 
     async def aclose(self) -> None:
         if self._client is not None and asyncio.get_running_loop() is self._loop:
