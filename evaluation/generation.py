@@ -168,7 +168,11 @@ def resolve_model_under_test(uri: str, generation: GenerationConfig, store: Any 
     """Turn `--model` into a backend config (see the module docstring for the accepted forms)."""
     uri = uri.strip()
     if uri.startswith(("http://", "https://")):
-        endpoint, _, served = uri.partition("#")
+        # The served name follows the last '#', unless that '#' sits inside the URL's user-info (a password
+        # written raw, "https://user:p#ss@host/v1"): a served name never holds '@'.
+        endpoint, _, served = uri.rpartition("#")
+        if not endpoint or "@" in served:
+            endpoint, served = uri, ""
         served = served or generation.served_model
         if not served:
             raise ModelSourceError(f"'{uri}': an endpoint needs the served model name: '{endpoint}#<model>' "
