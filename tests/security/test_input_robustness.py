@@ -274,7 +274,7 @@ ITEM = ("Describe the process by which green plants convert sunlight water and c
 @pytest.mark.parametrize("disguise", [
     lambda text: text.replace("sunlight", "sun\u00adlight").replace("glucose", "glu\u00adcose"),        # soft hyphens
     lambda text: text.replace("o", "o\u200b").replace("e", "\u200de"),                                  # zero-width
-    lambda text: "\ufeff" + text.replace(" the ", " the\u2060 "),                                       # BOM, joiner
+    lambda text: "\ufeff" + text.replace("chloroplasts", "chloro\u2060plasts"),                           # BOM, joiner
     lambda text: text.replace("a", "\u0430").replace("o", "\u043e").replace("e", "\u0435"),            # Cyrillic
     lambda text: text.replace("o", "\u03bf").replace("p", "\u0440"),                                    # Greek/Cyrillic
     lambda text: text.replace("Describe", "\uff24\uff45\uff53\uff43\uff52\uff49\uff42\uff45"),          # fullwidth
