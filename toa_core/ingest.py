@@ -28,7 +28,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from toa_core.config import Section
-from toa_core.records import Message, Prompt, prompt_id_for
+from toa_core.records import Message, Prompt, is_valid_unicode, prompt_id_for
 
 FORMATS = ("auto", "jsonl", "json", "parquet", "csv", "hf_folder", "hf_dataset")
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
@@ -173,11 +173,10 @@ def _escaped(text: str) -> str:
 def _check_unicode(text: str, where: str) -> str:
     """`text` unchanged, or _BadRow when it holds a lone surrogate: JSON's "\\ud800" escape decodes to one, and
     no later step (hashing, Parquet, an HTTP request) can encode it."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise _BadRow(where, f"invalid Unicode: a lone surrogate (U+{ord(text[error.start]):04X}) at character "
-                             f"{error.start}; fix the text or drop the row") from None
+    if not is_valid_unicode(text):
+        at = next(i for i, char in enumerate(text) if 0xD800 <= ord(char) <= 0xDFFF)
+        raise _BadRow(where, f"invalid Unicode: a lone surrogate (U+{ord(text[at]):04X}) at character {at}; fix "
+                             "the text or drop the row")
     return text
 
 

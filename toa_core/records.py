@@ -20,6 +20,16 @@ CANDIDATE_COLUMNS = (
 )
 
 
+def is_valid_unicode(text: str) -> bool:
+    """False when `text` holds a lone surrogate (JSON's "\\ud800" escape decodes to one): UTF-8 cannot encode it,
+    so no hash, Parquet table or HTTP request can carry it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def prompt_id_for(messages: list[Message]) -> str:
     """Stable id of a prompt: a hash of its normalised messages (role and stripped content)."""
     canonical = json.dumps(

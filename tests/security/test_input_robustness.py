@@ -11,8 +11,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -66,41 +64,11 @@ def test_a_lone_surrogate_row_is_quarantined_at_ingest(tmp_path):
     json.dumps(report.quarantined).encode("utf-8")  # the quarantine file can be written
 
 
-class ScriptedServer:
-    """An OpenAI-compatible endpoint on loopback answering every POST with the next raw body of `bodies` (the
-    last one repeats)."""
+def scripted_server(body: bytes, status: int = 200):
+    """An OpenAI-compatible endpoint on loopback answering every POST with `body` (raw JSON text)."""
+    from tests.evaluation.fake_judge import FakeJudge
 
-    def __init__(self, *bodies: bytes, status: int = 200):
-        self.bodies = list(bodies)
-        server_self = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 - http.server naming
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                body = server_self.bodies.pop(0) if len(server_self.bodies) > 1 else server_self.bodies[0]
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    return FakeJudge(lambda request: (status, body.decode("ascii")))
 
 
 def completion_body(content) -> bytes:
@@ -137,8 +105,8 @@ def test_generate_never_raises_on_a_bad_body(name):
         finally:
             await agent.aclose()
 
-    with ScriptedServer(BAD_BODIES[name]) as server:
-        generation = asyncio.run(one(server.url))
+    with scripted_server(BAD_BODIES[name]) as server:
+        generation = asyncio.run(one(server.endpoint))
     if name == "odd usage and finish_reason":  # usable text: kept, the odd fields dropped
         assert generation.text == "ok" and generation.finish_reason is None and generation.error is None
         return
@@ -160,10 +128,10 @@ def test_a_model_server_answering_invalid_unicode_gives_error_candidates_and_the
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"instruction": f"question {i}"}) + "\n" for i in range(3))
                        + '{"instruction": "a broken \\ud800 question"}\n')
-    with LoadServer(response_tokens=4) as good, ScriptedServer(completion_body("\udfff bad answer")) as bad:
+    with LoadServer(response_tokens=4) as good, scripted_server(completion_body("\udfff bad answer")) as bad:
         config = write_config(tmp_path / "c.yaml", prompts=prompts, store={"root": str(tmp_path / "store")},
                               budget=4, shard_size=4, agents=[{"name": "good", "url": good.base_url},
-                                                              {"name": "bad", "url": bad.url}])
+                                                              {"name": "bad", "url": bad.endpoint}])
         result = synthesize(config=str(config), run_id="unicode")
     store = open_store(str(tmp_path / "store"))
     quarantine = [json.loads(line) for line in store.read_text("runs/unicode/quarantine.jsonl").splitlines()]
@@ -234,9 +202,9 @@ def test_reward_client_treats_4xx_as_permanent_and_does_not_cool_the_replica():
     from toa_core.rewards.http import HTTPReward
 
     body = json.dumps({"detail": "cannot score this pair: non-finite"}).encode()
-    with ScriptedServer(body, status=422) as server:
+    with scripted_server(body, status=422) as server:
         async def score():
-            reward = HTTPReward([server.url], "rm", retry=RetryConfig(max_attempts=4, backoff_initial_s=0.01))
+            reward = HTTPReward([server.endpoint], "rm", retry=RetryConfig(max_attempts=4, backoff_initial_s=0.01))
             try:
                 await reward.score([{"role": "user", "content": "q"}], "nan")
             finally:

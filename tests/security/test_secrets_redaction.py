@@ -4,12 +4,12 @@ every `api_key_env` a config names is masked, and names like openai_key / hf_key
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 import yaml
 
 from infra.secrets import MASK, is_secret_key, redact, redact_text
+from tests.faults.test_secrets import files_containing
 from toa_core.credentials import mask_url_credentials
 
 PASSWORD = "p@ss/w#rd-planted-3c9e"           # written raw into the URL, as people do
@@ -56,15 +56,6 @@ def test_api_key_env_names_of_a_loaded_config_are_masked_in_logs(tmp_path, monke
     record = logging.LogRecord("x", logging.WARNING, __file__, 1, "server said: bad key %s", (JUDGE_KEY,), None)
     SecretsFilter().filter(record)
     assert JUDGE_KEY not in record.getMessage()
-
-
-def files_containing(root: Path, needles: list[str]) -> list[str]:
-    hits = []
-    for path in root.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            hits += [f"{path}: {needle}" for needle in needles if needle.encode() in data]
-    return hits
 
 
 def test_an_evaluation_run_leaks_neither_url_credentials_nor_keys(tmp_path, monkeypatch, prefect_harness):

@@ -38,7 +38,7 @@ import orjson
 from toa_core.backends.routing import DEFAULT_LOAD_FACTOR, SESSION_HEADER, ReplicaRouter, session_key
 from toa_core.config import ModelConfig, RetryConfig
 from toa_core.credentials import mask_url_credentials, redact_text, secret_values
-from toa_core.records import Generation, Message
+from toa_core.records import Generation, Message, is_valid_unicode
 from toa_core.interfaces import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -359,15 +359,6 @@ class OpenAIChatModel:
         if not self._closed:
             self._closed = True
             await self._pool.release()
-
-
-def is_valid_unicode(text: str) -> bool:
-    """False when `text` holds a lone surrogate (JSON's "\\ud800" escape decodes to one): not encodable as UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _is_count(value: Any) -> bool:
