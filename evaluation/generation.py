@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 from evaluation.benchmarks import EvalItem
 from evaluation.config import GenerationConfig
+from toa_core.credentials import redact_text
 from toa_core.config import ModelConfig
 from toa_core.folders import remove_tree
 from toa_core.interfaces import ChatModel, SamplingParams
@@ -38,7 +39,13 @@ MERGED_KEEP = 3  # merged models kept in the cache (the current run, the previou
 
 
 class ModelSourceError(ValueError):
-    """`--model` does not name a usable model; the message says what was tried and what to pass."""
+    """`--model` does not name a usable model; the message says what was tried and what to pass.
+
+    The message names the `--model` value, which may be an endpoint URL with credentials: it is redacted here,
+    so the error is safe wherever it goes (the flow run's Failed state message, the `error:` line)."""
+
+    def __init__(self, message: str):
+        super().__init__(redact_text(message))
 
 
 @dataclass(frozen=True)

@@ -100,3 +100,13 @@ def test_an_evaluation_run_leaks_neither_url_credentials_nor_keys(tmp_path, monk
     assert base_outputs and "401" in base_outputs[0].read_text()  # the echo happened and was recorded, masked
     leaks = files_containing(store_root, needles) + (files_containing(workdir, needles) if workdir.exists() else [])
     assert leaks == []
+
+
+def test_a_refused_model_uri_is_masked_in_the_error_a_failed_run_shows():
+    from evaluation.config import GenerationConfig
+    from evaluation.generation import ModelSourceError, resolve_model_under_test
+
+    with pytest.raises(ModelSourceError) as error:  # no served model name: refused, naming the URI
+        resolve_model_under_test(f"http://planted-user:{PASSWORD}@127.0.0.1:9/v1", GenerationConfig())
+    assert PASSWORD not in str(error.value) and MARKER not in str(error.value)
+    assert "http://***@127.0.0.1:9/v1" in str(error.value)
