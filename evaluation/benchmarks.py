@@ -317,7 +317,7 @@ def load_wmt(config: BenchmarkConfig) -> list[EvalItem]:
 
 
 def load_gsm8k(config: BenchmarkConfig) -> list[EvalItem]:
-    from evaluation.judges.math_answers import extract_answer
+    from toa_core.verifiers.math_answers import extract_answer
 
     rows, where = _rows(config)
     items = []

@@ -38,6 +38,11 @@ def check_circularity(judges: JudgesConfig, synthesis_reward: RewardConfig | dic
                 "note": "the run's synthesis reward is unknown (no manifest, no `reward` in the config)"}
     if isinstance(synthesis_reward, dict):
         synthesis_reward = RewardConfig.model_validate(synthesis_reward)
+    if synthesis_reward.kind == "verifier":
+        # Programmatic checks are ground truth, not a model to please; only a ranker beside them can be circular.
+        if synthesis_reward.ranker is None:
+            return {"circular": False, "reasons": [], "synthesis_reward": "verifier"}
+        synthesis_reward = synthesis_reward.ranker
     reasons = []
     if judges.reward is not None and _same_reward(judges.reward, synthesis_reward):
         reasons.append(f"the evaluation reward model ({judges.reward.kind}: {judges.reward.model or judges.reward.callable}) "

@@ -97,6 +97,13 @@ class JudgesConfig(Section):
     comet_model: str = "Unbabel/wmt22-comet-da"
     comet_kiwi_model: str | None = Field(None, description="reference-free COMET-Kiwi model, e.g. Unbabel/wmt22-cometkiwi-da")
 
+    @model_validator(mode="after")
+    def _reward_is_a_model(self) -> "JudgesConfig":
+        if self.reward is not None and self.reward.kind == "verifier":
+            raise ValueError("judges.reward: a verifier is not a chat judge; to score answers by their checks, "
+                             "add a benchmark of kind `verifiable` (its items carry the checks)")
+        return self
+
 
 class GenerationConfig(Section):
     """How the model under test answers. Greedy by default so a re-run gives the same outputs."""

@@ -24,7 +24,7 @@ from evaluation.alpaca_eval_files import LengthControlInputs
 from evaluation.benchmarks import Benchmark, EvalItem
 from evaluation.config import EvaluationConfig
 from evaluation.judges.llm_judge import JudgeClient, judge_arena, judge_pairs, judgment_counts, load_arena_prompt, load_prompt
-from evaluation.judges.math_answers import score_math
+from toa_core.verifiers.math_answers import score_math
 from evaluation.judges.reward_judge import judge_with_reward
 from evaluation.judges.translation import bleu, chrf, comet_scores
 from evaluation.metrics.arena_hard import CATEGORY_BASELINES, arena_scores, games_from_judgment, headline_category

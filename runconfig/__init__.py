@@ -95,12 +95,13 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _reward_fits_its_server(self) -> "RunConfig":
         # The HTTP reward sends max_length as vLLM's truncate_prompt_tokens, which vLLM refuses above max_model_len.
-        spec = next((s for s in self.servers.servers if s.name == self.reward.served_by), None)
-        if self.reward.kind == "http" and spec is not None and spec.max_model_len is not None \
-                and self.reward.max_length > spec.max_model_len:
-            raise ValueError(f"reward.max_length ({self.reward.max_length}) is more than servers '{spec.name}' "
-                             f"max_model_len ({spec.max_model_len}); vLLM refuses to truncate beyond it: lower "
-                             "reward.max_length")
+        for key, reward in (("reward", self.reward), ("reward.ranker", self.reward.ranker)):
+            spec = next((s for s in self.servers.servers if reward is not None and s.name == reward.served_by), None)
+            if reward is not None and reward.kind == "http" and spec is not None and spec.max_model_len is not None \
+                    and reward.max_length > spec.max_model_len:
+                raise ValueError(f"{key}.max_length ({reward.max_length}) is more than servers '{spec.name}' "
+                                 f"max_model_len ({spec.max_model_len}); vLLM refuses to truncate beyond it: lower "
+                                 f"{key}.max_length")
         return self
 
 

@@ -139,7 +139,7 @@ def card_markdown(cfg: RunConfig, run_id: str, run_uri: str, ingest: dict[str, A
         f"- strategy `{search.strategy}`, budget {search.budget} generations per prompt (one generation = one "
         f"completion + one reward score), temperature {search.temperature}, top_p {search.top_p}, "
         f"max_tokens {search.max_tokens}" + (f", tau {search.tau}, alpha {search.alpha}" if search.strategy == "toa" else ""),
-        f"- reward model: {reward.kind} `{reward.model or reward.callable or '-'}`", "",
+        reward_line(reward, ranking.get("pairs_decided_by")), "",
         "| agent | model | backend | temperature | system prompt |", "|---|---|---|---|---|", models, "",
         "## Ranking rule", "",
         f"Per prompt, usable candidates (no error, finite reward, non-blank text) are ordered by reward. The SFT target "
@@ -170,6 +170,24 @@ def card_markdown(cfg: RunConfig, run_id: str, run_uri: str, ingest: dict[str, A
         "`DPOTrainer` take the splits unchanged.", "",
     ]
     return f"---\n{header.to_yaml()}\n---\n\n" + "\n".join(body)
+
+
+def reward_line(reward, decided_by: dict[str, int] | None) -> str:
+    """The card's reward line; for a verifier, its rule and which reward decided each DPO pair."""
+    if reward.kind != "verifier":
+        return f"- reward model: {reward.kind} `{reward.model or reward.callable or '-'}`"
+    counts = decided_by or {}
+    if reward.ranker is None:
+        rule = ("- reward: **verifier** (each prompt's own checks, `metadata.verify`: gold math answers through "
+                "math-verify, instruction constraints); reward = share of the prompt's checks passed, 1 = pass")
+    else:
+        ranker = reward.ranker
+        rule = (f"- reward: **verifier + reward model** {ranker.kind} `{ranker.model or ranker.callable or '-'}`: the "
+                f"checks decide pass/fail, the model ranks inside each class; reward = 2 x [all checks pass] + "
+                f"sigmoid(model score / {reward.ranker_scale:g}), so every passing answer ranks above every failing one")
+    return (rule + f"\n- DPO pairs decided by the verifier (the chosen passed more checks than the rejected): "
+                   f"{counts.get('verifier', 0)}; by the reward model (both in the same class): "
+                   f"{counts.get('reward model', 0)}")
 
 
 def ordinal(n: int) -> str:

@@ -87,8 +87,23 @@ def ingest_prompts(cfg: RunConfig, run_id: str) -> dict[str, Any]:
     if not report.prompts:
         raise IngestError(f"{ingest_cfg.source}: no usable prompts ({report.summary()}); "
                           f"see {store.uri(run_key(run_id, 'quarantine.jsonl'))} for the reasons")
+    if cfg.reward.kind == "verifier":
+        _require_checks(ingest_cfg.source, report.prompts)
     write_prompts(store, run_id, report.prompts)
     return {**report.summary(), "reused": False}
+
+
+def _require_checks(source: str, prompts: list[Prompt]) -> None:
+    """reward.kind verifier: every prompt must carry its checks, or the run stops before any generation."""
+    from toa_core.verifiers.checks import VERIFY_FIELD
+
+    lacking = [p for p in prompts if not p.metadata.get(VERIFY_FIELD)]
+    if lacking:
+        first = lacking[0]
+        raise IngestError(f"{source}: line {first.metadata.get('line', '?')} (and {len(lacking) - 1} more of "
+                          f"{len(prompts)} prompts): no `{VERIFY_FIELD}` field, which reward kind 'verifier' needs "
+                          f"(metadata.{VERIFY_FIELD}: the checks an answer must pass); add it to each record, or "
+                          "name a gold-answer column with synthesis.prompts.answer_field (docs/data_formats.md)")
 
 
 def _json_line(row: dict[str, Any]) -> str:
@@ -304,8 +319,9 @@ def _publish_shard(store: Store, run_id: str, index: int, prompt_ids: list[str],
 def shard_gpu_slots(cfg: RunConfig) -> int:
     """GPU slots one shard holds: 0 when it only talks to servers elsewhere, else the GPUs its managed servers
     name (at least 1 for in-process models or servers without explicit GPUs)."""
-    in_process = any(m.backend == "transformers" for m in cfg.models) or cfg.reward.kind in ("hf_classifier",
-                                                                                               "llm_judge")
+    reward_model = cfg.reward.ranker if cfg.reward.kind == "verifier" else cfg.reward  # a verifier runs no model
+    in_process = any(m.backend == "transformers" for m in cfg.models) or (
+        reward_model is not None and reward_model.kind in ("hf_classifier", "llm_judge"))
     managed = cfg.servers.servers if cfg.servers.managed else []
     if not in_process and not managed:
         return 0
@@ -347,7 +363,15 @@ def rank_candidates(cfg: RunConfig, run_id: str, shard_uris: list[str]) -> dict[
             cfg, store, run_id, lambda excluded: build_datasets([str(p) for p in local_shards], prompts,
                                                                 cfg.synthesis.ranking, run_id, excluded))
     datasets = write_datasets(store, run_id, *tables, stats=stats)
-    return {"datasets": datasets, "counts": stats.to_dict(), "per_model": stats.per_model}
+    ranking = {"datasets": datasets, "counts": stats.to_dict(), "per_model": stats.per_model}
+    if cfg.reward.kind == "verifier":
+        from toa_core.rewards.verifier import pair_decisions
+
+        dpo = tables[2:]  # dpo train, dpo test
+        ranking["pairs_decided_by"] = pair_decisions(
+            [r for t in dpo for r in t.column("chosen_reward").to_pylist()],
+            [r for t in dpo for r in t.column("rejected_reward").to_pylist()], cfg.reward.ranker is not None)
+    return ranking
 
 
 @task(name="report-synthesis", cache_policy=NO_CACHE)

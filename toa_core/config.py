@@ -69,8 +69,12 @@ class RewardConfig(Section):
     - http: a vLLM pooling server; `api: classify` or `pooling`.
     - llm_judge: a causal LM's next-token probabilities of a yes/no verdict (the CPU demo's judge).
     - plugin: `callable: "module:function"`, an async or sync function (messages, response) -> float.
+    - verifier: programmatic checks named by each prompt's record (`metadata.verify`: a gold math answer checked
+      with math-verify, IFEval-style constraints); reward = share of checks passed. With `ranker` (another reward
+      config) the verifier decides pass/fail and the ranker orders answers inside each class:
+      reward = 2 x [all checks pass] + sigmoid(ranker score / ranker_scale) (toa_core/rewards/verifier.py).
     """
-    kind: Literal["hf_classifier", "http", "llm_judge", "plugin"] = "hf_classifier"
+    kind: Literal["hf_classifier", "http", "llm_judge", "plugin", "verifier"] = "hf_classifier"
     model: str | None = Field(None, description="HF folder / hub id / builtin:NAME, or the served model name")
     head: Literal["logits", "score"] = "logits"
     trust_remote_code: bool = Field(False, description="load the model's own code (ArmoRM needs it); off unless set")
@@ -91,9 +95,21 @@ class RewardConfig(Section):
         None, description="http: replica choice; affinity sends every pair of one prompt to one replica (its prefix "
                           "cache holds the prompt) under a load bound; default: affinity with several endpoints")
     affinity_load_factor: float = Field(1.25, ge=1.0, description="http affinity: no replica above this x the mean in-flight pairs")
+    ranker: "RewardConfig | None" = Field(
+        None, description="verifier only: a reward model ranking answers inside the pass and the fail class")
+    ranker_scale: float = Field(1.0, gt=0, description="verifier with ranker: the ranker's score is squashed as "
+                                                       "sigmoid(score / ranker_scale) into [0, 1]")
 
     @model_validator(mode="after")
     def _kind_needs(self) -> "RewardConfig":
+        if self.ranker is not None and self.kind != "verifier":
+            raise ValueError(f"`ranker` combines a reward model with `kind: verifier`; reward kind '{self.kind}' "
+                             "takes none (drop `ranker`, or set kind: verifier)")
+        if self.ranker is not None and self.ranker.kind == "verifier":
+            raise ValueError("`ranker` must be a reward model (hf_classifier, http, llm_judge, plugin), not a verifier")
+        if self.kind == "verifier" and self.model:
+            raise ValueError("reward kind 'verifier' checks answers itself and takes no `model`; to combine it with "
+                             "a reward model, put that model's settings under `ranker`")
         if self.kind in ("hf_classifier", "llm_judge") and not self.model:
             raise ValueError(f"reward kind '{self.kind}' needs `model`")
         if self.kind == "http" and not (self.endpoints or self.served_by):

@@ -29,6 +29,7 @@ from pydantic import Field
 
 from toa_core.config import Section
 from toa_core.records import Message, Prompt, is_valid_unicode, prompt_id_for
+from toa_core.verifiers.checks import MATH_KIND, VERIFY_FIELD, VerifySpecError, gold_math_answer, parse_checks
 
 FORMATS = ("auto", "jsonl", "json", "parquet", "csv", "hf_folder", "hf_dataset")
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet",
@@ -55,6 +56,10 @@ class IngestConfig(Section):
     instruction_field: str = Field("instruction", description="column with an instruction string (Alpaca style)")
     input_field: str | None = Field("input", description="optional extra input appended to the instruction")
     id_field: str | None = Field(None, description="column kept as metadata.source_id (the prompt_id is a hash)")
+    verify_field: str | None = Field("verify", description="column with the checks an answer must pass (kept as "
+                                                           "metadata.verify; reward kind verifier reads it)")
+    answer_field: str | None = Field(None, description="column with a gold math answer, added to metadata.verify "
+                                                       "as a math_answer check (GSM8K's '... #### n' is read as n)")
     system_prompt: str | None = Field(None, description="system message added to prompts that have none")
     trim_assistant: bool = Field(False, description="drop trailing assistant turns (datasets that include answers)")
     max_prompt_chars: int = Field(32000, ge=1, description="longer prompts (all message contents) are quarantined")
@@ -379,6 +384,30 @@ def _hub_rows(cfg: IngestConfig) -> Iterator[tuple[int, Any]]:
 # Normalisation
 
 
+def _verify_checks(row: dict[str, Any], cfg: IngestConfig) -> list[dict[str, Any]]:
+    """The row's checks (its `verify_field`, plus a math_answer check from `answer_field`), validated."""
+    checks: list[dict[str, Any]] = []
+    value = row.get(cfg.verify_field) if cfg.verify_field else None
+    if isinstance(value, str):  # CSV cells and flat parquet columns hold the list as JSON text
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise _BadRow(cfg.verify_field, "not a JSON list of checks (docs/data_formats.md, 'Checks')") from None
+    if value is not None:
+        try:
+            parse_checks(value, where=cfg.verify_field)
+        except VerifySpecError as error:
+            raise _BadRow(error.field, str(error).split(": ", 1)[1]) from None
+        checks.extend([dict(item) for item in ([value] if isinstance(value, dict) else value)])
+    if cfg.answer_field:
+        answer = row.get(cfg.answer_field)
+        if answer is None or isinstance(answer, (dict, list)) or not gold_math_answer(answer):
+            raise _BadRow(cfg.answer_field, f"gold answer field '{cfg.answer_field}' is missing or empty "
+                                            f"({CONFIG_KEY}.answer_field)")
+        checks.append({"kind": MATH_KIND, "answer": str(answer)})
+    return checks
+
+
 def _normalise(row: Any, cfg: IngestConfig) -> tuple[list[Message], dict[str, Any]]:
     """Turn one row into validated chat messages plus metadata; raise _BadRow with the field at fault."""
     metadata: dict[str, Any] = {}
@@ -408,6 +437,10 @@ def _normalise(row: Any, cfg: IngestConfig) -> tuple[list[Message], dict[str, An
     else:
         raise _BadRow("<row>", f"a row must be an object or a string, got {type(row).__name__}")
 
+    if isinstance(row, dict):
+        checks = _verify_checks(row, cfg)
+        if checks:
+            metadata[VERIFY_FIELD] = checks
     total = sum(len(m["content"]) for m in messages)
     if total > cfg.max_prompt_chars:
         raise _BadRow("<prompt>", f"prompt has {total} characters, more than {CONFIG_KEY}.max_prompt_chars="

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
-from toa_core.records import Generation, Message
+from toa_core.records import Generation, Message, Prompt
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,12 @@ class RewardModel(Protocol):
     async def score_batch(self, pairs: Sequence[tuple[list[Message], str]]) -> list[float]: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class PromptAwareReward(RewardModel, Protocol):
+    """A reward model that needs the prompt's record, not only its messages (the verifier reads the checks in
+    `prompt.metadata`). Strategies score through PromptSession, which calls `score_prompt` when the reward
+    model has it; its `score` / `score_batch` raise a permanent RewardError saying so."""
+
+    async def score_prompt(self, prompt: Prompt, messages: list[Message], response: str) -> float: ...

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.judges.math_answers import answers_match, extract_answer, normalize_answer, score_math
+from toa_core.verifiers.math_answers import answers_match, extract_answer, normalize_answer, score_math
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -85,3 +85,12 @@ def test_math_verify_says_wrong_and_fallback_reads_what_it_cannot():
     assert score_math("3 + 4 = 8", "7") == {"extracted": "8", "gold": "7", "correct": False, "method": "math_verify"}
     fallback = score_math("The answer is (C)", "C")  # a multiple-choice letter: not math-verify's kind of answer
     assert fallback["method"] == "fallback" and fallback["correct"] is True
+
+
+def test_a_verifier_is_not_a_chat_judge():
+    import pytest
+
+    from evaluation.config import JudgesConfig
+
+    with pytest.raises(ValueError, match="benchmark of kind `verifiable`"):
+        JudgesConfig(reward={"kind": "verifier"})

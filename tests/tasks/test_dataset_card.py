@@ -55,3 +55,16 @@ def test_the_rejected_rule_in_the_card_is_the_one_in_force():
     assert rejected_rule(quantile) == ("the candidate at quantile 0.8125 from the bottom of the prompt's usable "
                                        "candidates, or the next one down that is not an ancestor or descendant of "
                                        "the chosen")
+
+
+def test_a_verifier_card_says_which_reward_decided_the_pairs(tmp_path):
+    ranker = {"kind": "plugin", "callable": "tests.toa_core.rewards.plugins:length_reward"}
+    for reward, expected in (({"kind": "verifier"}, "share of the prompt's checks passed"),
+                             ({"kind": "verifier", "ranker": ranker}, "every passing answer ranks above every failing")):
+        cfg = load_config(tiny_config_file(tmp_path), {"reward": reward})
+        card_text = card_markdown(cfg, "r1", "/data/runs/r1/", {"prompts": 2}, {"enabled": False},
+                                  {"counts": COUNTS, "per_model": PER_MODEL,
+                                   "pairs_decided_by": {"verifier": 3, "reward model": 1}}, None)
+        assert expected in card_text
+        assert "DPO pairs decided by the verifier (the chosen passed more checks than the rejected): 3; " \
+               "by the reward model (both in the same class): 1" in card_text

@@ -32,3 +32,15 @@ def test_processes_per_host_splits_a_shard_and_shares_its_limits(tmp_path):
     assert set(per_prompt) == set(shard) and set(per_prompt.values()) == {budget}
     record = store.read_json(progress_key("mp", 0))
     assert (record["prompts_done"], record["generations"], record["finished"]) == (n_prompts, n_prompts * budget, True)
+
+
+def test_a_verifier_run_stops_before_sampling_when_a_prompt_has_no_checks(tmp_path):
+    import pytest
+
+    from tests.fixtures.models import tiny_config_file
+    from toa_core.ingest import IngestError
+
+    cfg = load_config(tiny_config_file(tmp_path), {"reward": {"kind": "verifier"}})
+    with pytest.raises(IngestError, match=r"line 1 .*no `verify` field, which reward kind 'verifier' needs"):
+        ingest_prompts.fn(cfg, "no-checks")
+    assert not open_store(cfg.store).list("runs/no-checks/prompts/")

@@ -297,3 +297,21 @@ def test_prompts_table_round_trip(tmp_path):
     uris = write_prompts(store, "r1", report.prompts, rows_per_part=2)
     assert [u.rsplit("/", 1)[1] for u in uris] == ["part-00000.parquet", "part-00001.parquet"]
     assert read_prompts(store, "r1") == report.prompts
+
+
+def test_verify_checks_and_gold_answers_are_kept_and_bad_ones_quarantined(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [
+        {"prompt": "Describe rain in lower case.", "verify": [{"kind": "case", "mode": "lower"}]},
+        {"prompt": "How many clips?", "answer": "She sold 48 + 24 = 72.\n#### 72",
+         "verify": json.dumps({"kind": "word_count", "max": 80})},
+        {"prompt": "Two words.", "answer": "2", "verify": [{"kind": "word_count", "max": "two"}]},
+        {"prompt": "No gold here."},
+    ])
+    report = load_prompts(IngestConfig(source=str(path), answer_field="answer"))
+    assert [q["field"] for q in report.quarantined] == ["answer", "verify[0].max", "answer"]  # lines 1, 3, 4
+    assert [p.metadata["verify"] for p in report.prompts] == [
+        [{"kind": "word_count", "max": 80}, {"kind": "math_answer", "answer": "She sold 48 + 24 = 72.\n#### 72"}]]
+    report = load_prompts(IngestConfig(source=str(path)))
+    assert [p.metadata.get("verify") for p in report.prompts] == [
+        [{"kind": "case", "mode": "lower"}], [{"kind": "word_count", "max": 80}], None]
+    assert [q["field"] for q in report.quarantined] == ["verify[0].max"]

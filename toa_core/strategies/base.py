@@ -6,6 +6,7 @@ One generation = one completion request + one reward score, and it always yields
 - the reward could not be computed (RewardError) -> the text is kept, reward None, error "reward: ...";
 - otherwise reward = RM(original prompt messages, response): a refinement or an aggregation is judged against the
   question the user asked, never against the refine/aggregate prompt the model saw.
+  A reward model that reads the prompt's record (PromptAwareReward: the verifier and its checks) gets the prompt too.
 A failed generation is never scored 0.0.
 
 Candidate ids are `f"{prompt_id}-{index:04d}"` where `index` is the generation's position in the strategy's
@@ -23,7 +24,7 @@ from typing import Any, Awaitable, Callable, ClassVar
 
 from toa_core.adaptive import BudgetPool
 from toa_core.config import SearchConfig, repeated_names
-from toa_core.interfaces import ChatModel, RewardError, RewardModel, SamplingParams
+from toa_core.interfaces import ChatModel, PromptAwareReward, RewardError, RewardModel, SamplingParams
 from toa_core.prompts import Templates, load_templates
 from toa_core.records import Candidate, CandidateKind, Generation, Message, Prompt, PromptResult
 
@@ -183,7 +184,7 @@ class PromptSession:
             error = "backend returned no text"
         if error is None:
             try:
-                reward = float(await self.ctx.reward.score(question_messages, generation.text))
+                reward = float(await self._score(question_messages, generation.text))
                 if not math.isfinite(reward):
                     raise RewardError(f"non-finite reward {reward!r}")
                 reward_norm = float(self.normalize(reward))
@@ -217,6 +218,13 @@ class PromptSession:
         )
         self._candidates[index] = candidate
         return candidate
+
+    def _score(self, question_messages: list[Message], text: str) -> Awaitable[float]:
+        """The reward of one answer: rewards that read the prompt's record (the verifier) get the prompt too."""
+        reward = self.ctx.reward
+        if isinstance(reward, PromptAwareReward):
+            return reward.score_prompt(self.prompt, question_messages, text)
+        return reward.score(question_messages, text)
 
     def record_skipped(self, model_name: str, kind: CandidateKind, depth: int, error: str,
                        *, index: int | None = None) -> Candidate:
