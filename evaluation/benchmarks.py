@@ -15,6 +15,8 @@ Formats read (the files the upstream projects publish):
 - gsm8k: {question, answer "... #### n"} (openai/gsm8k) or {instruction, gold_answer, ...}.
 - math500: {problem, solution, answer, subject, level, unique_id}.
 - toaflow_mini: JSONL {id, task, instruction, reference?, baseline_output?, source?, source_lang?}.
+- verifiable: JSONL {id, prompt | instruction | messages, verify: [checks]} (the checks of docs/data_formats.md,
+  "Checks"); default: evaluation/data/constraints_heldout.jsonl, the demo's held-out constraint prompts.
 """
 from __future__ import annotations
 
@@ -27,9 +29,10 @@ from typing import Any, Callable, Iterable, Literal
 from evaluation.config import BenchmarkConfig
 from toa_core.records import Message
 
-Task = Literal["chat", "math", "translation"]
+Task = Literal["chat", "math", "translation", "checked"]
 DATA_DIR = Path(__file__).resolve().parent / "data"
 MINI_FILE = DATA_DIR / "toaflow_mini.jsonl"
+CONSTRAINTS_FILE = DATA_DIR / "constraints_heldout.jsonl"
 
 LANGUAGE_NAMES = {"cs": "Czech", "de": "German", "is": "Icelandic", "ru": "Russian", "zh": "Chinese", "en": "English"}
 MATH_INSTRUCTION = "Solve the problem step by step, then give only the final answer inside \\boxed{{}}.\n\n{problem}"
@@ -374,6 +377,27 @@ def load_toaflow_mini(config: BenchmarkConfig) -> list[EvalItem]:
     return items
 
 
+def load_verifiable(config: BenchmarkConfig) -> list[EvalItem]:
+    """Items whose answers are scored by their own checks (`verify`), as the verifier reward scores synthesis."""
+    from toa_core.verifiers.checks import VERIFY_FIELD, VerifySpecError, parse_checks
+
+    path = config.source or str(CONSTRAINTS_FILE)
+    items = []
+    for number, row in enumerate(read_records(path), start=1):
+        here = f"{path}: line {number}"
+        if isinstance(row.get("messages"), list) and row["messages"]:
+            messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in row["messages"]]
+        else:
+            messages = _user(str(_field(row, ["prompt", "instruction"], here)))
+        try:
+            checks = parse_checks(row.get(VERIFY_FIELD), where=VERIFY_FIELD)
+        except VerifySpecError as error:
+            raise BenchmarkError(f"{here}: {error}") from None
+        items.append(EvalItem(str(row.get("id", number)), "checked", messages,
+                              metadata={VERIFY_FIELD: [{"kind": c.kind, **c.params} for c in checks]}))
+    return items
+
+
 LOADERS: dict[str, Callable[[BenchmarkConfig], list[EvalItem]]] = {
     "alpaca_eval": load_alpaca_eval,
     "arena_hard": load_arena_hard,
@@ -381,6 +405,7 @@ LOADERS: dict[str, Callable[[BenchmarkConfig], list[EvalItem]]] = {
     "gsm8k": load_gsm8k,
     "math500": load_math500,
     "toaflow_mini": load_toaflow_mini,
+    "verifiable": load_verifiable,
 }
 
 

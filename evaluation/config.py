@@ -17,16 +17,18 @@ from pydantic import Field, model_validator
 
 from toa_core.config import RetryConfig, RewardConfig, Section, repeated_names
 
-BENCHMARK_KINDS = ("alpaca_eval", "arena_hard", "wmt", "gsm8k", "math500", "toaflow_mini")
+BENCHMARK_KINDS = ("alpaca_eval", "arena_hard", "wmt", "gsm8k", "math500", "toaflow_mini", "verifiable")
 WMT_LANGUAGES = ("cs", "de", "is", "ru", "zh")
 
 
 class BenchmarkConfig(Section):
     """One benchmark. `source` is a local file in the benchmark's official format, or a `datasets` name
     (e.g. "tatsu-lab/alpaca_eval"); unset means the kind's default (toaflow_mini: the file shipped in
-    evaluation/data/; the others: their public dataset name, which needs the network or a local HF cache)."""
+    evaluation/data/; verifiable: evaluation/data/constraints_heldout.jsonl; the others: their public dataset
+    name, which needs the network or a local HF cache). `verifiable` items carry their checks (`verify`) and are
+    scored by them: pass_rate, the share of items whose answer passes every check."""
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="folder name under runs/<id>/eval/")
-    kind: Literal["alpaca_eval", "arena_hard", "wmt", "gsm8k", "math500", "toaflow_mini"]
+    kind: Literal["alpaca_eval", "arena_hard", "wmt", "gsm8k", "math500", "toaflow_mini", "verifiable"]
     source: str | None = Field(None, description="local file (json/jsonl/parquet) or datasets name")
     dataset_config: str | None = Field(None, description="datasets config name (e.g. wmt22 'de-en'); kind default when unset")
     split: str | None = Field(None, description="datasets split; kind default when unset")
@@ -43,8 +45,8 @@ class BenchmarkConfig(Section):
 
     @model_validator(mode="after")
     def _sources(self) -> "BenchmarkConfig":
-        if self.kind == "toaflow_mini" and self.baseline:
-            raise ValueError(f"benchmark '{self.name}': toaflow_mini carries its baseline outputs; drop `baseline`")
+        if self.kind in ("toaflow_mini", "verifiable") and self.baseline:
+            raise ValueError(f"benchmark '{self.name}': {self.kind} needs no baseline outputs; drop `baseline`")
         if isinstance(self.baseline, dict) and self.kind != "arena_hard":
             raise ValueError(f"benchmark '{self.name}': a baseline per category ({{category: file}}) is arena_hard "
                              f"only; give {self.kind} one file")

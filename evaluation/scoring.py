@@ -6,6 +6,8 @@
   with the category's own baseline; the unsuffixed metric is the headline category, v2.0 adds
   judge_bt_score_<category> and judge_win_rate_<category>);
 - math items: math_accuracy (math-verify, our extraction as fallback);
+- checked items (`verifiable` benchmarks): pass_rate (every check of the item passes), check_pass_rate (share of
+  single checks passed), both over all items, by the checks of toa_core/verifiers (the verifier reward's own);
 - translation items: bleu, chrf (overall and per language pair), comet / comet_kiwi when asked for.
 
 Failures count: a failed or empty generation is a loss in every win rate (preference 0, length 0), wrong in
@@ -252,6 +254,23 @@ def score_math_items(items: list[EvalItem], outputs: dict[str, str | None],
     return {"math_accuracy": metric}, judgments
 
 
+def score_checked_items(items: list[EvalItem], outputs: dict[str, str | None],
+                        config: EvaluationConfig) -> tuple[dict[str, Metric], list[dict]]:
+    """pass_rate and check_pass_rate; a failed generation fails every check of its item (it stays in n)."""
+    from toa_core.verifiers.checks import VERIFY_FIELD, parse_checks, run_checks
+
+    judgments, passed, shares = [], [], []
+    for item in items:
+        outcomes = run_checks(parse_checks(item.metadata[VERIFY_FIELD]), outputs[item.item_id] or "")
+        passed.append(1.0 if all(o.passed for o in outcomes) else 0.0)
+        shares.append(sum(o.passed for o in outcomes) / len(outcomes))
+        judgments.append({"item_id": item.item_id, "passed": bool(passed[-1]),
+                          "checks": [{"kind": o.kind, "passed": o.passed, "detail": o.detail} for o in outcomes]})
+    n_failed = sum(1 for item in items if is_failed(outputs[item.item_id]))
+    kwargs = dict(scale=100.0, unit="%", n_failed=n_failed, samples=config.bootstrap_samples, seed=config.seed)
+    return {"pass_rate": mean_metric(passed, **kwargs), "check_pass_rate": mean_metric(shares, **kwargs)}, judgments
+
+
 def score_translation(items: list[EvalItem], outputs: dict[str, str | None],
                       config: EvaluationConfig) -> tuple[dict[str, Metric], list[dict]]:
     hyps = [(outputs[item.item_id] or "").strip() for item in items]  # a failed generation: an empty hypothesis
@@ -295,7 +314,7 @@ async def score_benchmark(benchmark: Benchmark, output_rows: Sequence[dict[str, 
     judgments: dict[str, list] = {}
     diagnostics: dict[str, Any] = {"generation_failures": failed,
                                    "failure_rate": round(failed / len(benchmark.items), 4) if benchmark.items else 0.0}
-    for task in ("chat", "math", "translation"):
+    for task in ("chat", "math", "translation", "checked"):
         task_items = [item for item in benchmark.items if item.task == task]
         if not task_items:
             continue
@@ -307,6 +326,10 @@ async def score_benchmark(benchmark: Benchmark, output_rows: Sequence[dict[str, 
             m, j = score_math_items(task_items, outputs, config)
             metrics.update(m)
             judgments["math"] = j
+        elif task == "checked":
+            m, j = score_checked_items(task_items, outputs, config)
+            metrics.update(m)
+            judgments["checks"] = j
         else:
             m, j = score_translation(task_items, outputs, config)
             metrics.update(m)

@@ -137,3 +137,34 @@ def test_config_rejects_unknown_gate_benchmark_and_duplicates():
         EvaluationConfig(benchmarks=[{"name": "mini", "kind": "toaflow_mini"}], gate={"metrics": ["other.bleu"]})
     with pytest.raises(ValueError, match="repeated: mini"):
         EvaluationConfig(benchmarks=[{"name": "mini", "kind": "toaflow_mini"}, {"name": "mini", "kind": "gsm8k"}])
+
+
+def test_verifiable_items_carry_their_checks_and_are_scored_by_them(tmp_path):
+    import asyncio
+
+    from evaluation.scoring import score_benchmark
+
+    path = tmp_path / "v.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "a", "prompt": "Say hi in lower case.", "verify": [{"kind": "case", "mode": "lower"}]},
+        {"id": "b", "prompt": "What is 2 + 2? End with 'Done.'",
+         "verify": [{"kind": "math_answer", "answer": "4"}, {"kind": "ends_with", "text": "Done."}]},
+        {"id": "c", "prompt": "Two words.", "verify": {"kind": "word_count", "max": 2}},
+        {"id": "d", "prompt": "Anything.", "verify": {"kind": "no_commas"}},
+    ]))
+    benchmark = load_benchmark(BenchmarkConfig(name="v", kind="verifiable", source=str(path)))
+    assert benchmark.tasks() == ["checked"] and benchmark.items[2].metadata["verify"] == [{"kind": "word_count", "max": 2}]
+    outputs = [{"item_id": "a", "output": "hi there"}, {"item_id": "b", "output": "\\boxed{4}, not Done"},
+               {"item_id": "c", "output": "Hello world"}, {"item_id": "d", "output": None}]
+    metrics, judgments, diagnostics = asyncio.run(score_benchmark(benchmark, outputs, EvaluationConfig()))
+    assert metrics["pass_rate"].value == 50.0 and metrics["pass_rate"].n == 4 and metrics["pass_rate"].n_failed == 1
+    assert metrics["check_pass_rate"].value == pytest.approx(100 * (1 + 0.5 + 1 + 0) / 4)
+    assert metrics["pass_rate"].ci95[0] <= 50.0 <= metrics["pass_rate"].ci95[1]
+    assert [j["passed"] for j in judgments["checks"]] == [True, False, True, False]
+
+
+def test_verifiable_item_with_an_unusable_check_is_named(tmp_path):
+    path = tmp_path / "v.jsonl"
+    path.write_text(json.dumps({"id": "a", "prompt": "x", "verify": [{"kind": "word_count"}]}) + "\n")
+    with pytest.raises(BenchmarkError, match=r"v.jsonl: line 1: verify\[0\]\.min"):
+        load_benchmark(BenchmarkConfig(name="v", kind="verifiable", source=str(path)))

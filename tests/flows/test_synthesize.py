@@ -133,7 +133,7 @@ def test_incremental_limit_is_applied_after_excluding_synthesized_prompts(tmp_pa
 def test_toa_sample_demo_writes_readable_english(tmp_path):
     """The embedded default end to end through `transformers serve`: SmolLM2 agents answer in English."""
     out = tmp_path / "demo.parquet"
-    data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    data = yaml.safe_load((REPO / "configs" / "demo_translation.yaml").read_text())
     data["store"] = {"root": str(tmp_path / "store")}
     config = tmp_path / "demo.yaml"
     config.write_text(yaml.safe_dump(data))

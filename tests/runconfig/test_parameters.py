@@ -10,7 +10,7 @@ from runconfig.parameters import (PROJECT_DIR, SHIPPED_CONFIGS, ConfigParameterE
 
 
 def test_shipped_configs_are_offered_and_resolved_from_the_project_folder(tmp_path, monkeypatch):
-    assert SHIPPED_CONFIGS[:2] == ("configs/demo.yaml", "configs/tiny.yaml")  # the everyday ones first
+    assert SHIPPED_CONFIGS[:3] == ("configs/demo.yaml", "configs/demo_translation.yaml", "configs/tiny.yaml")  # everyday first
     assert "configs/paper/alpaca_eval/toa.yaml" in SHIPPED_CONFIGS
     assert not [name for name in SHIPPED_CONFIGS if "accelerate" in name]  # launcher files, not configs
     monkeypatch.chdir(tmp_path)  # a worker whose working directory is elsewhere

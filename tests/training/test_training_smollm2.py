@@ -7,7 +7,7 @@ from infra.store import open_store
 from tests.training.helpers import settings_for, write_datasets
 from training import dpo, sft
 
-# The `training:` block recommended for configs/demo.yaml (see docs/training.md).
+# The `training:` block of configs/demo_translation.yaml (see docs/training.md).
 DEMO_TRAINING = {
     "common": {"base_model": "builtin:smollm2", "max_length": 512, "logging_steps": 1, "save_steps": 50,
                "seed": 0, "timeout_s": 900, "cpu_threads": 1},

@@ -112,6 +112,9 @@ def run_check(check: Check, response: str) -> CheckOutcome:
     return CheckOutcome(check.kind, passed, detail)
 
 
-def run_checks(checks: list[Check], response: str) -> list[CheckOutcome]:
-    """Every check's outcome, in order (an empty answer fails every check but is still checked)."""
-    return [run_check(check, response or "") for check in checks]
+def run_checks(checks: list[Check], response: str | None) -> list[CheckOutcome]:
+    """Every check's outcome, in order. An empty or blank answer fails every check (no comma in nothing is no
+    instruction followed)."""
+    if response is None or not response.strip():
+        return [CheckOutcome(check.kind, False, "empty answer") for check in checks]
+    return [run_check(check, response) for check in checks]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from toa_core.verifiers.checks import Check, run_check
+from toa_core.verifiers.checks import Check, run_check, run_checks
 
 CASES = [
     # (check, passing answer, failing answer)
@@ -39,6 +39,8 @@ def test_constraint_passes_and_fails(spec, good, bad):
     assert failed.detail  # a reader can see why it failed
 
 
-def test_empty_answer_fails_a_lower_bound_and_a_case_check():
-    assert not run_check(Check("word_count", {"min": 1}), "").passed
-    assert not run_check(Check("case", {"mode": "lower"}), "").passed
+def test_an_empty_answer_fails_every_check_even_those_nothing_satisfies():
+    checks = [Check("no_commas", {}), Check("word_count", {"max": 5}), Check("keywords", {"exclude": ["x"]})]
+    for empty in ("", "  \n", None):
+        assert [o.passed for o in run_checks(checks, empty)] == [False, False, False]
+    assert not run_check(Check("case", {"mode": "lower"}), "123").passed  # no letters: not lower case
