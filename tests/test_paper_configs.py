@@ -151,7 +151,7 @@ def test_ultrafeedback_configs_match_the_paper():
 
 
 def test_math_configs_match_the_paper():
-    configs = configs_in("math")
+    configs = [(path, cfg) for path, cfg in configs_in("math") if not path.stem.endswith("_verifier")]
     assert {cfg.search.strategy for _, cfg in configs} == STRATEGIES
     assert {path.name.split("_")[0] for path, _ in configs} == {"math500", "gsm8k"}
     for path, cfg in configs:
@@ -161,6 +161,23 @@ def test_math_configs_match_the_paper():
             assert cfg.search.width == k * (160 // k) // 2 == 80  # floor(K*n/2)
         assert cfg.reward.model == "Qwen/Qwen2.5-Math-RM-72B" and cfg.reward.kind == "http"
         assert cfg.synthesis.prompts.system_prompt and "boxed" in cfg.synthesis.prompts.system_prompt
+
+
+def test_math_verifier_variants_check_gold_answers_without_a_reward_server():
+    verifiers = {path.stem: cfg for path, cfg in configs_in("math") if path.stem.endswith("_verifier")}
+    assert set(verifiers) == {"math500_toa_verifier", "gsm8k_toa_verifier"}
+    paper = {stem: load_config(PAPER / "math" / f"{stem.removesuffix('_verifier')}.yaml") for stem in verifiers}
+    for stem, cfg in verifiers.items():
+        assert cfg.reward.kind == "verifier" and cfg.reward.ranker is None
+        assert cfg.synthesis.prompts.answer_field == "answer"
+        assert not [s for s in cfg.servers.servers if s.kind == "vllm_reward"]  # no 72B reward server
+        same = paper[stem]
+        assert [m.model for m in cfg.models] == [m.model for m in same.models]  # the same four agents
+        assert (cfg.search.budget, cfg.search.alpha, cfg.search.width) == (same.search.budget, same.search.alpha,
+                                                                           same.search.width)
+        assert cfg.search.tau == 0.25  # 0/1 rewards (documented in docs/reproduce.md)
+        assert cfg.synthesis.prompts.source == same.synthesis.prompts.source
+        assert "Math with a verifier" in (PAPER / "math" / f"{stem}.yaml").read_text()
 
 
 def test_fleet_variant_serves_armorm_on_more_gpus_and_routes_by_session():

@@ -301,6 +301,37 @@ EXPERIMENTS = [
 GSM8K_PROMPTS = {"source": "data/paper/gsm8k.jsonl", "prompt_field": "question", "id_field": "id",
                  "system_prompt": MATH_SYSTEM}
 
+# The math experiments' verifier variant: each answer is checked against the problem's gold answer (math-verify)
+# instead of being scored by Qwen2.5-Math-RM-72B, so no reward server and 4 fewer GPUs.
+VERIFIER_PAIRS_PER_S = 200.0  # math-verify parses ~5 ms per answer on one CPU core of the sampling process
+VERIFIER_TAU = 0.25  # rewards are 0 or 1: sigmoid(r / 0.25) = 0.5 or 0.98, the contrast tau 1 gives RM logits
+
+
+def math_verifier_configs() -> dict[Path, str]:
+    """configs/paper/math/{math500,gsm8k}_toa_verifier.yaml: TOA over the same 4 models, reward.kind verifier."""
+    math = next(e for e in EXPERIMENTS if e.folder == "math")
+    files: dict[Path, str] = {}
+    notes = {"math500": "MATH-500 (HuggingFaceH4/MATH-500 test, {unique_id, problem, answer}): `answer` is the gold",
+             "gsm8k": "GSM8K (openai/gsm8k main test, {id, question, answer}): the gold is what follows '####' in "
+                      "`answer`"}
+    for bench, prompts, n_prompts in (("math500", math.prompts, 500), ("gsm8k", GSM8K_PROMPTS, 1319)):
+        variant = replace(
+            math, tau=VERIFIER_TAU, n_prompts=n_prompts, prompts={**prompts, "answer_field": "answer"},
+            prompts_note=f"{notes[bench]} (docs/reproduce.md, 'Data')",
+            reward={"kind": "verifier"}, reward_servers=[], reward_gpus=0, reward_pairs_per_s=VERIFIER_PAIRS_PER_S,
+            reward_where="(the verifier runs on the sampling host's CPU)",
+            reward_note="verifier (reward.kind verifier): each answer's final result against the problem's gold "
+                        "`answer` column by math-verify, reward 1 right / 0 wrong; no reward model, no reward server",
+            reproduces=f"{math.reproduces}, with gold-answer checks in place of the reward model",
+            extra_note="Changes from the paper (docs/reproduce.md, 'Math with a verifier'): the reward is the gold-"
+                       "answer check, not Qwen2.5-Math-RM-72B; tau 0.25 for 0/1 rewards; the DPO rejected is still "
+                       "the 30th best, and pairs whose chosen and rejected are both right (or both wrong) are "
+                       "dropped as ties.")
+        label = f"{bench}_toa_verifier"
+        head, config = build(variant, "toa", "toa", None, label=label)
+        files[OUT / "math" / f"{label}.yaml"] = render(head, config)
+    return files
+
 
 # -- one config -----------------------------------------------------------------------------------------------
 
@@ -464,6 +495,7 @@ def all_configs() -> dict[Path, str]:
             else:
                 head, config = build(exp, stem, strategy, single)
                 files[OUT / exp.folder / f"{stem}.yaml"] = render(head, config)
+    files.update(math_verifier_configs())
     files[OUT / "scaling" / "alpaca_eval_small.yaml"] = scaling_config()
     fleet = fleet_variant()
     head, config = build(fleet, "toa", "toa", None, label="toa_fleet")
