@@ -173,6 +173,10 @@ def test_circularity_guard():
     kiwi = JudgesConfig(comet_kiwi_model="Unbabel/wmt22-cometkiwi-da")
     assert check_circularity(kiwi, RewardConfig(kind="plugin", callable="toa_core.rewards.comet:kiwi"))["circular"]
     assert check_circularity(JudgesConfig(), None)["circular"] is False
+    # a verifier is ground truth, not a judge to please; only the reward model ranking beside it can be circular
+    assert not check_circularity(same, {"kind": "verifier"})["circular"]
+    ranked = {"kind": "verifier", "ranker": {"kind": "hf_classifier", "model": "Skywork-Reward"}}
+    assert check_circularity(same, ranked)["circular"]
 
 
 DATA = __import__("pathlib").Path(__file__).parent / "data"
