@@ -78,8 +78,15 @@ def build_agents(models: list[ModelConfig], endpoints_override: Mapping[str, End
 
 def build_reward(config: RewardConfig, endpoints_override: Mapping[str, EndpointOverride] | None = None
                  ) -> RewardModel:
-    """The configured reward model, wrapped in a BatchingReward (batch_size / batch_wait_ms from the config)."""
+    """The configured reward model, wrapped in a BatchingReward (batch_size / batch_wait_ms from the config).
+    With `ensemble`: an EnsembleReward over its members, each built (and batched) as a reward model of its own."""
     from toa_core.rewards.batching import BatchingReward
+
+    if config.ensemble is not None:
+        from toa_core.rewards.ensemble import EnsembleReward
+
+        members = [build_reward(member, endpoints_override) for member in config.ensemble.members]
+        return EnsembleReward(members, config.ensemble.combine, config.ensemble.std_weight)
 
     inner: RewardModel
     max_attempts: int | None = None
