@@ -58,7 +58,7 @@ scored answers; then it follows the same rules as every model node (+inf until t
 Its prompt is the aggregate template (as MoA's) over the k answers in an order shuffled per play with a seeded
 RNG (no position bias); the answer is a response node under that arm, so the tree can refine an aggregate. One
 aggregation = one play = one generation. Candidate: kind "aggregate", parent_id = the best of the k answers,
-depth = their deepest + 1; the response node's `sources` lists all k candidate ids (the full lineage). With the
+depth = its depth + 1; the response node's `sources` lists all k candidate ids (the full lineage). With the
 move off, no aggregate arm exists and the trees are exactly the paper's.
 
 Records. Candidates: kind fresh (parent_id None, depth 1) or refine (parent_id = the refined response,
@@ -351,12 +351,12 @@ def aggregate_answers(session: PromptSession, ctx: SearchContext, model: ChatMod
                       play: int, strategy: str) -> Awaitable[Candidate]:
     """One aggregation of `sources` (best first) by `model`, the tree strategies' aggregate move: the aggregate
     template over the answers in a seeded shuffled order (no position bias), kind "aggregate", parent = the best
-    source, depth = the deepest source + 1."""
+    source, depth = that source's depth + 1."""
     shuffled = list(sources)
     random.Random(derive_seed(ctx.seed, session.prompt.prompt_id, strategy, "aggregate", play)).shuffle(shuffled)
     messages = ctx.templates.aggregate_messages(session.prompt, [c.text for c in shuffled])
-    return session.generate_and_score(model, messages, "aggregate", sources[0],
-                                      max(c.depth for c in sources) + 1, index=play)
+    return session.generate_and_score(model, messages, "aggregate", sources[0], refine_depth(sources[0]),
+                                      index=play)
 
 
 def render_tree(tree: list[dict[str, Any]]) -> str:
