@@ -450,7 +450,8 @@ class Environment:
     """A pool of agent profiles and the reward model that judges them.
 
     judgement_noise / rewrite_loss: the agents' perception defaults (a profile may override them); oracle: the
-    agents build on the true best quoted answer without loss (the old simulator, for comparison only).
+    agents build on the true best quoted answer without loss (the old simulator, for comparison only; with
+    writes_length=False its texts, and so its rewards, are the old ones exactly).
     ensemble_biases: the style biases of the members of `reward_ensemble` (each member has its own noise seed;
     the first is usually `style_bias`, the single reward model's).
     """
@@ -467,10 +468,14 @@ class Environment:
     style_spread: float = 0.0
     oracle: bool = False
     ensemble_biases: tuple[Mapping[str, float], ...] = ()
+    writes_length: bool = True  # False + oracle: the texts and rewards of the simulator before issue 25
 
     def agents(self, seed: int = 0) -> list[ProfileAgent]:
-        return [ProfileAgent(profile, seed=seed, easy_gap=self.easy_gap, judgement_noise=self.judgement_noise,
-                             rewrite_loss=self.rewrite_loss, oracle=self.oracle) for profile in self.profiles]
+        agents = [ProfileAgent(profile, seed=seed, easy_gap=self.easy_gap, judgement_noise=self.judgement_noise,
+                               rewrite_loss=self.rewrite_loss, oracle=self.oracle) for profile in self.profiles]
+        for agent in agents:
+            agent.writes_length = self.writes_length
+        return agents
 
     def prompt_texts(self, n: int) -> list[str]:
         """The bench's n task texts; with `easy_share`, an evenly spread share of them is tagged easy."""
