@@ -9,11 +9,19 @@ of them, a bias for one agent's style):
                  generalist's style;
 - biased-judge:  the reward model likes one agent's (the charmer's) style, whose rewrites are truly a bit worse;
 - mixed-difficulty: the three-agents pool on prompts of which 40% are easy (every answer near-perfect): the case
-                 adaptive budgets are for (in the other three every prompt is equally hard).
+                 adaptive budgets are for (in the other three every prompt is equally hard);
+- biased-reward: the reward model loves a weak agent's style (a bonus that varies per answer): searching harder
+                 against it over-optimises it; the `+ens` variants judge with a reward ensemble instead;
+- paper-pool:    five models modelled on the paper's AlpacaEval pool (the calibration setting).
+Agents judge the answers they aggregate through their own noise (never the true quality; `--oracle` restores the
+old max(quoted) agents to show what that did), with defaults calibrated by `--calibrate` (a grid over judgement
+noise, rewrite loss and length bias scored by Kendall's tau against the paper's AlpacaEval ordering).
 Every variant runs with the same agents, seeds and budget (TOA with tau 1, alpha 0.05: the paper's setting for
-0..1 rewards; MoA with 4 layers). Variants: the five baselines, toa and ab_mcts as configured by default, each
-with 4 rollouts per tree (`-r4`) and with adaptive budgets (`-adaptive`), and a greedy oracle that sees the true
-qualities and knows every agent's expected fresh quality and refinement (an upper reference, not a strategy).
+0..1 rewards; MoA and Self-MoA with 4 layers). Variants: the baselines (the paper's five and Self-MoA), toa and
+ab_mcts as configured by default and with the aggregate move (`+agg`), with a reward ensemble (`+ens`, on
+--ensemble-environments), with 4 rollouts per tree (`-r4`) and with adaptive budgets (`-adaptive`) (these two
+only in --quick or with --variants), and a greedy oracle that sees the true qualities and knows every agent's
+expected fresh quality and refinement (an upper reference, not a strategy).
 
 Columns (means over prompts):
 - picked:  true quality of the answer the reward model ranks first (what the SFT dataset gets); /toa: vs TOA
@@ -25,13 +33,15 @@ Columns (means over prompts):
 - pairs_ok, gap: the DPO pairs the DEFAULT ranking (RankingConfig()) builds from the candidates: share whose
            chosen is truly better than its rejected, and the mean true gap chosen - rejected
 Then, per environment and budget, the same pair measures for every rejected-selection rule (paper rank 30,
-quantile 0.8125, other lineage, a reward margin of 1 or 2 spreads, and combinations), and the targets of issue 13.
+quantile 0.8125, other lineage, a reward margin of 1 or 2 spreads, and combinations), the targets of issues 13 and
+25, true quality against the budget per environment, and the paper's five strategies' order next to the paper's.
 
 `--demo` runs the strategies on the demo models (three SmolLM2 agents and the SmolLM2 yes/no judge, in process)
 for a handful of prompts at a small budget; there is no ground truth there, so only observed rewards are printed.
 
-    python bench/bench_search.py              # 150 prompts x budgets 40,160 x 4 environments (~30 min)
-    python bench/bench_search.py --quick      # 10 prompts, budget 40, 4 environments (~20 s)
+    python bench/bench_search.py              # 80 prompts x budgets 16,40,80,160 x 6 environments (~1 h loaded)
+    python bench/bench_search.py --quick      # 10 prompts, budget 40, 6 environments, every variant (~1 min)
+    python bench/bench_search.py --calibrate --prompts 30 --budgets 160   # the perception grid (~10 min)
     python bench/bench_search.py --demo       # SmolLM2, slow
 """
 from __future__ import annotations
