@@ -574,18 +574,21 @@ ENVIRONMENTS["mixed-difficulty"] = Environment(
     "a fifth of its distance to a perfect answer (~0.9, where search has little left to find); reward = quality + "
     "N(0, 0.05)",
     ENVIRONMENTS["three-agents"].profiles, reward_noise=0.05, easy_share=0.4, easy_gap=0.2)
+def _closing(name: str, skill: float, spread: float, closes: float, refine_spread: float) -> AgentProfile:
+    """Fresh ~ N(skill, spread); a refinement closes `closes` of the gap to 1, plus N(0, refine_spread)."""
+    return AgentProfile(name, lambda rng: rng.gauss(skill, spread),
+                        lambda q, rng: q + closes * (1.0 - q) + rng.gauss(0.0, refine_spread),
+                        skill, lambda q: q + closes * (1.0 - q))
+
+
 ENVIRONMENTS["biased-reward"] = Environment(
     "biased-reward",
     "an expert (~0.62, refinements close 15% of the gap), an editor (~0.42, closes 30%) and a weak flatterer "
     "(~0.35 with a wide spread, its rewrites lose 0.02) whose style the reward model loves: +0.20 x (1 + N(0, 0.5)) "
     "per answer; reward = quality + N(0, 0.04) + that bonus. The reward ensemble adds two members with their own "
     "noise and no taste for the flatterer",
-    (AgentProfile("expert", lambda rng: rng.gauss(0.62, 0.08),
-                  lambda q, rng: q + 0.15 * (1.0 - q) + rng.gauss(0.0, 0.03),
-                  0.62, lambda q: q + 0.15 * (1.0 - q)),
-     AgentProfile("editor", lambda rng: rng.gauss(0.42, 0.10),
-                  lambda q, rng: q + 0.30 * (1.0 - q) + rng.gauss(0.0, 0.04),
-                  0.42, lambda q: q + 0.30 * (1.0 - q)),
+    (_closing("expert", 0.62, 0.08, 0.15, 0.03),
+     _closing("editor", 0.42, 0.10, 0.30, 0.04),
      AgentProfile("flatterer", lambda rng: rng.gauss(0.35, 0.12),
                   lambda q, rng: q - 0.02 + rng.gauss(0.0, 0.05),
                   0.35, lambda q: q - 0.02)),
@@ -597,14 +600,8 @@ ENVIRONMENTS["paper-pool"] = Environment(
     "middling ones (~0.42-0.48, refinements close 10%); reward = quality + N(0, 0.04) + the style bonus + the length "
     "bias. The calibration setting: the paper's Par. Ensemble losing to the strong model alone says the reward model "
     "favours another model's style",
-    (AgentProfile("strong", lambda rng: rng.gauss(0.60, 0.08),
-                  lambda q, rng: q + 0.15 * (1.0 - q) + rng.gauss(0.0, 0.03),
-                  0.60, lambda q: q + 0.15 * (1.0 - q)),
-     AgentProfile("verbose", lambda rng: rng.gauss(0.50, 0.10),
-                  lambda q, rng: q + 0.05 * (1.0 - q) + rng.gauss(0.0, 0.04),
-                  0.50, lambda q: q + 0.05 * (1.0 - q)),
-     *(AgentProfile(name, (lambda skill: lambda rng: rng.gauss(skill, 0.08))(skill),
-                    lambda q, rng: q + 0.10 * (1.0 - q) + rng.gauss(0.0, 0.03),
-                    skill, lambda q: q + 0.10 * (1.0 - q))
+    (_closing("strong", 0.60, 0.08, 0.15, 0.03),
+     _closing("verbose", 0.50, 0.10, 0.05, 0.04),
+     *(_closing(name, skill, 0.08, 0.10, 0.03)
        for name, skill in (("middle-a", 0.48), ("middle-b", 0.45), ("middle-c", 0.42)))),
     reward_noise=0.04, style_bias={"verbose": 0.06})
