@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 STRATEGY_LABELS = {
     "toa": "TOA", "random": "Random", "ensemble": "Par. Ensemble", "prs": "PRS", "seq_refine": "Seq. Refine",
-    "moa": "MoA",
+    "moa": "MoA", "self_moa": "Self-MoA",
 }
 _RUN_FILE = re.compile(r"^(?P<strategy>[a-z_]+)-n(?P<budget>\d+)\.parquet$")
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-STRATEGIES = ("toa", "ab_mcts", "random", "ensemble", "prs", "seq_refine", "moa")
+STRATEGIES = ("toa", "ab_mcts", "random", "ensemble", "prs", "seq_refine", "moa", "self_moa")
 # Strategies whose generations are decided one at a time, so they can stop early and run several in one tree.
 TREE_STRATEGIES = ("toa", "ab_mcts")
 
@@ -75,6 +75,9 @@ class RewardConfig(Section):
       reward = 2 x [all checks pass] + sigmoid(ranker score / ranker_scale) (toa_core/rewards/verifier.py).
     """
     kind: Literal["hf_classifier", "http", "llm_judge", "plugin", "verifier"] = "hf_classifier"
+    ensemble: "RewardEnsembleConfig | None" = Field(
+        None, description="several reward models combined into one score (against reward over-optimisation); "
+                          "when set, the members are configured there and this section's own model keys stay unset")
     model: str | None = Field(None, description="HF folder / hub id / builtin:NAME, or the served model name")
     head: Literal["logits", "score"] = "logits"
     trust_remote_code: bool = Field(False, description="load the model's own code (ArmoRM needs it); off unless set")
@@ -110,6 +113,13 @@ class RewardConfig(Section):
         if self.kind == "verifier" and self.model:
             raise ValueError("reward kind 'verifier' checks answers itself and takes no `model`; to combine it with "
                              "a reward model, put that model's settings under `ranker`")
+        if self.ensemble is not None:
+            own = [key for key in ("model", "callable", "served_by") if getattr(self, key)] + (
+                ["endpoints"] if self.endpoints else [])
+            if own:
+                raise ValueError(f"reward.ensemble is set, so the members name the models: move {', '.join(own)} "
+                                 "into reward.ensemble.members")
+            return self
         if self.kind in ("hf_classifier", "llm_judge") and not self.model:
             raise ValueError(f"reward kind '{self.kind}' needs `model`")
         if self.kind == "http" and not (self.endpoints or self.served_by):
@@ -117,6 +127,45 @@ class RewardConfig(Section):
         if self.kind == "plugin" and not self.callable:
             raise ValueError("reward kind 'plugin' needs `callable: module:function`")
         return self
+
+
+class RewardEnsembleConfig(Section):
+    """Several reward models judge every pair; their scores are combined into one (toa_core/rewards/ensemble.py).
+    Every strategy and the ranking see only the combined score. A pair that any member fails to score fails (it
+    is never scored by fewer members). Members should share a scale: the combination does not rescale them."""
+    members: list[RewardConfig] = Field(..., min_length=2, description="the reward models (each a reward section)")
+    combine: Literal["mean", "min", "mean_std"] = Field(
+        "mean_std", description="mean; min (the harshest member); mean_std = mean - std_weight x std across members")
+    std_weight: float = Field(1.0, ge=0, description="k of mean_std")
+
+    @model_validator(mode="after")
+    def _flat(self) -> "RewardEnsembleConfig":
+        nested = [i for i, member in enumerate(self.members) if member.ensemble is not None]
+        if nested:
+            raise ValueError(f"reward.ensemble.members[{nested[0]}] is itself an ensemble; list its members directly")
+        return self
+
+
+RewardConfig.model_rebuild()
+
+
+class AggregateMoveConfig(Section):
+    """The tree strategies' third move (toa and ab_mcts): besides "answer fresh" and "refine one answer", a model
+    may "aggregate the tree's top-k answers" (by reward) with the aggregate template, as MoA's layers do. Off by
+    default: the paper's TOA has no such move, and its trees stay exactly the paper's."""
+    enabled: bool = False
+    k: int = Field(3, ge=2, description="answers combined per aggregation (the tree's k best by reward)")
+    models: list[str] | None = Field(None, description="the models that may aggregate (default: every model)")
+
+    def aggregators(self, model_names: list[str]) -> list[int]:
+        """Indices of the models that may aggregate; ValueError names an unknown model."""
+        if self.models is None:
+            return list(range(len(model_names)))
+        unknown = sorted(set(self.models) - set(model_names))
+        if unknown:
+            raise ValueError(f"search.aggregate.models names unknown model(s) {', '.join(unknown)}; "
+                             f"models: {', '.join(model_names)}")
+        return [i for i, name in enumerate(model_names) if name in self.models]
 
 
 class AdaptiveConfig(Section):
@@ -176,7 +225,7 @@ class ABMCTSConfig(Section):
 
 class SearchConfig(Section):
     """The search strategy and its budget. One generation = one completion + one reward score."""
-    strategy: Literal["toa", "ab_mcts", "random", "ensemble", "prs", "seq_refine", "moa"] = "toa"
+    strategy: Literal["toa", "ab_mcts", "random", "ensemble", "prs", "seq_refine", "moa", "self_moa"] = "toa"
     budget: int = Field(
         160, ge=1, description="generations per prompt (N); every strategy spends exactly N unless adaptive")
     task: Literal["chat", "translation"] = "chat"
@@ -191,9 +240,12 @@ class SearchConfig(Section):
         1, ge=1, description="selections in flight per tree (virtual loss for toa); 1 = the paper's sequential search")
     adaptive: AdaptiveConfig = Field(default_factory=AdaptiveConfig)
     ab_mcts: ABMCTSConfig = Field(default_factory=ABMCTSConfig)
+    aggregate: AggregateMoveConfig = Field(default_factory=AggregateMoveConfig)
     # baselines
-    model: str | None = Field(None, description="the single agent for random and prs (default: the first agent)")
-    moa_layers: int = Field(4, ge=1, description="MoA stack depth L")
+    model: str | None = Field(None, description="the single agent for random, prs and self_moa (default: the first agent)")
+    moa_layers: int = Field(4, ge=1, description="MoA (and Self-MoA) stack depth L")
+    self_moa_width: int | None = Field(
+        None, ge=1, description="self_moa: samples per layer (default: the number of models, MoA's layer width)")
     # sampling
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -201,6 +253,14 @@ class SearchConfig(Section):
     seed: int = 0
     prompt_concurrency: int = Field(64, ge=1, description="prompts searched at once")
     prompts: dict[str, str] = Field(default_factory=dict, description="override template files: refine, aggregate, translate, ...")
+
+    @model_validator(mode="after")
+    def _aggregate_needs_a_tree_strategy(self) -> "SearchConfig":
+        if self.aggregate.enabled and self.strategy not in TREE_STRATEGIES:
+            raise ValueError(f"aggregate.enabled: the aggregate move belongs to the tree strategies "
+                             f"({', '.join(TREE_STRATEGIES)}); strategy '{self.strategy}' has its own plan "
+                             "(moa and self_moa aggregate already)")
+        return self
 
     @model_validator(mode="after")
     def _adaptive_needs_a_tree_strategy(self) -> "SearchConfig":

@@ -11,6 +11,7 @@ plan for N is the plan for M cut short, generation for generation:
               budget N keeps chains 0.. and cuts the last one short, which is exactly the indices < N;
 - moa         prefix: stack s, layer l, agent k is generation s*K*L + l*K + k; a budget cuts whole layers, then the
               first agents of the last layer, i.e. again exactly the indices < N;
+- self_moa    prefix: the same plan as moa with W samples of one model per layer instead of the K models;
 - ensemble    per model: the budget is split N//K per agent (remainder to the first agents) and the call order is
               shuffled with a seed that depends on the budget, so indices do not line up; the first n_k(N)
               answers of each agent k in the larger run are, however, a sample of exactly the same distribution
@@ -38,6 +39,7 @@ REUSE: dict[str, ReuseMode] = {
     "random": "prefix",
     "seq_refine": "prefix",
     "moa": "prefix",
+    "self_moa": "prefix",
     "ensemble": "per_model",
     "toa": "none",
     "ab_mcts": "none",

@@ -1,9 +1,17 @@
 """Test doubles for chat and reward models: simulated agents with a known ground truth, and scripted ones.
 
 SimulatedAgent / SimulatedReward model a pool of agents of different skill. Every response carries its hidden
-quality in its text (a marker `<<q=0.123456>>`); the simulated reward reads it back (plus optional seeded
-noise). A fresh answer has quality ~ skill + noise; a refinement or an aggregation starts from the best quality
-among the answers quoted in its prompt and adds `refine_delta` (positive: refinement helps, negative: it hurts).
+quality in its text (a marker `<<q=0.123456>>`) and its length in tokens (`<<len=412>>`, also its
+completion_tokens); the simulated reward reads the quality back (plus optional seeded noise). A fresh answer has
+quality ~ skill + noise; a refinement or an aggregation builds on ONE of the answers quoted in its prompt and
+adds `refine_delta` (positive: refinement helps, negative: it hurts).
+
+Perception (issue 25). An agent never knows the true quality of what it is shown: asked to aggregate several
+answers it judges each through its own noise (perceived = q + N(0, judgement_noise), one draw per quoted answer)
+and builds on the one it perceives as best, as a real LLM does; with one quoted answer there is nothing to choose.
+`oracle=True` restores the old behaviour (build on max(quoted), the true best): an oracle no real model has, kept
+only to show what it does to the bench's conclusions. Aggregating makes the answer longer (`aggregate_growth`),
+so a length-biased reward (StyledReward.length_bias) can be modelled.
 Everything is seeded from (agent seed, request seed, prompt), so a search with a fixed seed is reproducible.
 The bench uses these to compare strategies against the ground truth.
 
@@ -16,6 +24,7 @@ on demand, to pin the strategies' semantics.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import random
 import re
@@ -26,10 +35,30 @@ from toa_core.interfaces import RewardError, SamplingParams
 from toa_core.records import Generation, Message
 
 _QUALITY_MARK = re.compile(r"<<q=(-?\d+(?:\.\d+)?)>>")
+_LENGTH_MARK = re.compile(r"<<len=(\d+)>>")
+_SEEDED_LENGTH = re.compile(r" ?<<len=\d+>>")
+FRESH_LENGTH = 400  # tokens of a typical fresh simulated answer
+REFINE_GROWTH = 0.03  # a refinement is ~3% longer than what it refines
+AGGREGATE_GROWTH = 0.15  # an aggregate is ~15% longer than the longest answer it combines
 
 
 def quality_marker(quality: float) -> str:
     return f"<<q={quality:.6f}>>"
+
+
+def length_marker(tokens: int) -> str:
+    return f"<<len={tokens}>>"
+
+
+def read_lengths(text: str) -> list[int]:
+    """Every length marker in `text`, in order."""
+    return [int(n) for n in _LENGTH_MARK.findall(text)]
+
+
+def hidden_length(text: str | None) -> int | None:
+    """The length in tokens a simulated response carries (its last marker), or None."""
+    lengths = read_lengths(text) if text else []
+    return lengths[-1] if lengths else None
 
 
 def read_qualities(text: str) -> list[float]:
@@ -73,16 +102,42 @@ class _CallTracking:
 
 class _SimulatedWriter(_CallTracking):
     """What every simulated chat model shares: seeded per request, fails for good at `failure_rate` (the first draw
-    of every request), and writes an answer carrying the quality `_quality` gives it."""
+    of every request), and writes an answer carrying the quality `_quality` gives it and a length.
+
+    Perception: `_build_on(quoted, rng)` is the one place where an agent looks at the answers it is shown; it
+    returns the index of the answer it builds on. Without `oracle` it sees each quality through its own
+    judgement noise (it never reads a true quality to decide), with `oracle` it takes the true best."""
 
     name: str
     seed: int
     latency_s: float
     failure_rate: float
+    judgement_noise: float = 0.0
+    oracle: bool = False
+    writes_length: bool = True  # False: no length marker (SimulatedAgent: the tests' golden texts predate lengths)
+    aggregate_growth: float = AGGREGATE_GROWTH
+    fresh_length: int = FRESH_LENGTH
 
     def _quality(self, prompt_text: str, quoted: list[float], rng: random.Random) -> float:
-        """The hidden quality of this answer; `quoted` holds the qualities of the answers the prompt quotes."""
+        """The hidden quality of this answer; `quoted` holds the qualities of the answers the prompt quotes
+        (build on `quoted[self._build_on(quoted, rng)]`, never on max(quoted) directly)."""
         raise NotImplementedError
+
+    def _build_on(self, quoted: list[float], rng: random.Random) -> int:
+        """Which quoted answer this agent builds on: the one it PERCEIVES as best (ties: the first)."""
+        if len(quoted) == 1:
+            return 0  # nothing to choose (and no draw, so single-answer refinements keep their random stream)
+        if self.oracle:
+            return max(range(len(quoted)), key=lambda i: (quoted[i], -i))
+        perceived = [q + rng.gauss(0.0, self.judgement_noise) if self.judgement_noise else q for q in quoted]
+        return max(range(len(quoted)), key=lambda i: (perceived[i], -i))
+
+    def _length(self, prompt_text: str, rng: random.Random) -> int:
+        lengths = read_lengths(prompt_text)
+        if not lengths:
+            return max(1, round(self.fresh_length * (1.0 + rng.gauss(0.0, 0.1))))
+        growth = self.aggregate_growth if len(lengths) > 1 else REFINE_GROWTH
+        return max(1, round(max(lengths) * (1.0 + growth)))
 
     async def generate(self, messages: list[Message], params: SamplingParams) -> Generation:
         call_index = self._enter()
@@ -90,12 +145,20 @@ class _SimulatedWriter(_CallTracking):
             await asyncio.sleep(self.latency_s)
             prompt_text = "\n".join(m["content"] for m in messages)
             request_seed = params.seed if params.seed is not None else call_index
-            rng = random.Random(_stable_seed(self.seed, self.name, request_seed, prompt_text))
+            # Seeded without the length markers: lengths were added later, and the qualities (golden trees in the
+            # tests) must not change with them.
+            rng = random.Random(_stable_seed(self.seed, self.name, request_seed, _SEEDED_LENGTH.sub("", prompt_text)))
             if rng.random() < self.failure_rate:
                 return Generation(text=None, error=f"{self.name}: simulated failure", latency_s=self.latency_s)
             quality = self._quality(prompt_text, read_qualities(prompt_text), rng)
             text = f"Answer from {self.name} {quality_marker(quality)}"
-            return Generation(text=text, prompt_tokens=_words(messages), completion_tokens=len(text.split()),
+            completion_tokens = len(text.split())
+            if self.writes_length:
+                # Its own generator, so lengths do not change any quality drawn.
+                completion_tokens = self._length(prompt_text, random.Random(
+                    _stable_seed("length", self.seed, self.name, request_seed, prompt_text)))
+                text += f" {length_marker(completion_tokens)}"
+            return Generation(text=text, prompt_tokens=_words(messages), completion_tokens=completion_tokens,
                               latency_s=self.latency_s, finish_reason="stop")
         finally:
             self._exit()
@@ -110,11 +173,18 @@ class SimulatedAgent(_SimulatedWriter):
     failure_rate: probability (seeded) that a request fails for good (Generation.error set).
     latency_s: awaited per request (asyncio.sleep); 0 still yields once to the event loop, so concurrent
     searches really interleave.
+    judgement_noise: the sd of this agent's noise when it judges the answers it aggregates (see _build_on);
+    oracle: build on the true best quoted answer instead (the old, unrealistic behaviour).
+    writes_length: add a length marker (off by default: the tests' golden texts and rewards predate lengths).
     """
 
     def __init__(self, name: str, skill: float, *, refine_delta: float = 0.0, noise: float = 0.0,
-                 seed: int = 0, failure_rate: float = 0.0, latency_s: float = 0.0):
+                 seed: int = 0, failure_rate: float = 0.0, latency_s: float = 0.0,
+                 judgement_noise: float = 0.1, oracle: bool = False, writes_length: bool = False):
         self.name = name
+        self.writes_length = writes_length
+        self.judgement_noise = judgement_noise
+        self.oracle = oracle
         self.skill = skill
         self.refine_delta = refine_delta
         self.noise = noise
@@ -124,7 +194,7 @@ class SimulatedAgent(_SimulatedWriter):
         self._init_tracking()
 
     def _quality(self, prompt_text: str, quoted: list[float], rng: random.Random) -> float:
-        base = max(quoted) + self.refine_delta if quoted else self.skill
+        base = quoted[self._build_on(quoted, rng)] + self.refine_delta if quoted else self.skill
         return base + (rng.gauss(0.0, self.noise) if self.noise else 0.0)
 
 
@@ -264,10 +334,21 @@ class ScriptedReward(_CallTracking):
 # Environments: pools of agents with a known ground truth, and reward models that see it imperfectly.
 #
 # Qualities are on a 0..1 scale (1 = a perfect answer) and capped there. A ProfileAgent writes a fresh answer
-# with a quality drawn from its profile; asked to refine (or aggregate) it starts from the best quality quoted in
-# its prompt and applies its profile's refine rule. A StyledReward observes quality + seeded noise + a bias for
-# the style of the agent that wrote the text (its name is in the text). Each environment comes with its agents'
-# expected fresh quality and expected refinement, for the bench's greedy oracle.
+# with a quality drawn from its profile; asked to refine (or aggregate) it builds on the quoted answer it
+# PERCEIVES as best (its judgement noise), applies its profile's refine rule and then loses a rewrite loss drawn
+# from its own distribution (a rewrite can drop what made the answer good). A StyledReward observes quality +
+# seeded noise + a bias for the style of the agent that wrote the text (its name is in the text) + a bias for
+# length. Each environment comes with its agents' expected fresh quality and expected refinement, for the bench's
+# greedy oracle.
+
+# Defaults for every environment (issue 25), from the bench's calibration grid (bench_search.py --calibrate, on
+# paper-pool at N=160: judgement noise x rewrite loss x length bias, 36 points): the point whose orderings of the
+# paper's five strategies (by the picked answer's true quality and by its reward) are closest to the paper's
+# AlpacaEval table (TOA > Seq. Refine > PRS > MoA > Ensemble), by the sum of the two Kendall taus, ties to the
+# reward's. It reproduces the order on reward but for one swap (PRS above Seq. Refine). bench/README.md has the grid.
+DEFAULT_JUDGEMENT_NOISE = 0.30  # an aggregator tells a 0.1 quality gap apart ~59% of the time
+DEFAULT_REWRITE_LOSS = (0.0, 0.0)  # mean, sd of a normal draw, clipped at 0; the grid preferred no extra loss
+DEFAULT_LENGTH_BIAS = 0.0  # reward per 1000 tokens above FRESH_LENGTH; the grid preferred none
 
 
 @dataclass(frozen=True)
@@ -276,6 +357,8 @@ class AgentProfile:
 
     fresh(rng) -> quality of a fresh answer; refine(q, rng) -> quality after refining an answer of quality q.
     expected_fresh / expected_refine(q): their means (what an oracle that knows the agent would expect).
+    judgement_noise: sd of this agent's noise when it judges quoted answers (None: the environment's);
+    rewrite_loss: (mean, sd) of the quality a rewrite loses, a normal clipped at 0 (None: the environment's).
     Each rule draws `rng.random()` at most once and `rng.gauss` as it needs; the first draw of every request is
     the failure draw (`failure_rate`).
     """
@@ -285,6 +368,8 @@ class AgentProfile:
     expected_fresh: float
     expected_refine: Callable[[float], float]
     failure_rate: float = 0.0
+    judgement_noise: float | None = None
+    rewrite_loss: tuple[float, float] | None = None
 
 
 def _clip(quality: float) -> float:
@@ -299,14 +384,21 @@ class ProfileAgent(_SimulatedWriter):
 
     On a prompt tagged EASY_TAG every answer is lifted: it keeps only `easy_gap` of its distance to a perfect
     answer (a question every agent handles well, where more search has little left to find).
+    Refining / aggregating: builds on the quoted answer it perceives as best (judgement_noise), applies the
+    profile's refine rule, then subtracts max(0, N(rewrite_loss)). `oracle`: the true best, and no rewrite loss.
     """
 
-    def __init__(self, profile: AgentProfile, *, seed: int = 0, latency_s: float = 0.0, easy_gap: float = 1.0):
+    def __init__(self, profile: AgentProfile, *, seed: int = 0, latency_s: float = 0.0, easy_gap: float = 1.0,
+                 judgement_noise: float = DEFAULT_JUDGEMENT_NOISE,
+                 rewrite_loss: tuple[float, float] = DEFAULT_REWRITE_LOSS, oracle: bool = False):
         self.profile = profile
         self.name = profile.name
         self.seed = seed
         self.latency_s = latency_s
         self.easy_gap = easy_gap
+        self.judgement_noise = profile.judgement_noise if profile.judgement_noise is not None else judgement_noise
+        self.rewrite_loss = profile.rewrite_loss if profile.rewrite_loss is not None else rewrite_loss
+        self.oracle = oracle
         self._init_tracking()
 
     @property
@@ -314,9 +406,15 @@ class ProfileAgent(_SimulatedWriter):
         return self.profile.failure_rate
 
     def _quality(self, prompt_text: str, quoted: list[float], rng: random.Random) -> float:
-        quality = _clip(self.profile.refine(max(quoted), rng) if quoted else self.profile.fresh(rng))
-        if EASY_TAG in prompt_text and not quoted:
-            quality = 1.0 - self.easy_gap * (1.0 - quality)
+        if not quoted:
+            quality = _clip(self.profile.fresh(rng))
+            if EASY_TAG in prompt_text:
+                quality = 1.0 - self.easy_gap * (1.0 - quality)
+            return _clip(quality)
+        quality = self.profile.refine(quoted[self._build_on(quoted, rng)], rng)
+        if not self.oracle:
+            mean, sd = self.rewrite_loss
+            quality -= max(0.0, rng.gauss(mean, sd) if sd else mean)
         return _clip(quality)
 
 
@@ -324,22 +422,39 @@ _AUTHOR = re.compile(r"Answer from (\S+)")
 
 
 class StyledReward(SimulatedReward):
-    """A SimulatedReward that also adds `style_bias[author]` to the answers written by that agent."""
+    """A SimulatedReward that also adds `style_bias[author]` to the answers written by that agent (times
+    1 + N(0, style_spread) per answer: how much of the style a text shows varies) and
+    `length_bias` x (length - FRESH_LENGTH) / 1000 for the answer's length."""
 
     def __init__(self, *, noise: float = 0.0, seed: int = 0, style_bias: Mapping[str, float] | None = None,
-                 name: str = "styled-reward"):
+                 length_bias: float = 0.0, style_spread: float = 0.0, name: str = "styled-reward"):
         super().__init__(noise=noise, seed=seed, name=name)
         self.style_bias = dict(style_bias or {})
+        self.length_bias = length_bias
+        self.style_spread = style_spread
 
     async def score(self, messages: list[Message], response: str) -> float:
         observed = await super().score(messages, response)
         author = _AUTHOR.search(response)
-        return observed + (self.style_bias.get(author.group(1), 0.0) if author else 0.0)
+        bias = self.style_bias.get(author.group(1), 0.0) if author else 0.0
+        if bias and self.style_spread:
+            bias *= 1.0 + random.Random(_stable_seed("style", self.seed, response)).gauss(0.0, self.style_spread)
+        length = hidden_length(response)
+        if self.length_bias and length is not None:
+            bias += self.length_bias * (length - FRESH_LENGTH) / 1000.0
+        return observed + bias
 
 
 @dataclass(frozen=True)
 class Environment:
-    """A pool of agent profiles and the reward model that judges them."""
+    """A pool of agent profiles and the reward model that judges them.
+
+    judgement_noise / rewrite_loss: the agents' perception defaults (a profile may override them); oracle: the
+    agents build on the true best quoted answer without loss (the old simulator, for comparison only; with
+    writes_length=False its texts, and so its rewards, are the old ones exactly).
+    ensemble_biases: the style biases of the members of `reward_ensemble` (each member has its own noise seed;
+    the first is usually `style_bias`, the single reward model's).
+    """
     name: str
     description: str
     profiles: tuple[AgentProfile, ...]
@@ -347,9 +462,20 @@ class Environment:
     style_bias: Mapping[str, float] = field(default_factory=dict)
     easy_share: float = 0.0  # share of prompts tagged EASY_TAG (every 1/easy_share-th one)
     easy_gap: float = 1.0  # on an easy prompt a fresh answer keeps this share of its distance to 1
+    judgement_noise: float = DEFAULT_JUDGEMENT_NOISE
+    rewrite_loss: tuple[float, float] = DEFAULT_REWRITE_LOSS
+    length_bias: float = DEFAULT_LENGTH_BIAS
+    style_spread: float = 0.0
+    oracle: bool = False
+    ensemble_biases: tuple[Mapping[str, float], ...] = ()
+    writes_length: bool = True  # False + oracle: the texts and rewards of the simulator before issue 25
 
     def agents(self, seed: int = 0) -> list[ProfileAgent]:
-        return [ProfileAgent(profile, seed=seed, easy_gap=self.easy_gap) for profile in self.profiles]
+        agents = [ProfileAgent(profile, seed=seed, easy_gap=self.easy_gap, judgement_noise=self.judgement_noise,
+                               rewrite_loss=self.rewrite_loss, oracle=self.oracle) for profile in self.profiles]
+        for agent in agents:
+            agent.writes_length = self.writes_length
+        return agents
 
     def prompt_texts(self, n: int) -> list[str]:
         """The bench's n task texts; with `easy_share`, an evenly spread share of them is tagged easy."""
@@ -360,7 +486,23 @@ class Environment:
         return texts
 
     def reward(self, seed: int = 0) -> StyledReward:
-        return StyledReward(noise=self.reward_noise, seed=seed, style_bias=self.style_bias)
+        return StyledReward(noise=self.reward_noise, seed=seed, style_bias=self.style_bias,
+                            length_bias=self.length_bias, style_spread=self.style_spread)
+
+    def reward_ensemble(self, seed: int = 0, combine: str = "mean_std", std_weight: float = 1.0):
+        """Several reward models (one per `ensemble_biases` entry, default: the single one plus two unbiased),
+        each with its own noise, combined by toa_core.rewards.ensemble.EnsembleReward."""
+        from toa_core.rewards.ensemble import EnsembleReward
+
+        biases = self.ensemble_biases or (self.style_bias, {}, {})
+        members = [StyledReward(noise=self.reward_noise, seed=seed + 7919 * i, style_bias=bias,
+                                length_bias=self.length_bias, style_spread=self.style_spread, name=f"member{i}")
+                   for i, bias in enumerate(biases)]
+        return EnsembleReward(members, combine, std_weight)
+
+    def with_perception(self, **changes: object) -> "Environment":
+        """A copy with other perception / reward settings (the calibration grid, the oracle comparison)."""
+        return dataclasses.replace(self, **changes)
 
 
 def _gap_closer(skill: float, delta: float, noise: float) -> AgentProfile:
@@ -375,8 +517,7 @@ def _gap_closer(skill: float, delta: float, noise: float) -> AgentProfile:
 
 
 def _named(profile: AgentProfile, name: str) -> AgentProfile:
-    return AgentProfile(name, profile.fresh, profile.refine, profile.expected_fresh, profile.expected_refine,
-                        profile.failure_rate)
+    return dataclasses.replace(profile, name=name)
 
 
 def _specialist_fresh(rng: random.Random) -> float:
@@ -433,3 +574,34 @@ ENVIRONMENTS["mixed-difficulty"] = Environment(
     "a fifth of its distance to a perfect answer (~0.9, where search has little left to find); reward = quality + "
     "N(0, 0.05)",
     ENVIRONMENTS["three-agents"].profiles, reward_noise=0.05, easy_share=0.4, easy_gap=0.2)
+def _closing(name: str, skill: float, spread: float, closes: float, refine_spread: float) -> AgentProfile:
+    """Fresh ~ N(skill, spread); a refinement closes `closes` of the gap to 1, plus N(0, refine_spread)."""
+    return AgentProfile(name, lambda rng: rng.gauss(skill, spread),
+                        lambda q, rng: q + closes * (1.0 - q) + rng.gauss(0.0, refine_spread),
+                        skill, lambda q: q + closes * (1.0 - q))
+
+
+ENVIRONMENTS["biased-reward"] = Environment(
+    "biased-reward",
+    "an expert (~0.62, refinements close 15% of the gap), an editor (~0.42, closes 30%) and a weak flatterer "
+    "(~0.35 with a wide spread, its rewrites lose 0.02) whose style the reward model loves: +0.20 x (1 + N(0, 0.5)) "
+    "per answer; reward = quality + N(0, 0.04) + that bonus. The reward ensemble adds two members with their own "
+    "noise and no taste for the flatterer",
+    (_closing("expert", 0.62, 0.08, 0.15, 0.03),
+     _closing("editor", 0.42, 0.10, 0.30, 0.04),
+     AgentProfile("flatterer", lambda rng: rng.gauss(0.35, 0.12),
+                  lambda q, rng: q - 0.02 + rng.gauss(0.0, 0.05),
+                  0.35, lambda q: q - 0.02)),
+    reward_noise=0.04, style_bias={"flatterer": 0.20}, style_spread=0.5)
+ENVIRONMENTS["paper-pool"] = Environment(
+    "paper-pool",
+    "five large models modelled on the paper's AlpacaEval pool: a strong one (~0.60, refinements close 15% of the "
+    "gap; Mistral-Large's role), a verbose one (~0.50) whose style the reward model likes (+0.06), and three "
+    "middling ones (~0.42-0.48, refinements close 10%); reward = quality + N(0, 0.04) + the style bonus + the length "
+    "bias. The calibration setting: the paper's Par. Ensemble losing to the strong model alone says the reward model "
+    "favours another model's style",
+    (_closing("strong", 0.60, 0.08, 0.15, 0.03),
+     _closing("verbose", 0.50, 0.10, 0.05, 0.04),
+     *(_closing(name, skill, 0.08, 0.10, 0.03)
+       for name, skill in (("middle-a", 0.48), ("middle-b", 0.45), ("middle-c", 0.42)))),
+    reward_noise=0.04, style_bias={"verbose": 0.06})

@@ -48,13 +48,13 @@ def test_orchestration_quick():
 
 def test_search_quick():
     out = run_bench("bench_search.py")
-    variants = ("random", "ensemble", "prs", "seq_refine", "moa", "toa", "toa-r4", "toa-adaptive", "ab_mcts",
-                "ab_mcts-r4", "ab_mcts-adaptive", "oracle")
+    variants = ("random", "ensemble", "prs", "seq_refine", "moa", "self_moa", "toa", "toa+agg", "toa-r4",
+                "toa-adaptive", "ab_mcts", "ab_mcts+agg", "ab_mcts-r4", "ab_mcts-adaptive", "oracle")
     blocks = out.split("\nbudget ")[0].split(", budget 40:\n")[1:]
-    assert len(blocks) == 4  # one table per environment
+    assert len(blocks) == 6  # one table per environment
     for block in blocks:
         rows = {m.group(1): m.groups()[1:] for m in re.finditer(
-            r"^\s*([\w-]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\S+)\s+([\d.]+|nan)\s+(\S+)",
+            r"^\s*([\w+-]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\S+)\s+([\d.]+|nan)\s+(\S+)",
             block, re.MULTILINE)}
         assert set(variants) <= set(rows), block
         assert rows["toa"][1] == "1"  # picked relative to TOA
@@ -64,7 +64,9 @@ def test_search_quick():
         assert float(rows["toa"][4]) == 40 and float(rows["toa-r4"][4]) == 10  # round trips per prompt
         assert float(rows["ensemble"][4]) == 1
         assert float(rows["ab_mcts"][5]) > 0  # search CPU per generation is measured
-    assert "TARGETS (issue 13):" in out and "ab_mcts vs toa" in out
+    assert "TARGETS (issues 13 and 25):" in out and "ab_mcts vs toa" in out
+    assert sum("toa+ens" in block for block in blocks) == 1  # the reward ensemble runs on biased-reward only
+    assert "PAPER ORDERING" in out and "paper-pool N=40" in out
 
 
 def test_reward_quick():

@@ -45,7 +45,7 @@ def by_prompt(rows: list[dict]) -> dict[str, list[dict]]:
 SAME = ("candidate_id", "parent_id", "kind", "model", "depth", "text", "reward", "seed")
 
 
-@pytest.mark.parametrize("strategy", ["random", "seq_refine", "moa"])
+@pytest.mark.parametrize("strategy", ["random", "seq_refine", "moa", "self_moa"])
 def test_prefix_strategies_reproduce_the_smaller_search_exactly(strategy):
     """Budget 7 (not a multiple of K=3 nor of K*L=6) cut out of a run at 12 is the run at 7, generation for generation."""
     assert REUSE[strategy] == "prefix"

@@ -64,7 +64,8 @@ SCENARIOS["scripted-budget-160"] = (lambda: [scripted_agent(n) for n in "ABC"], 
 SCENARIOS["simulated-adaptive"] = (
     lambda: [SimulatedAgent(f"m{i}", 0.4 + 0.05 * i, refine_delta=0.03, noise=0.05, seed=1) for i in range(3)],
     lambda: SimulatedReward(noise=0.02, seed=1), {"budget": 40, "seed": 2, "adaptive": {"enabled": True}})
-_ENV = ENVIRONMENTS["specialist"]
+# The simulator as it was when these plays were recorded (before issue 25's realistic agents).
+_ENV = ENVIRONMENTS["specialist"].with_perception(oracle=True, writes_length=False)
 SCENARIOS["specialist-environment"] = (lambda: _ENV.agents(seed=0), lambda: _ENV.reward(seed=0),
                                        {"budget": 80, "seed": 0})
 

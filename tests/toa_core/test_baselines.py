@@ -206,6 +206,32 @@ def test_moa_stacks_layers_where_every_model_aggregates_the_previous_layer():
     assert max(a.max_in_flight for a in agents) > 1
 
 
+def test_self_moa_stacks_layers_of_samples_of_one_model():
+    agents = [agent(n) for n in "ABC"]
+    reward = ScriptedReward(default=0.5)
+    result = run("self_moa", agents, reward, budget=14, moa_layers=2, model="B", self_moa_width=4)
+    assert_valid_records(result, 14, "self_moa")
+    assert [a.calls for a in agents] == [0, 14, 0]  # only the chosen model writes
+    cands = result.candidates
+    stacks = [cands[i:i + 8] for i in range(0, 14, 8)]
+    assert [len(s) for s in stacks] == [8, 6]  # W=4 samples per layer, 2 layers; the last stack cut short
+    for stack in stacks:
+        layer0, layer1 = stack[:4], stack[4:]
+        assert all(c.kind == "fresh" for c in layer0)
+        assert len({c.seed for c in layer0}) == 4  # four different samples, not one answer repeated
+        for c, same_position_before in zip(layer1, layer0):
+            assert c.kind == "aggregate" and c.parent_id == same_position_before.candidate_id
+            assert c.text.startswith("B.agg[4]")  # every aggregate reads the whole previous layer
+    assert_rewards_judge_the_original_prompt(reward)
+
+
+def test_self_moa_defaults_to_the_first_model_and_moas_width():
+    agents = [agent(n) for n in "ABC"]
+    result = run("self_moa", agents, budget=6, moa_layers=2)
+    assert [a.calls for a in agents] == [6, 0, 0]
+    assert [c.kind for c in result.candidates] == ["fresh"] * 3 + ["aggregate"] * 3
+
+
 def test_moa_aggregation_prompt_lists_the_previous_answers_in_a_seeded_shuffled_order():
     agents = [agent(n) for n in "ABCD"]
     run("moa", agents, budget=32, moa_layers=2)
@@ -245,7 +271,7 @@ def test_moa_layer_answers_fresh_when_the_whole_previous_layer_failed():
 
 # --- shared behaviour ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("strategy", ["random", "ensemble", "prs", "seq_refine", "moa", "toa"])
+@pytest.mark.parametrize("strategy", ["random", "ensemble", "prs", "seq_refine", "moa", "self_moa", "toa"])
 @pytest.mark.parametrize("budget", [1, 5, 17])
 def test_every_strategy_spends_exactly_the_budget(strategy, budget):
     agents = [SimulatedAgent(f"m{i}", 0.1 * (i + 1), refine_delta=0.01, noise=0.01) for i in range(3)]
@@ -255,7 +281,7 @@ def test_every_strategy_spends_exactly_the_budget(strategy, budget):
     assert sum(a.calls for a in agents) == budget and reward.calls == budget
 
 
-@pytest.mark.parametrize("strategy", ["random", "ensemble", "prs", "seq_refine", "moa"])
+@pytest.mark.parametrize("strategy", ["random", "ensemble", "prs", "seq_refine", "moa", "self_moa"])
 def test_failed_generations_and_rewards_become_error_records_never_zero(strategy):
     agents = [agent("A", fail={1, 3}), agent("B", fail={0})]
     reward = ScriptedReward(lambda messages, text: 1.0, fail=lambda text: text.endswith("f2"))

@@ -78,16 +78,23 @@ def build_agents(models: list[ModelConfig], endpoints_override: Mapping[str, End
 
 def build_reward(config: RewardConfig, endpoints_override: Mapping[str, EndpointOverride] | None = None
                  ) -> RewardModel:
-    """The configured reward model, wrapped in a BatchingReward (batch_size / batch_wait_ms from the config);
-    a verifier is returned as it is, with its ranker (if any) built and batched the same way."""
+    """The configured reward model, wrapped in a BatchingReward (batch_size / batch_wait_ms from the config).
+    A verifier is returned as it is, with its ranker (if any) built and batched the same way; with `ensemble`:
+    an EnsembleReward over its members, each built (and batched) as a reward model of its own."""
     from toa_core.rewards.batching import BatchingReward
 
+    if config.ensemble is not None:
+        from toa_core.rewards.ensemble import EnsembleReward
+
+        members = [build_reward(member, endpoints_override) for member in config.ensemble.members]
+        return EnsembleReward(members, config.ensemble.combine, config.ensemble.std_weight)
     if config.kind == "verifier":
         from toa_core.rewards.verifier import VerifierReward
 
         # Not batched itself (its checks are local and cheap); its ranker is a batched reward model of its own.
         ranker = build_reward(config.ranker, endpoints_override) if config.ranker is not None else None
         return VerifierReward(ranker, ranker_scale=config.ranker_scale)
+
     inner: RewardModel
     max_attempts: int | None = None
     if config.kind == "hf_classifier":

@@ -23,6 +23,14 @@ of this tree's generations writes the next one, as a fresh answer, whatever the 
 models contributing (the rejected side of DPO pairs needs them, and a high-variance model gets the draws it needs
 to show its rare best answer). Forced generations go into the tree like the others and update its statistics.
 
+Aggregate move (`search.aggregate.enabled`, off by default): one more action per aggregator model a (actions
+K, K+1, ... after the K models' own), "a aggregates the tree's top-k answers (by raw reward) with the aggregate
+template" (toa.aggregate_answers: seeded shuffled order, kind "aggregate", parent_id = the best of the k, depth =
+its depth + 1). The search treats it as any other action (its Thompson draw over all actions' scores decides when
+it pays); the answer becomes a child of the node the search chose. It is allowed once the tree holds k scored
+answers: before that, an aggregate draw is asked again like an excluded model's. Exported nodes of aggregates
+carry `sources` (the k candidate ids).
+
 Failures: a failed generation consumes its play and is told nothing (a failure is not a low score); after
 `search.max_model_failures` failures a model is excluded from the tree: when treequest picks it, we ask again, and
 after a few refusals the same node is expanded by the non-excluded model with the best mean score. A response
@@ -52,6 +60,7 @@ from toa_core.adaptive import PromptBudget
 from toa_core.records import Candidate, Prompt, PromptResult
 from toa_core.strategies.base import PromptSession, SearchContext, Strategy, derive_seed, refine_depth, stable_sigmoid
 from toa_core.strategies.rollouts import Pending, run_plays
+from toa_core.strategies.toa import aggregate_answers
 
 if TYPE_CHECKING:
     from toa_core.strategies.ab_mcts_core import Posterior, TreeNode
@@ -64,13 +73,15 @@ class _Play:
     parent: "TreeNode"
     model_index: int  # the model that writes
     decision: str
-    action: int  # the search's action told with the result (today one per model: "this model writes or refines")
+    action: int  # the search's action told with the result: k < K "model k writes or refines", else an aggregation
+    sources: list[Candidate] | None = None  # the aggregate move: the k answers to combine (best first)
 
 
 class _ABTree:
     """One prompt's AB-MCTS-A tree (ab_mcts_core), with our warm-up, floor, exclusions and score mapping."""
 
-    def __init__(self, names: list[str], floors: list[float], dist_type: str, seed: int, scale_floor: float):
+    def __init__(self, names: list[str], floors: list[float], dist_type: str, seed: int, scale_floor: float,
+                 aggregators: list[int] | None = None, aggregate_k: int = 3):
         # imported here: scipy.special is only needed by this strategy (ab_mcts_core's docstring says why)
         from toa_core.strategies.ab_mcts_core import AbMctsA, Prior
 
@@ -81,7 +92,12 @@ class _ABTree:
         # scores like "share of tests passed" but, on our scale, makes every untried CONT look bad, so the tree
         # mostly widens; Jeffreys' Beta prior is centred on 0.5 already.)
         prior = Prior("gaussian", m=0.5) if dist_type == "gaussian" else Prior("beta")
-        self.search = AbMctsA(len(names), prior, seed)  # action k = model k
+        # Action k < K = model k writes or refines; action K + j = aggregator j (model aggregators[j]) aggregates.
+        self.aggregators = list(aggregators or [])
+        self.aggregate_k = aggregate_k
+        self.answers: list[Candidate] = []  # scored answers, in the order they came back (aggregation's pool)
+        self.sources: dict[str, list[str]] = {}  # candidate_id of an aggregate -> its sources' ids
+        self.search = AbMctsA(len(names) + len(self.aggregators), prior, seed)
         self.scale_floor = scale_floor
         self.excluded: set[int] = set()
         self.written = [0] * len(names)  # plays issued per model (pending ones included)
@@ -117,10 +133,13 @@ class _ABTree:
             if self.floors[k] > 0 and self.written[k] < self.floors[k] * (play + 1):
                 return self._force(root, k, "floor")
         for _ in range(_REASKS):
-            node, k = self.search.ask()  # an ask that is never told changes nothing but the random stream
-            if k not in self.excluded:
+            node, action = self.search.ask()  # an ask that is never told changes nothing but the random stream
+            aggregate = action >= len(self.names)
+            k = self.aggregators[action - len(self.names)] if aggregate else action
+            if k not in self.excluded and (not aggregate or len(self.answers) >= self.aggregate_k):
                 self.written[k] += 1
-                return _Play(node, k, "thompson", action=k)
+                return _Play(node, k, "thompson", action=action,
+                             sources=self.top_answers() if aggregate else None)
         best = max(live, key=lambda i: (self._mean_score(i), -i))
         return self._force(node, best, "redirected")
 
@@ -129,6 +148,10 @@ class _ABTree:
         node.visited = True
         self.written[k] += 1
         return _Play(node, k, decision, action=k)
+
+    def top_answers(self) -> list[Candidate]:
+        """The tree's k best scored answers by raw reward (the older first on ties), best first."""
+        return sorted(self.answers, key=lambda c: c.reward, reverse=True)[: self.aggregate_k]
 
     def _mean_score(self, k: int) -> float:
         scores = self.search.action_scores[k]
@@ -144,6 +167,9 @@ class _ABTree:
                 self.warmup_rewards.append(candidate.reward)
         if scored:  # a failure is never told
             self.decisions[candidate.candidate_id] = play.decision
+            self.answers.append(candidate)
+            if play.sources is not None:
+                self.sources[candidate.candidate_id] = [c.candidate_id for c in play.sources]
             if self.mapped:
                 self._tell(play, candidate)
             else:
@@ -178,7 +204,8 @@ class _ABTree:
         search = self.search
         root = search.root
         models = {name: {"n": len(scores), "mean": statistics.fmean(scores) if scores else None}
-                  for name, scores in zip(self.names, search.action_scores)}
+                  for name, scores in zip(self.names + [f"aggregate:{self.names[k]}" for k in self.aggregators],
+                                          search.action_scores)}
         all_scores = [s for scores in search.action_scores for s in scores]
         nodes: list[dict[str, Any]] = [{
             "node_id": 0, "parent_id": None, "type": "root", "model": None, "arm": None, "depth": 0,
@@ -204,6 +231,8 @@ class _ABTree:
                 "value_mean": statistics.fmean(scores), "expansions": len(node.children),
                 "candidate_id": candidate.candidate_id, "reward": candidate.reward, "score": node.score,
                 "decision": self.decisions.get(candidate.candidate_id),
+                **({"sources": self.sources[candidate.candidate_id]}
+                   if candidate.candidate_id in self.sources else {}),
                 "posterior": _floats(node.parent.child_posteriors[node.index]),
                 **(_gen_cont(node) if node.visited else {}),
             })
@@ -229,8 +258,9 @@ class ABMCTSStrategy(Strategy):
         names = ctx.agent_names
         floors = search.ab_mcts.floor_for(names)
         session = ctx.start(prompt, self.name)  # reward_norm is set to the tree score once the mapping is known
+        aggregators = search.aggregate.aggregators(names) if search.aggregate.enabled else []
         tree = _ABTree(names, floors, search.ab_mcts.dist_type, derive_seed(ctx.seed, prompt.prompt_id, self.name),
-                       scale_floor=search.tau / 10)
+                       scale_floor=search.tau / 10, aggregators=aggregators, aggregate_k=search.aggregate.k)
         failures = [0] * len(names)
         budget = PromptBudget.for_search(search, len(names), ctx.budget_pool)
 
@@ -262,6 +292,8 @@ class ABMCTSStrategy(Strategy):
     @staticmethod
     def _expand(session: PromptSession, ctx: SearchContext, chosen: _Play, play: int):
         model = ctx.agents[chosen.model_index]
+        if chosen.sources is not None:
+            return aggregate_answers(session, ctx, model, chosen.sources, play, "ab_mcts")
         parent: Candidate | None = chosen.parent.payload
         if parent is None:
             messages = ctx.templates.fresh_messages(session.prompt)

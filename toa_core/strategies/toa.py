@@ -49,6 +49,18 @@ exactly the sequential one. Adaptive budgets (`search.adaptive`) stop a tree ear
 `search.width` its width is then a third of `adaptive.min_generations` (toa_core/adaptive.py: toa_width).
 The play loop itself is toa_core/strategies/rollouts.py.
 
+Aggregate move (`search.aggregate.enabled`, off by default, a deviation from the paper): the tree gets a third kind
+of arm, "model a aggregates the tree's top-k answers" (k = search.aggregate.k, by raw reward, ties: the older; a =
+each model of search.aggregate.models). One aggregate arm per aggregator under the root, after the fresh arms, and
+under every response after its refine and fresh arms, with a snapshot of the root-level aggregate arm's
+statistics (exactly as fresh arms are warm-started). An aggregate arm can be selected only once the tree holds k
+scored answers; then it follows the same rules as every model node (+inf until tried, UCB, width, beat-the-parent).
+Its prompt is the aggregate template (as MoA's) over the k answers in an order shuffled per play with a seeded
+RNG (no position bias); the answer is a response node under that arm, so the tree can refine an aggregate. One
+aggregation = one play = one generation. Candidate: kind "aggregate", parent_id = the best of the k answers,
+depth = its depth + 1; the response node's `sources` lists all k candidate ids (the full lineage). With the
+move off, no aggregate arm exists and the trees are exactly the paper's.
+
 Records. Candidates: kind fresh (parent_id None, depth 1) or refine (parent_id = the refined response,
 depth = its depth + 1); `reward_norm` = the tree value sigmoid(reward/tau). The tree comes back as
 PromptResult.tree: node dicts for the root, every response and every model node that was expanded at least once
@@ -57,16 +69,19 @@ PromptResult.tree: node dicts for the root, every response and every model node 
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Literal
 
 from toa_core.adaptive import PromptBudget, toa_width
+from toa_core.interfaces import ChatModel
 from toa_core.records import Candidate, Prompt, PromptResult
-from toa_core.strategies.base import PromptSession, SearchContext, Strategy, refine_depth, stable_sigmoid
+from toa_core.strategies.base import (PromptSession, SearchContext, Strategy, derive_seed, refine_depth,
+                                      stable_sigmoid)
 from toa_core.strategies.rollouts import Pending, run_plays
 
 NodeType = Literal["root", "model", "response"]
-Arm = Literal["fresh", "refine"]
+Arm = Literal["fresh", "refine", "aggregate"]
 
 
 @dataclass(eq=False)
@@ -90,12 +105,14 @@ class _Node:
     pending: int = 0  # model nodes: generations in flight here
     virtual_visits: int = 0
     virtual_value_sum: float = 0.0
+    sources: list[Candidate] | None = None  # aggregate responses: the k answers it combined (best first)
 
     @property
     def value_mean(self) -> float | None:
         return self.value_sum / self.value_count if self.value_count else None
 
     def to_dict(self, model_names: list[str]) -> dict[str, Any]:
+        extra = {"sources": [c.candidate_id for c in self.sources]} if self.sources is not None else {}
         return {
             "node_id": self.node_id,
             "parent_id": self.parent.node_id if self.parent is not None else None,
@@ -108,14 +125,19 @@ class _Node:
             "expansions": self.expansions if self.type == "model" else None,
             "candidate_id": self.candidate.candidate_id if self.candidate is not None else None,
             "reward": self.candidate.reward if self.candidate is not None else None,
+            **extra,
         }
 
 
 class _Tree:
     """One prompt's search tree and its selection / backup rules."""
 
-    def __init__(self, n_models: int, width: int, topk_child: int, alpha: float):
+    def __init__(self, n_models: int, width: int, topk_child: int, alpha: float,
+                 aggregators: list[int] | None = None, aggregate_k: int = 3):
         self.n_models = n_models
+        self.aggregators = aggregators or []  # model indices with an aggregate arm (empty: the paper's tree)
+        self.aggregate_k = aggregate_k
+        self.answers: list[_Node] = []  # every response node, in creation order (aggregation's pool)
         self.width = width
         self.topk_child = topk_child
         self.alpha = alpha
@@ -126,6 +148,8 @@ class _Tree:
         self.excluded: set[int] = set()
         self.root = self._new("root", 0, None)
         self.root_arms = [self._new("model", 1, self.root, model_index=k, arm="fresh") for k in range(n_models)]
+        self.root_aggregate_arms = [self._new("model", 1, self.root, model_index=k, arm="aggregate")
+                                    for k in self.aggregators]
 
     def _new(self, type_: NodeType, depth: int, parent: _Node | None, **fields: Any) -> _Node:
         node = _Node(node_id=len(self.nodes), type=type_, depth=depth, parent=parent, **fields)
@@ -148,7 +172,8 @@ class _Tree:
                 # Only the topk best responses (by raw reward; stable sort keeps the older one on ties).
                 children = sorted(node.children, key=lambda c: c.candidate.reward, reverse=True)[: self.topk_child]
             else:
-                children = [c for c in node.children if c.model_index not in self.excluded]
+                children = [c for c in node.children if c.model_index not in self.excluded
+                            and (c.arm != "aggregate" or self.can_aggregate)]
             if not children:
                 return None
             node = self._best(children, t)
@@ -160,7 +185,19 @@ class _Tree:
             source = self.root_arms[k]  # snapshot of the model's global statistics, as in the reference
             self._new("model", response.depth + 1, response, model_index=k, arm="fresh",
                       visits=source.visits, value_sum=source.value_sum, value_count=source.value_count)
+        for source in self.root_aggregate_arms:  # the same snapshot rule for the aggregate move
+            self._new("model", response.depth + 1, response, model_index=source.model_index, arm="aggregate",
+                      visits=source.visits, value_sum=source.value_sum, value_count=source.value_count)
         response.arms_created = True
+
+    @property
+    def can_aggregate(self) -> bool:
+        return len(self.answers) >= self.aggregate_k
+
+    def top_answers(self) -> list[Candidate]:
+        """The tree's k best answers by raw reward (stable sort: the older first on ties), best first."""
+        ranked = sorted(self.answers, key=lambda n: n.candidate.reward, reverse=True)
+        return [n.candidate for n in ranked[: self.aggregate_k]]
 
     def _fully_explored(self, node: _Node) -> bool:
         layer = node.depth + 1
@@ -195,10 +232,14 @@ class _Tree:
 
     # --- expansion and backup -----------------------------------------------------------------------------
 
-    def add_response(self, model_node: _Node, candidate: Candidate) -> _Node:
+    def add_response(self, model_node: _Node, candidate: Candidate,
+                     sources: list[Candidate] | None = None) -> _Node:
         depth = model_node.depth + 1
         self.responses_at_depth[depth] = self.responses_at_depth.get(depth, 0) + 1
-        return self._new("response", depth, model_node, model_index=model_node.model_index, candidate=candidate)
+        node = self._new("response", depth, model_node, model_index=model_node.model_index, candidate=candidate,
+                         sources=sources)
+        self.answers.append(node)
+        return node
 
     def backup(self, model_node: _Node, value: float) -> None:
         node: _Node | None = model_node
@@ -254,7 +295,9 @@ class TOAStrategy(Strategy):
         tau = search.tau
         session = ctx.start(prompt, self.name, normalize=lambda reward: stable_sigmoid(reward / tau))
         names = ctx.agent_names
-        tree = _Tree(len(ctx.agents), toa_width(search, len(ctx.agents)), search.topk_child, search.alpha)
+        aggregators = search.aggregate.aggregators(names) if search.aggregate.enabled else []
+        tree = _Tree(len(ctx.agents), toa_width(search, len(ctx.agents)), search.topk_child, search.alpha,
+                     aggregators=aggregators, aggregate_k=search.aggregate.k)
         failures = [0] * len(ctx.agents)
         budget = PromptBudget.for_search(search, len(ctx.agents), ctx.budget_pool)
         virtual_loss = search.rollouts_per_tree > 1
@@ -269,14 +312,15 @@ class TOAStrategy(Strategy):
                     error=f"not attempted: every model failed {search.max_model_failures} times in this tree",
                 )
             charged = tree.add_pending(node, virtual_loss)
-            return Pending((node, charged), self._expand(session, ctx, node, play))
+            sources = tree.top_answers() if node.arm == "aggregate" else None
+            return Pending((node, charged, sources), self._expand(session, ctx, node, play, sources))
 
-        def take(token: tuple[_Node, float], candidate: Candidate) -> None:
-            node, charged = token
+        def take(token: tuple[_Node, float, list[Candidate] | None], candidate: Candidate) -> None:
+            node, charged, sources = token
             tree.remove_pending(node, charged, virtual_loss)
             node.expansions += 1
             if candidate.error is None:
-                tree.add_response(node, candidate)
+                tree.add_response(node, candidate, sources)
                 tree.backup(node, candidate.reward_norm)
                 return
             node.visits += 1  # spent a play: no longer "never tried", so it cannot hold +inf forever
@@ -290,14 +334,29 @@ class TOAStrategy(Strategy):
             **budget.summary(), **stats.as_dict(), "rollouts_per_tree": search.rollouts_per_tree})
 
     @staticmethod
-    def _expand(session: PromptSession, ctx: SearchContext, node: _Node, play: int) -> Awaitable[Candidate]:
+    def _expand(session: PromptSession, ctx: SearchContext, node: _Node, play: int,
+                sources: list[Candidate] | None = None) -> Awaitable[Candidate]:
         model = ctx.agents[node.model_index]
+        if node.arm == "aggregate":
+            return aggregate_answers(session, ctx, model, sources, play, "toa")
         if node.arm == "refine":
             parent = node.parent.candidate
             messages = ctx.templates.refine_messages(session.prompt, parent.text)
             return session.generate_and_score(model, messages, "refine", parent, refine_depth(parent), index=play)
         messages = ctx.templates.fresh_messages(session.prompt)
         return session.generate_and_score(model, messages, "fresh", None, 1, index=play)
+
+
+def aggregate_answers(session: PromptSession, ctx: SearchContext, model: ChatModel, sources: list[Candidate],
+                      play: int, strategy: str) -> Awaitable[Candidate]:
+    """One aggregation of `sources` (best first) by `model`, the tree strategies' aggregate move: the aggregate
+    template over the answers in a seeded shuffled order (no position bias), kind "aggregate", parent = the best
+    source, depth = that source's depth + 1."""
+    shuffled = list(sources)
+    random.Random(derive_seed(ctx.seed, session.prompt.prompt_id, strategy, "aggregate", play)).shuffle(shuffled)
+    messages = ctx.templates.aggregate_messages(session.prompt, [c.text for c in shuffled])
+    return session.generate_and_score(model, messages, "aggregate", sources[0], refine_depth(sources[0]),
+                                      index=play)
 
 
 def render_tree(tree: list[dict[str, Any]]) -> str:
