@@ -105,7 +105,7 @@ def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None
             attempt.counts = {"promoted": int(record["promoted"])}
             attempt.outputs = [store.uri(f"runs/{run_id}/promotion.json")]
         result["promotion"] = record
-        return finish(result, verdict(record))
+        return finish(result, verdict(record), blocked=not record["promoted"])
     return finish(result, f"evaluated {len(result['scores'])} metrics; promotion off")
 
 
