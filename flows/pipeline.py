@@ -80,7 +80,7 @@ def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None
         return finish(result, result["skipped"], nothing_new=True)
 
     manifest = Manifest.load(store, run_id)  # synthesize created it
-    accumulated = accumulate(cfg.store, run_id) if incremental else None
+    accumulated = accumulate(cfg.store, run_id, cfg.pipeline.accumulate) if incremental else None
     data_run_id = accumulated["data_run_id"] if accumulated else run_id
     if accumulated:
         manifest.add_lineage("accumulate", inputs=[store.uri(f"runs/{run}/datasets/") for run in accumulated["runs"]],

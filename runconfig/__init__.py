@@ -12,6 +12,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 
 from evaluation.config import EvaluationConfig
 from infra.config import ServersConfig, StoreConfig
+from infra.incremental import AccumulationConfig
 from toa_core.config import (ModelConfig, RewardConfig, SearchConfig, Section, describe_validation_error,
                              read_yaml_mapping, repeated_names)
 from toa_core.decontamination import DecontaminationConfig
@@ -69,6 +70,13 @@ class SynthesisConfig(Section):
         return self
 
 
+class PipelineConfig(Section):
+    """The nightly pipeline (flows/pipeline.py): how much of the earlier nights' data it trains on."""
+    accumulate: AccumulationConfig = Field(
+        default_factory=AccumulationConfig, description="bound the accumulated training data: a window of nights "
+        "and/or a per-night decay (infra/incremental.py); default: every night, every row")
+
+
 class RunConfig(Section):
     """Everything a run needs. See configs/*.yaml for annotated examples."""
     name: str = Field("run", description="a label for this config; run ids are generated from it")
@@ -80,6 +88,7 @@ class RunConfig(Section):
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @model_validator(mode="after")
     def _unique_model_names(self) -> "RunConfig":

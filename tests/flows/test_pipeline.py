@@ -234,3 +234,31 @@ def test_toa_pipeline_prints_run_folder_scores_verdict_and_ui(setup, capsys, mon
 
     assert main(["pipeline", "--config", config, "--run-id", "../escape"]) == 2
     assert "error: invalid --run-id '../escape'" in capsys.readouterr().err
+
+
+def test_a_window_of_two_nights_leaves_night_one_out_of_night_three_and_the_card_says_so(setup):
+    config, stubs = setup
+    data = yaml.safe_load(Path(config).read_text())
+    data["pipeline"] = {"accumulate": {"window_nights": 2}}
+    Path(config).write_text(yaml.safe_dump(data))
+    run = pipeline_module.pipeline
+    for night, prompts in enumerate((["p1", "p2"], ["p3"], ["p4"]), start=1):
+        stubs.source += prompts
+        stubs.next_win_rate = 0.5 + night / 10
+        run(config=config, run_id=f"win-{night}")
+
+    def prompts_of(key):
+        return set(pq.read_table(io.BytesIO(stubs.store.read_bytes(key)))["prompt_id"].to_pylist())
+
+    assert stubs.trained[-2] == ("win-2", "win-2-accumulated", 3)  # night 2: nights 1 and 2 fit the window
+    assert stubs.trained[-1] == ("win-3", "win-3-accumulated", 2)  # night 3: nights 2 and 3 only
+    assert prompts_of("runs/win-3-accumulated/datasets/sft/train.parquet") == {"p3", "p4"}
+    lineage = stubs.store.read_json("runs/win-3-accumulated/lineage.json")
+    assert lineage["from_runs"] == ["win-2", "win-3"]
+    assert [(entry["run_id"], entry["used"]) for entry in lineage["plan"]] == [
+        ("win-1", False), ("win-2", True), ("win-3", True)]
+    card = stubs.store.read_text("runs/win-3-accumulated/datasets/README.md")
+    assert "the newest 2 night(s) only" in card
+    assert "| win-1 | 2 | 0 | - | - | left out: 2 night(s) old, outside the window of the newest 2 night(s)" in card
+    assert "| win-2 | 1 | 1 | 1 / 1 | 0 / 0 | 1 night(s) old: all rows |" in card
+    assert "Not used at all: win-1 (their rows are not in this training set)." in card
