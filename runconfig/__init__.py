@@ -13,6 +13,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from evaluation.config import EvaluationConfig
 from infra.config import ServersConfig, StoreConfig
 from infra.incremental import AccumulationConfig
+from infra.policy import PolicyAgentConfig
 from toa_core.config import (ModelConfig, RewardConfig, SearchConfig, Section, describe_validation_error,
                              read_yaml_mapping, repeated_names)
 from toa_core.decontamination import DecontaminationConfig
@@ -54,6 +55,9 @@ class SynthesisConfig(Section):
     decontaminate: DecontaminationConfig = Field(
         default_factory=DecontaminationConfig,
         description="check prompts and chosen answers against the evaluation sets; `false` switches it off")
+    policy_agent: PolicyAgentConfig = Field(
+        default_factory=PolicyAgentConfig,
+        description="the promoted model (`latest`) as one more agent, and which DPO pairs it may give (off by default)")
 
     @field_validator("decontaminate", mode="before")
     @classmethod
@@ -96,6 +100,13 @@ class RunConfig(Section):
         duplicates = repeated_names(names)
         if duplicates:
             raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
+        policy = self.synthesis.policy_agent
+        if policy.enabled and policy.name in names:
+            raise ValueError(f"synthesis.policy_agent.name '{policy.name}' is also the name of one of the models; "
+                             "give the policy agent a name of its own")
+        if policy.budget_share is not None and self.search.strategy != "ab_mcts":
+            raise ValueError(f"synthesis.policy_agent.budget_share is reserved through AB-MCTS's exploration floor; "
+                             f"search.strategy '{self.search.strategy}' has none: use ab_mcts or remove budget_share")
         if self.search.model is not None and self.search.model not in names:
             raise ValueError(f"search.model '{self.search.model}' is not one of the models: {', '.join(names)}")
         return self

@@ -104,6 +104,24 @@ class StageRun:
     def published_metrics(self) -> dict[str, Any]:
         return self.store.read_json(f"{self.prefix}/{METRICS_FILE}")
 
+    # -- iterative training ------------------------------------------------------------------------------
+    def latest_start(self) -> tuple[Path, dict[str, Any]] | None:
+        """The promoted model this run trains on from (`training.common.start_from: latest`): (its downloaded
+        folder, the policy record pinned in runs/<run_id>/policy.json), or None before the first promotion."""
+        from infra.policy import pin_policy
+
+        record = pin_policy(self.store, self.run_id)
+        if not record.get("run_id"):
+            log_line(f"{self.stage}: start_from latest, but no model is `latest` yet: starting from the base model")
+            return None
+        base = self.settings.training.common.base_model
+        if record.get("base_model") and record["base_model"] != base:
+            raise TrainingSetupError(
+                f"`latest` ({record['model']}) was trained from '{record['base_model']}' but training.common.base_model "
+                f"is '{base}'; iterative training needs the same base model (or start_from: base)")
+        folder = download_published(self.store, record["model"], self.workdir / "latest")
+        return folder, record
+
     # -- resume --------------------------------------------------------------------------------------------
     def callbacks(self) -> list[Any]:
         """Store sync first, then the user's extra callbacks (`training.common.callbacks`)."""
@@ -263,6 +281,8 @@ def model_card(metrics: dict[str, Any], settings: StageSettings) -> str:
         "",
         f"- **Stage:** {stage.upper()} ({'LoRA adapter' if metrics['weights'] == 'lora_adapter' else 'full weights'})",
         f"- **Base model:** `{metrics['base_model']}`",
+        *([f"- **Started from:** `{metrics['started_from']}`"] if metrics.get("started_from") not in
+          (None, metrics["base_model"]) else []),
         f"- **Data run:** `{metrics['data_run_id']}` (runs/{metrics['data_run_id']}/datasets/{stage}/)",
         f"- **Steps:** {metrics['global_step']}" + (f" (resumed from step {metrics['resumed_from_step']})"
                                                     if metrics.get("resumed_from_step") else ""),
