@@ -88,13 +88,14 @@ def pin_policy(store: Store, run_id: str) -> dict[str, Any]:
     record: dict[str, Any] = {"run_id": None, "model": None, "weights": None, "base_model": None,
                               "promoted_at": None, "pinned_at": _now()}
     if pointer is not None and pointer["run_id"] != run_id:
-        model = final_model_key(store, pointer["run_id"])
+        latest = pointer["run_id"]
+        model = final_model_key(store, latest)
         if model is None:
-            raise FileNotFoundError(f"`latest` points at run '{pointer['run_id']}', which has no finished model under "
-                                    f"{store.uri(f'runs/{pointer['run_id']}/models/')}; restore it or move `latest`")
+            raise FileNotFoundError(f"`latest` points at run '{latest}', which has no finished model under "
+                                    f"{store.uri(f'runs/{latest}/models/')}; restore it or move `latest`")
         metrics_key = f"{model}/training_metrics.json"
         metrics = store.read_json(metrics_key) if store.exists(metrics_key) else {}
-        record.update(run_id=pointer["run_id"], model=model, promoted_at=pointer.get("promoted_at"),
+        record.update(run_id=latest, model=model, promoted_at=pointer.get("promoted_at"),
                       weights=metrics.get("weights") or ("lora_adapter" if store.exists(f"{model}/adapter_config.json")
                                                          else "full"),
                       base_model=metrics.get("base_model"))
