@@ -65,6 +65,11 @@ class CommonTrainingConfig(Section):
     attn_implementation: str | None = Field(None, description="e.g. flash_attention_2 or sdpa; None = transformers' choice")
     trust_remote_code: bool = Field(False, description="run the model repository's own code; off unless set")
     callbacks: list[str] = Field(default_factory=list, description="extra transformers TrainerCallback classes, 'module:Class'")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="experiment trackers that receive the training curves (TRL's report_to), "
+        "the run id as the tracker's run name: tensorboard events land in the store under "
+        "tracking/tensorboard/<run_id>/<stage>/; mlflow and wandb read their server and key from the worker's "
+        "environment (MLFLOW_TRACKING_URI, WANDB_API_KEY, ...); empty = none")
 
     @model_validator(mode="after")
     def _launcher_needs(self) -> "CommonTrainingConfig":

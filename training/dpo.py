@@ -59,7 +59,8 @@ def run(settings: StageSettings, run_id: str, data_run_id: str | None = None, fo
         from trl import DPOConfig, DPOTrainer
 
         args = DPOConfig(
-            **trainer_arguments(cfg, common, precision, stage.trainer_dir, has_eval=data["test"] is not None),
+            **{**trainer_arguments(cfg, common, precision, stage.trainer_dir, has_eval=data["test"] is not None),
+               **stage.tracker_arguments()},
             beta=cfg.beta,
             loss_type=[cfg.loss_type],
         )

@@ -47,7 +47,8 @@ def run(settings: StageSettings, run_id: str, data_run_id: str | None = None, fo
         from trl import SFTConfig, SFTTrainer
 
         args = SFTConfig(
-            **trainer_arguments(cfg, common, precision, stage.trainer_dir, has_eval=data["test"] is not None),
+            **{**trainer_arguments(cfg, common, precision, stage.trainer_dir, has_eval=data["test"] is not None),
+               **stage.tracker_arguments()},
             assistant_only_loss=assistant_only,
             packing=cfg.packing,
         )

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 #: A failing stage process prints this prefix + one line to stderr; the parent shows that line as the error.
 ERROR_PREFIX = "toaflow-stage-error: "
 METRICS_FILE = "training_metrics.json"
+TRACKING_PREFIX = "tracking/tensorboard/"
 
 
 def model_prefix(run_id: str, stage: str) -> str:
@@ -104,6 +105,36 @@ class StageRun:
     def published_metrics(self) -> dict[str, Any]:
         return self.store.read_json(f"{self.prefix}/{METRICS_FILE}")
 
+    # -- experiment trackers -----------------------------------------------------------------------------
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.workdir / "tensorboard"
+
+    def tracking_prefix(self) -> str:
+        """Store folder of this stage's TensorBoard events: `tensorboard --logdir <store>/tracking/tensorboard`."""
+        return f"{TRACKING_PREFIX}{self.run_id}/{self.stage}"
+
+    def tracker_arguments(self) -> dict[str, Any]:
+        """Trainer arguments for `training.common.report_to`: the trackers, with the run id as the run's name."""
+        trackers = list(self.settings.training.common.report_to)
+        if not trackers:
+            return {"report_to": "none"}
+        if "tensorboard" in trackers:
+            # transformers' TensorBoard callback writes here (uploaded to the store when the stage is published).
+            os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.tensorboard_dir)
+        if "mlflow" in trackers:
+            os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "toaflow")
+            os.environ["MLFLOW_TAGS"] = json.dumps({"toaflow.stage": self.stage, "toaflow.run_id": self.run_id,
+                                                    "toaflow.data_run_id": self.data_run_id})
+        return {"report_to": trackers, "run_name": self.run_id}
+
+    def upload_tracking(self) -> str | None:
+        """Copy the TensorBoard events to the store (main process); returns their store URI, or None."""
+        if not self.tensorboard_dir.is_dir() or not any(self.tensorboard_dir.rglob("events.out.tfevents.*")):
+            return None
+        self.store.upload_dir(self.tensorboard_dir, self.tracking_prefix())
+        return self.store.uri(self.tracking_prefix())
+
     # -- iterative training ------------------------------------------------------------------------------
     def latest_start(self) -> tuple[Path, dict[str, Any]] | None:
         """The promoted model this run trains on from (`training.common.start_from: latest`): (its downloaded
@@ -168,6 +199,10 @@ class StageRun:
         metrics = self._metrics(trainer, base_model, resumed_from, is_adapter, extra_metrics)
         (self.final_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str) + "\n")
         (self.final_dir / "README.md").write_text(model_card(metrics, self.settings))
+        tracking = self.upload_tracking()  # before the model: a published stage has its curves in place
+        if tracking:
+            metrics["tensorboard"] = tracking
+            (self.final_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str) + "\n")
         self.store.upload_dir(self.final_dir, self.prefix)
         if not common.keep_checkpoints:
             delete_checkpoints(self.store, checkpoints_prefix(self.run_id, self.stage))
