@@ -30,6 +30,7 @@ from infra.policy import pin_policy
 from infra.run_ids import check_run_id, new_run_id
 from infra.store import open_store
 from tasks.flow_runs import call_subflow, finish, name_flow_run, run_name
+from tasks.publish import publish_line, publish_promoted
 from tasks.pipeline import (ACCUMULATED_SUFFIX, accumulate, current_latest, flatten_scores, previously_synthesized, promotion_gate,
                             record_prompts, runs_awaiting_training)
 from runconfig import load_config
@@ -118,7 +119,12 @@ def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None
             attempt.counts = {"promoted": int(record["promoted"])}
             attempt.outputs = [store.uri(f"runs/{run_id}/promotion.json")]
         result["promotion"] = record
-        return finish(result, verdict(record), blocked=not record["promoted"])
+        published = ""
+        if record["promoted"] and cfg.pipeline.publish.enabled:
+            # After the promotion, never before: a failed push is reported and the promotion stands.
+            result["publish"] = publish_promoted(cfg, run_id)
+            published = publish_line(result["publish"])
+        return finish(result, verdict(record) + published, blocked=not record["promoted"])
     return finish(result, f"evaluated {len(result['scores'])} metrics; promotion off")
 
 

@@ -12,6 +12,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 
 from evaluation.config import EvaluationConfig
 from infra.config import ServersConfig, StoreConfig
+from infra.hub import PublishConfig
 from infra.incremental import AccumulationConfig
 from infra.policy import PolicyAgentConfig
 from toa_core.config import (ModelConfig, RewardConfig, SearchConfig, Section, describe_validation_error,
@@ -75,10 +76,14 @@ class SynthesisConfig(Section):
 
 
 class PipelineConfig(Section):
-    """The nightly pipeline (flows/pipeline.py): how much of the earlier nights' data it trains on."""
+    """The nightly pipeline (flows/pipeline.py): how much of the earlier nights' data it trains on, and where a
+    promoted model is published."""
     accumulate: AccumulationConfig = Field(
         default_factory=AccumulationConfig, description="bound the accumulated training data: a window of nights "
         "and/or a per-night decay (infra/incremental.py); default: every night, every row")
+    publish: PublishConfig = Field(
+        default_factory=PublishConfig, description="push a promoted model and its datasets to Hub repos (opt-in; "
+        "tasks/publish.py)")
 
 
 class RunConfig(Section):
