@@ -19,6 +19,7 @@ from typing import Any
 from infra.config import ServerSpec
 from infra.policy import pin_policy
 from infra.runtime import local_run_dir
+from infra.servers import free_port
 from infra.store import Store
 from runconfig import RunConfig
 from toa_core.config import ModelConfig
@@ -68,14 +69,16 @@ def with_policy_agent(cfg: RunConfig, store: Store, run_id: str) -> RunConfig:
             raise ValueError(f"synthesis.policy_agent.serve vllm_lora: `latest` ({record['model']}) has full weights, "
                              "not a LoRA adapter; use serve: vllm_merged")
         adapter = _adapter_folder(store, run_id, record["model"])
+        # Requests must name the LoRA module, not the base model the server reports (which `served_by` would send),
+        # so the agent gets the server's address directly: a port fixed now, on this host's loopback.
+        port = free_port()
         server = ServerSpec(name=server_name, kind="vllm", model=record["base_model"] or cfg.training.common.base_model,
-                            executable=policy.executable, gpus=policy.gpus, max_model_len=policy.max_model_len,
-                            gpu_memory_utilization=policy.gpu_memory_utilization,
+                            port=port, executable=policy.executable, gpus=policy.gpus,
+                            max_model_len=policy.max_model_len, gpu_memory_utilization=policy.gpu_memory_utilization,
                             startup_timeout_s=policy.startup_timeout_s,
                             extra_args=["--enable-lora", "--max-lora-rank", str(policy.max_lora_rank),
                                         "--lora-modules", f"{policy.name}={adapter}"])
-        # vLLM serves the adapter under its module name: requests name it, not the base model.
-        agent = ModelConfig(name=policy.name, model=policy.name, served_by=server_name, **sampling)
+        agent = ModelConfig(name=policy.name, model=policy.name, endpoints=[f"http://127.0.0.1:{port}/v1"], **sampling)
     else:
         folder = _merged_folder(cfg, store, record["model"])
         if policy.serve == "in_process":
