@@ -72,3 +72,20 @@ def test_policy_agent_config_errors(tmp_path):
         path.write_text(yaml.safe_dump(data))
         with pytest.raises(ConfigError, match=message):
             load_config(path)
+
+
+def test_on_policy_chosen_answers_are_checked_for_contamination_too():
+    import pyarrow as pa
+
+    from tasks.decontamination import chosen_outside_targets
+
+    def message(text):
+        return [{"role": "assistant", "content": text}]
+
+    sft = pa.table({"candidate_id": ["a-1"], "prompt_id": ["a"], "model": ["m1"], "messages": [message("x")]})
+    dpo = pa.table({"prompt_id": ["a", "b"], "chosen_candidate_id": ["a-1", "b-7"], "chosen_model": ["m1", "policy"],
+                    "chosen": [message("x"), message("copied benchmark answer")]})
+    extra = chosen_outside_targets([sft], [dpo])
+    assert [t.to_pylist() for t in extra] == [[{"prompt_id": "b", "candidate_id": "b-7", "model": "policy",
+                                                "messages": message("copied benchmark answer")}]]
+    assert chosen_outside_targets([sft], [dpo.slice(0, 1)]) == []  # the usual ranking: chosen = target
