@@ -198,6 +198,7 @@ def test_nightly_runs_are_incremental_accumulate_gate_and_resume(setup):
         assert resumed.state.name == "Nothing new" and resumed.state.message.startswith("already complete")
         assert runs["night-1"].state.message.startswith("promoted to latest: first run")
         assert runs["night-3"].state.message.startswith("NOT promoted (latest unchanged): blocked by mini.rm_win_rate")
+        assert runs["night-3"].state.name == "Blocked" and runs["night-3"].state.type.value == "COMPLETED"
         assert runs["night-6"].state.name == "Nothing new"
         assert runs["night-6"].state.message.startswith("nothing new: 0 new prompts; every synthesized prompt")
         inputs = flow_run_inputs(client, [r.id for r in runs.values()])
