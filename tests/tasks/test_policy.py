@@ -89,3 +89,25 @@ def test_on_policy_chosen_answers_are_checked_for_contamination_too():
     assert [t.to_pylist() for t in extra] == [[{"prompt_id": "b", "candidate_id": "b-7", "model": "policy",
                                                 "messages": message("copied benchmark answer")}]]
     assert chosen_outside_targets([sft], [dpo.slice(0, 1)]) == []  # the usual ranking: chosen = target
+
+
+def test_vllm_merged_serves_full_weights_under_the_agent_name(tmp_path, tiny_llama_dir):
+    cfg = config_with(tmp_path, serve="vllm_merged")
+    store = open_store(cfg.store)
+    store.upload_dir(tiny_llama_dir, "runs/night-1/models/dpo")  # a full-weights `latest`
+    store.write_json("registry/latest.json", {"run_id": "night-1"})
+    augmented = with_policy_agent(cfg, store, "night-2")
+    assert pin_policy(store, "night-2")["weights"] == "full"
+    server, agent = augmented.servers.servers[-1], augmented.models[-1]
+    assert (server.kind, server.served_model_name, agent.served_by, agent.model) == (
+        "vllm", "policy", "policy-server", "policy")
+    argv = server_command(server, 8000, model=server.model).argv
+    assert argv[argv.index("--served-model-name") + 1] == "policy" and argv[2] == server.model
+
+    (tmp_path / "lora").mkdir()
+    lora = config_with(tmp_path / "lora", serve="vllm_lora")
+    lora_store = open_store(lora.store)
+    lora_store.upload_dir(tiny_llama_dir, "runs/night-1/models/dpo")
+    lora_store.write_json("registry/latest.json", {"run_id": "night-1"})
+    with pytest.raises(ValueError, match="has full weights, not a LoRA adapter; use serve: vllm_merged"):
+        with_policy_agent(lora, lora_store, "night-2")
