@@ -20,7 +20,6 @@ from infra.store import Store
 from toa_core.config import Section
 
 POLICY_FILE = "policy.json"
-PAIR_MODES = ("all", "on_policy", "mixed")
 
 
 class PolicyAgentConfig(Section):
