@@ -77,7 +77,6 @@ def synthesize(config: ConfigFile = "configs/demo.yaml", run_id: str | None = No
     policy = policy_record(cfg, store, run_id)
     if policy is not None:
         manifest.note("policy", {**policy, "agent": cfg.synthesis.policy_agent.name})
-        manifest.add_lineage("policy", [store.uri(policy["model"])], [store.uri(run_key(run_id, "samples") + "/")])
 
     # Incremental runs apply `limit` after leaving out prompts earlier runs synthesized, not at ingest.
     sample_limit = cfg.synthesis.prompts.limit if incremental and cfg.synthesis.prompts else None
@@ -129,6 +128,8 @@ def synthesize(config: ConfigFile = "configs/demo.yaml", run_id: str | None = No
             attempt.attempt_counts = sample_attempt_counts(finished)
             manifest.add_retries("chat+reward", attempt.attempt_counts["retries"])
         manifest.add_lineage("sample", [store.uri(run_key(run_id, "prompts") + "/")], [o["uri"] for o in outcomes])
+        if policy is not None:  # the promoted model wrote some of these samples (model column: the agent's name)
+            manifest.add_lineage("policy", [store.uri(policy["model"])], [o["uri"] for o in outcomes])
         # The stage as a whole: every published shard, whichever attempt generated it.
         attempt.counts = {
             "shards": len(outcomes),
