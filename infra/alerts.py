@@ -19,8 +19,9 @@ ALERT_STATES = ("Failed", "Crashed", "Blocked")  # "Blocked" = tasks.flow_runs.B
 PIPELINE_FLOW = "pipeline"
 
 SUBJECT = "toaflow pipeline run {{ flow_run.name }}: {{ flow_run.state.name }}"
+# The UI link only when the server knows its UI address (PREFECT_UI_URL); the flow run id always.
 BODY = ("Pipeline run {{ flow_run.name }} ended {{ flow_run.state.name }}: {{ flow_run.state.message }}\n"
-        "Flow run: {{ flow_run|ui_url }}")
+        "Prefect flow run {{ flow_run.id }}{% if flow_run|ui_url %}: {{ flow_run|ui_url }}{% endif %}")
 
 
 class AlertSetupError(RuntimeError):

@@ -7,6 +7,7 @@ not about what its stages compute); the runs go to the real server from a subpro
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -139,3 +140,4 @@ def test_failed_and_blocked_nightlies_reach_the_local_receiver(prefect_server, p
     assert "toaflow pipeline run alert-failed: Failed" in failed
     assert "the reward server refused every request" in failed  # the reason
     assert not any("alert-ok" in text for text in texts)
+    assert all(re.search(r"\nPrefect flow run [0-9a-f-]{36}", text) and "None" not in text for text in texts)
