@@ -6,8 +6,13 @@ index/prompts/), and training uses the data of every earlier run plus the new on
 interval against `latest`, or worse than the base model); otherwise `latest` stays and the record says which
 metric blocked it and why (registry/promotions/, runs/<id>/promotion.json).
 
+Policy in the loop (synthesis.policy_agent, training.common.start_from: latest): the run pins the model `latest`
+points at when it starts (runs/<id>/policy.json); synthesis adds it as one more agent and training starts from it
+(infra/policy.py). The accumulated data may be bounded (pipeline.accumulate: a window of nights, a decay).
+
 In the Prefect UI the run and its subflow runs are named by the run id; the run ends with a message giving the
-verdict, or "Nothing new" with the reason when there was nothing to train on.
+verdict (state "Blocked" when the gate refused the candidate: infra/alerts.py tells someone), or "Nothing new"
+with the reason when there was nothing to train on.
 """
 from __future__ import annotations
 
@@ -21,9 +26,11 @@ from flows.evaluate import evaluate
 from flows.synthesize import synthesize
 from flows.train import train
 from infra.manifest import Manifest
+from infra.policy import pin_policy
 from infra.run_ids import check_run_id, new_run_id
 from infra.store import open_store
 from tasks.flow_runs import call_subflow, finish, name_flow_run, run_name
+from tasks.publish import publish_line, publish_promoted
 from tasks.pipeline import (ACCUMULATED_SUFFIX, accumulate, current_latest, flatten_scores, previously_synthesized, promotion_gate,
                             record_prompts, runs_awaiting_training)
 from runconfig import load_config
@@ -69,12 +76,19 @@ def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None
     if incremental:
         logger.info("incremental: %d prompts synthesized by earlier runs are skipped",
                     previously_synthesized(cfg.store, run_id))
+    policy = None
+    if cfg.synthesis.policy_agent.enabled or cfg.training.common.start_from == "latest":
+        # Pinned once for the whole run: synthesis serves this version, training starts from it, and a resume uses
+        # the same one even if `latest` moved meanwhile.
+        policy = pin_policy(store, run_id)
+        logger.info("policy in the loop: %s", f"`latest` is run {policy['run_id']} ({policy['model']})"
+                    if policy["run_id"] else "no model is `latest` yet: the base model and the configured agents only")
     synthesized = call_subflow(synthesize, config=config, run_id=run_id, incremental=incremental,
                                overrides=overrides)
     new_prompts = record_prompts(cfg.store, run_id)
     result: dict[str, Any] = {"run_id": run_id, "run_uri": store.uri(f"runs/{run_id}/"), "data_run_id": None,
                               "new_prompts": new_prompts, "scores": {}, "promotion": None,
-                              "flow_run_id": flow_run.get_id()}
+                              "flow_run_id": flow_run.get_id(), "policy": (policy or {}).get("run_id")}
     if incremental and not runs_awaiting_training(cfg.store):
         # Every prompt already trained a model that was evaluated and judged: training again on the same data
         # would only repeat that result.
@@ -85,7 +99,7 @@ def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None
         return finish(result, result["skipped"], nothing_new=True)
 
     manifest = Manifest.load(store, run_id)  # synthesize created it
-    accumulated = accumulate(cfg.store, run_id) if incremental else None
+    accumulated = accumulate(cfg.store, run_id, cfg.pipeline.accumulate) if incremental else None
     data_run_id = accumulated["data_run_id"] if accumulated else run_id
     if accumulated:
         manifest.add_lineage("accumulate", inputs=[store.uri(f"runs/{run}/datasets/") for run in accumulated["runs"]],
@@ -112,7 +126,12 @@ def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None
             attempt.counts = {"promoted": int(record["promoted"])}
             attempt.outputs = [store.uri(f"runs/{run_id}/promotion.json")]
         result["promotion"] = record
-        return finish(result, verdict(record))
+        published = ""
+        if record["promoted"] and cfg.pipeline.publish.enabled:
+            # After the promotion, never before: a failed push is reported and the promotion stands.
+            result["publish"] = publish_promoted(cfg, run_id)
+            published = publish_line(result["publish"])
+        return finish(result, verdict(record) + published, blocked=not record["promoted"])
     return finish(result, f"evaluated {len(result['scores'])} metrics; promotion off")
 
 

@@ -27,6 +27,7 @@ from infra.store import open_store
 from tasks.dataset_card import write_dataset_card
 from tasks.decontamination import decontaminate_prompts, decontamination_counts
 from tasks.flow_runs import finish, name_flow_run, run_name
+from tasks.policy import policy_record, with_policy_agent
 from tasks.shard_execution import config_digest, run_shards_locally, run_shards_on_workers
 from tasks.synthesis import ingest_prompts, plan_shards, progress_key, rank_candidates, report_synthesis, run_key
 from tasks.synthesis_progress import SynthesisProgress
@@ -67,10 +68,15 @@ def synthesize(config: ConfigFile = "configs/demo.yaml", run_id: str | None = No
     run_id = run_id or new_run_id(cfg.name)
     name_flow_run(run_id)
     store = open_store(cfg.store)
+    digest = config_digest(cfg)  # of the config file: shard hosts add the policy agent themselves
+    cfg = with_policy_agent(cfg, store, run_id)  # the pinned `latest` as one more agent (when configured)
     manifest = Manifest.open(store, run_id, config=cfg.model_dump(mode="json"),
                              seeds={"search": cfg.search.seed, "split": cfg.synthesis.ranking.seed,
                                     "ingest": cfg.synthesis.prompts.seed if cfg.synthesis.prompts else 0})
     logger.info("synthesis run %s -> %s", run_id, store.uri(run_key(run_id) + "/"))
+    policy = policy_record(cfg, store, run_id)
+    if policy is not None:
+        manifest.note("policy", {**policy, "agent": cfg.synthesis.policy_agent.name})
 
     # Incremental runs apply `limit` after leaving out prompts earlier runs synthesized, not at ingest.
     sample_limit = cfg.synthesis.prompts.limit if incremental and cfg.synthesis.prompts else None
@@ -114,7 +120,7 @@ def synthesize(config: ConfigFile = "configs/demo.yaml", run_id: str | None = No
                 # Each shard flow run starts or finds the model servers on its own host: none are started here.
                 outcomes = run_shards_on_workers(
                     cfg, run_id, plan, progress, logger=logger, finished=finished,
-                    parameters=shard_parameters(config, limit, prompts, overrides, config_digest(cfg)))
+                    parameters=shard_parameters(config, limit, prompts, overrides, digest))
             else:
                 with model_servers(cfg, run_id) as endpoints:
                     outcomes = run_shards_locally(cfg, run_id, plan, endpoints, progress, logger, finished=finished)
@@ -122,6 +128,8 @@ def synthesize(config: ConfigFile = "configs/demo.yaml", run_id: str | None = No
             attempt.attempt_counts = sample_attempt_counts(finished)
             manifest.add_retries("chat+reward", attempt.attempt_counts["retries"])
         manifest.add_lineage("sample", [store.uri(run_key(run_id, "prompts") + "/")], [o["uri"] for o in outcomes])
+        if policy is not None:  # the promoted model wrote some of these samples (model column: the agent's name)
+            manifest.add_lineage("policy", [store.uri(policy["model"])], [o["uri"] for o in outcomes])
         # The stage as a whole: every published shard, whichever attempt generated it.
         attempt.counts = {
             "shards": len(outcomes),

@@ -22,6 +22,7 @@ from infra.store import open_store
 from runconfig import ConfigError, load_config
 from runconfig.parameters import ConfigFile, RunOverrides, config_path, synthesis_settings
 from tasks.gpu import gpu_slot
+from tasks.policy import with_policy_agent
 from tasks.shard_execution import config_digest
 from tasks.synthesis import run_key, sample_shard, shard_gpu_slots, shard_label
 from tasks.synthesis_progress import shard_artifact_updater
@@ -48,6 +49,7 @@ def synthesize_shard(config: ConfigFile, run_id: str, shard_index: int, limit: i
         raise ConfigError(f"{config}: resolves to another config on this host than on the host that started run "
                           f"{run_id}; deploy the same project version and configs to every host of the pool")
     store = open_store(cfg.store)
+    cfg = with_policy_agent(cfg, store, run_id)  # the run's pinned `latest`, served on this host (when configured)
     plan_key = run_key(run_id, "shards.json")
     if not store.exists(plan_key):
         raise ConfigError(f"run {run_id} has no shard plan at {store.uri(plan_key)}; shards are started by the "

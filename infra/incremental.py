@@ -10,20 +10,30 @@ every indexed run's datasets plus the new run's (written as the data run `runs/<
 lineage.json lists the source runs): `accumulate_datasets` concatenates their
 datasets/{sft,dpo}/{train,test}.parquet files and keeps, per prompt_id, the rows of the newest run only (so a
 prompt re-synthesized later replaces its older data and never lands in both train and test).
+
+Bounded data (`pipeline.accumulate`, AccumulationConfig): the accumulated set need not grow without bound. A night
+is a run that synthesized new prompts; counting this run as age 0, `window_nights: N` keeps the nights of age < N,
+and `decay_per_night: d` gives a night of age k the weight d**k: it keeps a seeded share d**k of its prompts (the
+same prompts every time, chosen by a hash of the prompt id), and a night whose weight is below `min_weight` is left
+out. TRL's trainers take no per-row loss weight, so the weight is a sampling rate. `plan_accumulation` decides,
+`accumulate_datasets` applies it and counts per run what was kept and dropped (the accumulated data's card says it).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import Field, model_validator
 
 from infra.run_ids import InvalidRunId, check_run_id
+from toa_core.config import Section
 from infra.store import Store
 from toa_core.records import prompt_id_for
 
@@ -32,6 +42,56 @@ log = logging.getLogger(__name__)
 INDEX_PREFIX = "index/prompts/"
 STAGES = ("sft", "dpo")
 SPLITS = ("train", "test")
+
+
+class AccumulationConfig(Section):
+    """Which earlier nights' data the nightly pipeline trains on (default: every night, all rows)."""
+    window_nights: int | None = Field(
+        None, ge=1, description="train on the newest N nights' data, this run's included (a night = a run that "
+                                "synthesized new prompts); empty = every night")
+    decay_per_night: float | None = Field(
+        None, gt=0, le=1, description="a night k nights older than this run keeps a seeded share decay**k of its "
+                                      "prompts (the same ones every time); empty = all of them")
+    min_weight: float = Field(0.01, ge=0, lt=1, description="a night whose weight decay**k is below this is left out")
+    seed: int = Field(0, description="seed of the prompt hash that picks a decayed night's rows")
+
+    @model_validator(mode="after")
+    def _decay_needs_room(self) -> "AccumulationConfig":
+        if self.decay_per_night is None and "min_weight" in self.model_fields_set:
+            raise ValueError("min_weight applies with decay_per_night; set decay_per_night or remove min_weight")
+        return self
+
+
+def plan_accumulation(runs: Sequence[str], cfg: AccumulationConfig | None) -> list[dict[str, Any]]:
+    """For each night in `runs` (oldest first, this run last): {"run_id", "age", "weight", "used", "reason"}."""
+    cfg = cfg or AccumulationConfig()
+    plan = []
+    for position, run_id in enumerate(runs):
+        age = len(runs) - 1 - position
+        weight = cfg.decay_per_night ** age if cfg.decay_per_night is not None else 1.0
+        if cfg.window_nights is not None and age >= cfg.window_nights:
+            used, reason = False, (f"left out: {age} night(s) old, outside the window of the newest "
+                                   f"{cfg.window_nights} night(s) (pipeline.accumulate.window_nights)")
+            weight = 0.0
+        elif weight < cfg.min_weight:
+            used, reason = False, (f"left out: weight {cfg.decay_per_night:g}^{age} = {weight:.3g} is below "
+                                   f"min_weight {cfg.min_weight:g}")
+            weight = 0.0
+        elif weight < 1.0:
+            used, reason = True, (f"{age} night(s) old: weight {cfg.decay_per_night:g}^{age} = {weight:.3g}, so a "
+                                  f"seeded {weight:.0%} of its prompts (pipeline.accumulate.decay_per_night)")
+        else:
+            used, reason = True, "this run: all rows" if age == 0 else f"{age} night(s) old: all rows"
+        plan.append({"run_id": run_id, "age": age, "weight": weight, "used": used, "reason": reason})
+    return plan
+
+
+def keeps_prompt(prompt_id: str, weight: float, seed: int = 0) -> bool:
+    """Whether a night of this weight keeps `prompt_id`: a seeded hash in [0, 1) below the weight (stable)."""
+    if weight >= 1.0:
+        return True
+    digest = hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < weight
 
 
 def _read_table(store: Store, key: str, columns: list[str] | None = None) -> pa.Table:
@@ -181,14 +241,19 @@ def _derived_prompt_ids(table: pa.Table, stage: str) -> list[str]:
     return ids
 
 
-def accumulate_datasets(store: Store, run_ids: Sequence[str], dest_prefix: str) -> dict[str, Any]:
+def accumulate_datasets(store: Store, run_ids: Sequence[str], dest_prefix: str,
+                        weights: Mapping[str, float] | None = None, seed: int = 0) -> dict[str, Any]:
     """Concatenate the datasets of `run_ids` (oldest first) into `dest_prefix`/{sft,dpo}/{train,test}.parquet.
 
-    Per stage, each prompt_id keeps the rows of the newest run that has it, in the split that run gave it.
-    Runs without a dataset file are skipped. Returns {"runs": [...], "rows": {"sft/train": n, ...}, "keys": [...]}.
+    Per stage, each prompt_id keeps the rows of the newest run that has it, in the split that run gave it; then a
+    run of weight w < 1 (`weights`, default 1) keeps the rows of the prompts `keeps_prompt` picks for it.
+    Runs without a dataset file are skipped. Returns {"runs": [...], "rows": {"sft/train": n, ...}, "keys": [...],
+    "by_run": {run: {"sft": {"rows", "kept"}, "dpo": {...}}}} (rows = its rows after the newest-run rule).
     """
     dest_prefix = dest_prefix.rstrip("/")
-    summary: dict[str, Any] = {"runs": list(run_ids), "rows": {}, "keys": []}
+    weights = weights or {}
+    summary: dict[str, Any] = {"runs": list(run_ids), "rows": {}, "keys": [],
+                               "by_run": {run: {stage: {"rows": 0, "kept": 0} for stage in STAGES} for run in run_ids}}
     for stage in STAGES:
         owner: dict[str, tuple[int, str]] = {}  # prompt_id -> (run position, split) of its newest rows
         tables: dict[tuple[int, str], pa.Table] = {}
@@ -206,7 +271,12 @@ def accumulate_datasets(store: Store, run_ids: Sequence[str], dest_prefix: str) 
                     owner[prompt_id] = (position, split)  # later runs overwrite earlier ones
         by_split: dict[str, list[pa.Table]] = {split: [] for split in SPLITS}
         for (position, split), table in sorted(tables.items()):
-            keep = [owner[prompt_id] == (position, split) for prompt_id in table["prompt_id"].to_pylist()]
+            run_id, weight = run_ids[position], weights.get(run_ids[position], 1.0)
+            newest = [owner[prompt_id] == (position, split) for prompt_id in table["prompt_id"].to_pylist()]
+            keep = [is_newest and keeps_prompt(prompt_id, weight, seed)
+                    for is_newest, prompt_id in zip(newest, table["prompt_id"].to_pylist())]
+            summary["by_run"][run_id][stage]["rows"] += sum(newest)
+            summary["by_run"][run_id][stage]["kept"] += sum(keep)
             by_split[split].append(table.filter(pa.array(keep, pa.bool_())))
         for split, parts in by_split.items():
             if not parts:

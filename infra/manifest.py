@@ -263,6 +263,14 @@ class Manifest:
                 data["retries"][component] = data["retries"].get(component, 0) + count
             self._update(change)
 
+    def note(self, key: str, value: Any) -> None:
+        """Record `value` (JSON-able, secrets removed) under a top-level `key` of the manifest, replacing it."""
+        redacted = redact(value)
+
+        def change(data: dict[str, Any]) -> None:
+            data[key] = redacted
+        self._update(change)
+
     def add_lineage(self, stage: str, inputs: Iterable[str], outputs: Iterable[str]) -> None:
         """Record that `stage` read `inputs` (URIs) and produced `outputs`; a repeated entry is kept once."""
         entry = {"stage": stage, "inputs": sorted(set(inputs)), "outputs": sorted(set(outputs))}

@@ -12,9 +12,12 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 
 from evaluation.config import EvaluationConfig
 from infra.config import ServersConfig, StoreConfig
-from toa_core.credentials import remember_secret_env_names, secret_env_names_in
+from infra.hub import PublishConfig
+from infra.incremental import AccumulationConfig
+from infra.policy import PolicyAgentConfig
 from toa_core.config import (ModelConfig, RewardConfig, SearchConfig, Section, describe_validation_error,
                              read_yaml_mapping, repeated_names)
+from toa_core.credentials import remember_secret_env_names, secret_env_names_in
 from toa_core.decontamination import DecontaminationConfig
 from toa_core.ingest import IngestConfig
 from toa_core.ranking import RankingConfig
@@ -54,6 +57,9 @@ class SynthesisConfig(Section):
     decontaminate: DecontaminationConfig = Field(
         default_factory=DecontaminationConfig,
         description="check prompts and chosen answers against the evaluation sets; `false` switches it off")
+    policy_agent: PolicyAgentConfig = Field(
+        default_factory=PolicyAgentConfig,
+        description="the promoted model (`latest`) as one more agent, and which DPO pairs it may give (off by default)")
 
     @field_validator("decontaminate", mode="before")
     @classmethod
@@ -70,6 +76,17 @@ class SynthesisConfig(Section):
         return self
 
 
+class PipelineConfig(Section):
+    """The nightly pipeline (flows/pipeline.py): how much of the earlier nights' data it trains on, and where a
+    promoted model is published."""
+    accumulate: AccumulationConfig = Field(
+        default_factory=AccumulationConfig, description="bound the accumulated training data: a window of nights "
+        "and/or a per-night decay (infra/incremental.py); default: every night, every row")
+    publish: PublishConfig = Field(
+        default_factory=PublishConfig, description="push a promoted model and its datasets to Hub repos (opt-in; "
+        "tasks/publish.py)")
+
+
 class RunConfig(Section):
     """Everything a run needs. See configs/*.yaml for annotated examples."""
     name: str = Field("run", description="a label for this config; run ids are generated from it")
@@ -81,6 +98,7 @@ class RunConfig(Section):
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     @model_validator(mode="after")
     def _unique_model_names(self) -> "RunConfig":
@@ -88,6 +106,13 @@ class RunConfig(Section):
         duplicates = repeated_names(names)
         if duplicates:
             raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
+        policy = self.synthesis.policy_agent
+        if policy.enabled and policy.name in names:
+            raise ValueError(f"synthesis.policy_agent.name '{policy.name}' is also the name of one of the models; "
+                             "give the policy agent a name of its own")
+        if policy.budget_share is not None and self.search.strategy != "ab_mcts":
+            raise ValueError(f"synthesis.policy_agent.budget_share is reserved through AB-MCTS's exploration floor; "
+                             f"search.strategy '{self.search.strategy}' has none: use ab_mcts or remove budget_share")
         if self.search.model is not None and self.search.model not in names:
             raise ValueError(f"search.model '{self.search.model}' is not one of the models: {', '.join(names)}")
         return self

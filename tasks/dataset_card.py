@@ -141,6 +141,7 @@ def card_markdown(cfg: RunConfig, run_id: str, run_uri: str, ingest: dict[str, A
         f"max_tokens {search.max_tokens}" + (f", tau {search.tau}, alpha {search.alpha}" if search.strategy == "toa" else ""),
         reward_line(reward, ranking.get("pairs_decided_by")), "",
         "| agent | model | backend | temperature | system prompt |", "|---|---|---|---|---|", models, "",
+        *policy_markdown(cfg, manifest, counts),
         "## Ranking rule", "",
         f"Per prompt, usable candidates (no error, finite reward, non-blank text) are ordered by reward. The SFT target "
         f"and DPO chosen is the best candidate that is not truncated"
@@ -188,6 +189,23 @@ def reward_line(reward, decided_by: dict[str, int] | None) -> str:
     return (rule + f"\n- DPO pairs decided by the verifier (the chosen passed more checks than the rejected): "
                    f"{counts.get('verifier', 0)}; by the reward model (both in the same class): "
                    f"{counts.get('reward model', 0)}")
+
+
+def policy_markdown(cfg: RunConfig, manifest: dict[str, Any], counts: dict[str, Any]) -> list[str]:
+    """Which model version the policy agent was (the promoted `latest` pinned by the run), and its share of the pairs."""
+    policy = manifest.get("policy")
+    if not policy:
+        return []
+    pairs = cfg.synthesis.policy_agent.pairs
+    rule = {"all": "ranked with every agent's answers", "on_policy": "on-policy only: chosen and rejected both "
+            "written by the policy", "mixed": "mixed: chosen from any agent, rejected written by the policy"}[pairs]
+    return [f"Agent `{policy['agent']}` is the policy in the loop: the model promoted to `latest` by run "
+            f"`{policy['run_id']}` (`{policy['model']}`, {policy.get('weights') or 'weights'}, promoted "
+            f"{policy.get('promoted_at') or '-'}). DPO pairs: {rule} (`synthesis.policy_agent.pairs: {pairs}`); "
+            f"pairs with the policy's answer as chosen {counts.get('dpo_pairs_policy_chosen', 0)}, as rejected "
+            f"{counts.get('dpo_pairs_policy_rejected', 0)}, both {counts.get('dpo_pairs_policy_both', 0)}. The "
+            "columns `model_version` (sft) and `chosen_model_version` / `rejected_model_version` (dpo) name the model "
+            "version that wrote each answer.", ""]
 
 
 def ordinal(n: int) -> str:

@@ -102,6 +102,20 @@ def contaminated_targets(index: DecontaminationIndex, sft_tables: Iterable[pa.Ta
              **match.to_dict(), "reason": match_reason(match)} for row, match in zip(rows, matches) if match is not None]
 
 
+def chosen_outside_targets(sft_tables: Iterable[pa.Table], dpo_tables: Iterable[pa.Table]) -> list[pa.Table]:
+    """DPO chosen answers that are not SFT targets (the policy agent's on-policy pairs choose its own best answer),
+    in the layout `contaminated_targets` reads; empty when every chosen is a target (the usual ranking)."""
+    targets = {candidate for table in sft_tables for candidate in table["candidate_id"].to_pylist()}
+    extra = []
+    for table in dpo_tables:
+        keep = pa.array([c not in targets for c in table["chosen_candidate_id"].to_pylist()], pa.bool_())
+        chosen = table.filter(keep)
+        if chosen.num_rows:
+            extra.append(pa.table({"prompt_id": chosen["prompt_id"], "candidate_id": chosen["chosen_candidate_id"],
+                                   "model": chosen["chosen_model"], "messages": chosen["chosen"]}))
+    return extra
+
+
 def rank_without_contaminated_answers(cfg: RunConfig, store: Store, run_id: str,
                                       rank: Callable[[list[str]], tuple]) -> tuple:
     """Run `rank(excluded_ids)` and, while a target overlaps an evaluation set, again with it excluded.
@@ -114,7 +128,7 @@ def rank_without_contaminated_answers(cfg: RunConfig, store: Store, run_id: str,
     index, _ = run_index(cfg)
     flagged: list[dict[str, Any]] = []
     for _ in range(5):  # each pass replaces the flagged targets by the next eligible answer
-        found = contaminated_targets(index, result[:2])
+        found = contaminated_targets(index, [*result[:2], *chosen_outside_targets(result[:2], result[2:4])])
         if not found:
             break
         flagged.extend(found)

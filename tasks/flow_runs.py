@@ -19,6 +19,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 NOTHING_NEW = "Nothing new"
+# A pipeline run whose candidate the gate blocked: Completed (the run did its job), but named so that an
+# automation can tell someone (infra.alerts matches the event `prefect.flow-run.Blocked`).
+BLOCKED = "Blocked"
 
 
 def run_name() -> str:
@@ -47,9 +50,10 @@ def name_flow_run(run_id: str) -> None:
         log.warning("could not name the flow run %s: %s", run_id, error)
 
 
-def finish(summary: dict[str, Any], message: str, *, nothing_new: bool = False) -> Any:
+def finish(summary: dict[str, Any], message: str, *, nothing_new: bool = False, blocked: bool = False) -> Any:
     """The value a flow returns: a Completed state named "Completed" (or "Nothing new" when the run skipped its
-    work) with `message`, whose result is `summary`. Outside a Prefect run, `summary` itself."""
+    work, "Blocked" when the gate refused its candidate) with `message`, whose result is `summary`. Outside a
+    Prefect run, `summary` itself."""
     from prefect.context import FlowRunContext
     from prefect.states import Completed
 
@@ -59,7 +63,8 @@ def finish(summary: dict[str, Any], message: str, *, nothing_new: bool = False) 
     summary, message = redact(summary), redact_text(message)
     if FlowRunContext.get() is None:
         return summary
-    return Completed(message=message, data=summary, **({"name": NOTHING_NEW} if nothing_new else {}))
+    name = NOTHING_NEW if nothing_new else BLOCKED if blocked else None
+    return Completed(message=message, data=summary, **({"name": name} if name else {}))
 
 
 def call_subflow(subflow: Any, **parameters: Any) -> Any:

@@ -10,8 +10,9 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from infra.config import StoreConfig
-from infra.incremental import (accumulate_datasets, indexed_runs, prompt_counts, prompt_ids_sampled_in_run,
-                               record_synthesized_prompts, synthesized_prompt_ids, training_runs_of)
+from infra.incremental import (AccumulationConfig, accumulate_datasets, indexed_runs, plan_accumulation, prompt_counts,
+                               prompt_ids_sampled_in_run, record_synthesized_prompts, synthesized_prompt_ids,
+                               training_runs_of)
 from infra.promotion import DEFAULT_MAX_FAILURE_RATE, DEFAULT_MIN_SCORED_ITEMS, decide_promotion, report_markdown
 from infra.registry import latest_scores, promotion_history, read_latest, record_decision
 from infra.store import open_store
@@ -58,22 +59,64 @@ def runs_awaiting_training(store_cfg: StoreConfig) -> list[str]:
 
 
 @task(name="accumulate-datasets")
-def accumulate(store_cfg: StoreConfig, run_id: str) -> dict[str, Any] | None:
-    """Build the training data of `run_id` from every indexed run's datasets (newest wins per prompt_id).
+def accumulate(store_cfg: StoreConfig, run_id: str, accumulation: AccumulationConfig | None = None
+               ) -> dict[str, Any] | None:
+    """Build the training data of `run_id` from the indexed runs' datasets (newest wins per prompt_id), bounded by
+    `accumulation` (a window of nights, a per-night decay: infra.incremental).
 
-    Returns None when `run_id` is the only indexed run (its own datasets are the whole data), else
-    {"data_run_id", "runs", "rows", "keys"} with the data written to runs/<run_id>-accumulated/datasets/.
+    Returns None when `run_id` is the only night (its own datasets are the whole data), else
+    {"data_run_id", "runs", "rows", "keys", "plan", "by_run"} with the data written to
+    runs/<run_id>-accumulated/datasets/, its lineage.json, and a card (datasets/README.md) saying which nights' rows
+    were used and why.
     """
     store = open_store(store_cfg)
-    runs = [run for run in indexed_runs(store) if run != run_id] + [run_id]  # this run's data is the newest
-    if len(runs) == 1:
+    counts = prompt_counts(store)
+    # Nights: runs that synthesized something (a run that found nothing new has no data to weigh).
+    nights = [run for run in indexed_runs(store) if run != run_id and counts.get(run)] + [run_id]
+    if len(nights) == 1:
         return None
+    plan = plan_accumulation(nights, accumulation)
+    used = [entry["run_id"] for entry in plan if entry["used"]]
     data_run_id = accumulated_data_run_id(run_id)
-    summary = accumulate_datasets(store, runs, f"runs/{data_run_id}/datasets")
-    store.write_json(f"runs/{data_run_id}/lineage.json", {"built_for": run_id, "from_runs": runs, "rows": summary["rows"]})
-    get_run_logger().info("accumulated %s from %d runs into %s", summary["rows"], len(runs),
-                          store.uri(f"runs/{data_run_id}/datasets/"))
-    return {"data_run_id": data_run_id, **summary}
+    summary = accumulate_datasets(store, used, f"runs/{data_run_id}/datasets",
+                                  weights={entry["run_id"]: entry["weight"] for entry in plan},
+                                  seed=(accumulation or AccumulationConfig()).seed)
+    store.write_json(f"runs/{data_run_id}/lineage.json", {"built_for": run_id, "from_runs": used, "rows": summary["rows"],
+                                                          "plan": plan, "by_run": summary["by_run"]})
+    store.write_text(f"runs/{data_run_id}/datasets/README.md",
+                     accumulated_card(run_id, data_run_id, plan, summary, accumulation or AccumulationConfig()))
+    left_out = [entry["run_id"] for entry in plan if not entry["used"]]
+    get_run_logger().info("accumulated %s from %d runs into %s%s", summary["rows"], len(used),
+                          store.uri(f"runs/{data_run_id}/datasets/"),
+                          f"; left out {', '.join(left_out)}" if left_out else "")
+    return {"data_run_id": data_run_id, **summary, "plan": plan}
+
+
+def accumulated_card(run_id: str, data_run_id: str, plan: list[dict[str, Any]], summary: dict[str, Any],
+                     accumulation: AccumulationConfig) -> str:
+    """The accumulated data's README: the rule in force, then per night its weight, rows kept and why."""
+    rule = []
+    if accumulation.window_nights is not None:
+        rule.append(f"the newest {accumulation.window_nights} night(s) only (`pipeline.accumulate.window_nights`)")
+    if accumulation.decay_per_night is not None:
+        rule.append(f"a night k nights old keeps a seeded share {accumulation.decay_per_night:g}^k of its prompts, "
+                    f"none below weight {accumulation.min_weight:g} (`pipeline.accumulate.decay_per_night`)")
+    lines = [f"# Training data of run `{run_id}` (data run `{data_run_id}`)", "",
+             "The datasets of the nightly runs below, concatenated; a prompt synthesized by several runs keeps the "
+             "rows of the newest one. Rule: " + ("; ".join(rule) if rule else "every night, every row (no bound "
+                                                "configured)") + ".", "",
+             "| night | age | weight | SFT rows kept / available | DPO rows kept / available | why |",
+             "|---|---|---|---|---|---|"]
+    for entry in reversed(plan):
+        counts = summary["by_run"].get(entry["run_id"])
+        cells = [f"{counts[stage]['kept']} / {counts[stage]['rows']}" if counts else "-" for stage in ("sft", "dpo")]
+        lines.append(f"| {entry['run_id']} | {entry['age']} | {entry['weight']:.3g} | {cells[0]} | {cells[1]} | "
+                     f"{entry['reason']} |")
+    left_out = [entry["run_id"] for entry in plan if not entry["used"]]
+    lines += ["", "Totals: " + ", ".join(f"{key} {rows}" for key, rows in sorted(summary["rows"].items())) + "."]
+    if left_out:
+        lines += ["", f"Not used at all: {', '.join(left_out)} (their rows are not in this training set)."]
+    return "\n".join(lines) + "\n"
 
 
 @task(name="promotion-gate")

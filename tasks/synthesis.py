@@ -352,18 +352,29 @@ def rank_candidates(cfg: RunConfig, run_id: str, shard_uris: list[str]) -> dict[
     from pathlib import Path
 
     from tasks.decontamination import rank_without_contaminated_answers
-    from toa_core.ranking import build_datasets, write_datasets
+    from tasks.policy import model_versions, policy_record
+    from toa_core.ranking import build_datasets_with_policy, write_datasets
 
     store = open_store(cfg.store)
+    policy = cfg.synthesis.policy_agent
+    record = policy_record(cfg, store, run_id)
+    # The policy's own pairs only when it took part (before the first promotion there is no policy to pair).
+    pairs = policy.pairs if record is not None and any(m.name == policy.name for m in cfg.models) else "all"
     with tempfile.TemporaryDirectory(prefix="toaflow-rank-") as scratch:
         local_shards = [store.download_file(store.key_of(uri), Path(scratch) / f"{i:05d}.parquet")
                         for i, uri in enumerate(shard_uris)]
         prompts = read_prompts(store, run_id)
         *tables, stats = rank_without_contaminated_answers(  # chosen answers are checked against the eval sets
-            cfg, store, run_id, lambda excluded: build_datasets([str(p) for p in local_shards], prompts,
-                                                                cfg.synthesis.ranking, run_id, excluded))
+            cfg, store, run_id, lambda excluded: build_datasets_with_policy(
+                [str(p) for p in local_shards], prompts, cfg.synthesis.ranking, run_id, excluded,
+                policy_model=policy.name, pairs=pairs))
+    if record is not None:
+        tables = with_model_versions(tables, model_versions(cfg, record))
     datasets = write_datasets(store, run_id, *tables, stats=stats)
-    ranking = {"datasets": datasets, "counts": stats.to_dict(), "per_model": stats.per_model}
+    counts = stats.to_dict()
+    if record is not None:
+        counts.update(policy_pair_counts(tables[2:], policy.name))
+    ranking = {"datasets": datasets, "counts": counts, "per_model": stats.per_model}
     if cfg.reward.kind == "verifier":
         from toa_core.rewards.verifier import pair_decisions
 
@@ -372,6 +383,27 @@ def rank_candidates(cfg: RunConfig, run_id: str, shard_uris: list[str]) -> dict[
             [r for t in dpo for r in t.column("chosen_reward").to_pylist()],
             [r for t in dpo for r in t.column("rejected_reward").to_pylist()], cfg.reward.ranker is not None)
     return ranking
+
+
+def with_model_versions(tables: list[pa.Table], versions: dict[str, str]) -> list[pa.Table]:
+    """SFT tables get `model_version`, DPO tables `chosen_model_version` and `rejected_model_version`: which model
+    version wrote the answer (the policy agent's is the store key of the `latest` model it was)."""
+    def version_column(table: pa.Table, column: str) -> pa.Array:
+        return pa.array([versions.get(name) for name in table[column].to_pylist()], pa.string())
+
+    sft_train, sft_test, dpo_train, dpo_test = tables
+    return [*(t.append_column("model_version", version_column(t, "model")) for t in (sft_train, sft_test)),
+            *(t.append_column("chosen_model_version", version_column(t, "chosen_model"))
+               .append_column("rejected_model_version", version_column(t, "rejected_model")) for t in (dpo_train, dpo_test))]
+
+
+def policy_pair_counts(dpo_tables: list[pa.Table], policy_name: str) -> dict[str, int]:
+    """How many DPO pairs (train + test) the policy agent wrote a side of."""
+    chosen = sum(t["chosen_model"].to_pylist().count(policy_name) for t in dpo_tables)
+    rejected = sum(t["rejected_model"].to_pylist().count(policy_name) for t in dpo_tables)
+    both = sum(sum(1 for c, r in zip(t["chosen_model"].to_pylist(), t["rejected_model"].to_pylist())
+                   if c == r == policy_name) for t in dpo_tables)
+    return {"dpo_pairs_policy_chosen": chosen, "dpo_pairs_policy_rejected": rejected, "dpo_pairs_policy_both": both}
 
 
 @task(name="report-synthesis", cache_policy=NO_CACHE)

@@ -255,6 +255,59 @@ def build_datasets(
     return sft_train, sft_test, dpo_train, dpo_test, stats
 
 
+PAIR_MODES = ("all", "on_policy", "mixed")
+
+
+def build_datasets_with_policy(
+    candidates: Iterable[CandidateSource],
+    prompts: Mapping[str, list[Message]] | Sequence[Prompt],
+    cfg: RankingConfig,
+    run_id: str,
+    excluded_ids: Iterable[str] = (),
+    *,
+    policy_model: str | None = None,
+    pairs: Literal["all", "on_policy", "mixed"] = "all",
+) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table, RankingStats]:
+    """`build_datasets`, with DPO pairs restricted to the policy agent's answers (`policy_model`, the agent name).
+
+    SFT is unchanged: the best answer of any agent. DPO pairs:
+    - on_policy: the ranking run over the policy's candidates only: chosen = its best eligible answer, rejected =
+      its k-th (or worst) by the usual rules; both sides are the policy's own samples (on-policy DPO).
+    - mixed: the ranking run over the policy's candidates plus each prompt's overall target: chosen = the best
+      answer of any agent (the SFT target), rejected = a policy answer below it by the usual rules.
+    The rejected rank k then counts among those candidates. The split follows the SFT split (by prompt), and the
+    DPO counts of the returned stats are those of the restricted ranking.
+    """
+    excluded = list(excluded_ids)
+    sources = list(candidates)
+    sft_train, sft_test, dpo_train, dpo_test, stats = build_datasets(sources, prompts, cfg, run_id, excluded)
+    if pairs == "all" or policy_model is None:
+        return sft_train, sft_test, dpo_train, dpo_test, stats
+    if pairs not in PAIR_MODES:
+        raise ValueError(f"pairs must be one of {', '.join(PAIR_MODES)}, got {pairs!r}")
+    targets = set()
+    if pairs == "mixed":
+        for table in (sft_train, sft_test):
+            targets.update(zip(table["prompt_id"].to_pylist(), table["candidate_id"].to_pylist()))
+    restricted = []
+    for source in sources:
+        table = source if isinstance(source, pa.Table) else _read_source(source, pq.read_schema(source).names)
+        keep = pc.equal(table["model"], policy_model)
+        if targets:
+            is_target = pa.array([(p, c) in targets for p, c in zip(table["prompt_id"].to_pylist(),
+                                                                     table["candidate_id"].to_pylist())], pa.bool_())
+            keep = pc.or_(keep, is_target)
+        restricted.append(table.filter(keep))
+    _, _, policy_train, policy_test, policy_stats = build_datasets(restricted, prompts, cfg, run_id, excluded)
+    test_ids = set(sft_test["prompt_id"].to_pylist())
+    policy_train, policy_test = _split(pa.concat_tables([policy_train, policy_test]), test_ids)
+    for name in RankingStats.__dataclass_fields__:
+        if name.startswith("dpo_"):
+            setattr(stats, name, getattr(policy_stats, name))
+    stats.dpo_train, stats.dpo_test = policy_train.num_rows, policy_test.num_rows
+    return sft_train, sft_test, policy_train, policy_test, stats
+
+
 def split_test_prompts(prompt_ids: Sequence[str], test_fraction: float, seed: int) -> set[str]:
     """The prompt ids held out for test: those whose seeded hash falls below `test_fraction` (see module doc)."""
     if test_fraction <= 0 or not prompt_ids:

@@ -51,6 +51,10 @@ class CommonTrainingConfig(Section):
     num_processes: int = Field(1, ge=1, description="processes (GPUs) for `accelerate launch`")
     timeout_s: float = Field(48 * 3600.0, gt=0, description="a stage process running longer than this is killed and fails")
     merge_adapter: bool = Field(False, description="also write LoRA-merged full weights to models/<stage>/merged/")
+    start_from: Literal["base", "latest"] = Field(
+        "base", description="latest (iterative DPO): train on from the promoted model's weights (its adapter, or full "
+                            "weights) instead of base_model; the DPO reference follows (docs/training.md). Before "
+                            "the first promotion, training starts from base_model")
     save_steps: int = Field(200, ge=1, description="checkpoint (and sync it to the store) every N optimizer steps")
     keep_checkpoints: bool = Field(False, description="keep the stored checkpoints after the stage is published")
     work_dir: str | None = Field(None, description="local scratch folder (checkpoints, weights); default a temp folder")
@@ -61,6 +65,11 @@ class CommonTrainingConfig(Section):
     attn_implementation: str | None = Field(None, description="e.g. flash_attention_2 or sdpa; None = transformers' choice")
     trust_remote_code: bool = Field(False, description="run the model repository's own code; off unless set")
     callbacks: list[str] = Field(default_factory=list, description="extra transformers TrainerCallback classes, 'module:Class'")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="experiment trackers that receive the training curves (TRL's report_to), "
+        "the run id as the tracker's run name: tensorboard events land in the store under "
+        "tracking/tensorboard/<run_id>/<stage>/; mlflow and wandb read their server and key from the worker's "
+        "environment (MLFLOW_TRACKING_URI, WANDB_API_KEY, ...); empty = none")
 
     @model_validator(mode="after")
     def _launcher_needs(self) -> "CommonTrainingConfig":

@@ -11,7 +11,9 @@ Where DPO starts (decided here, documented in docs/training.md):
   of the base weights (16 GB for 8B) is ever written. Merging first and training a fresh LoRA would need that
   copy and would leave a two-layer artifact (merged SFT weights + DPO adapter).
 - Full fine-tuning: the SFT weights are the policy, and TRL loads them a second time as the frozen reference.
-- `dpo.from_sft: false` starts from common.base_model instead (reference = the base model).
+- `dpo.from_sft: false` starts from common.base_model instead (reference = the base model), or, with
+  `common.start_from: latest` (iterative DPO), from the promoted model pinned in runs/<R>/policy.json (reference =
+  that model). With from_sft and start_from latest, SFT itself started from the promoted model (training/sft.py).
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from typing import Any
 
 from training.config import StageSettings
 from training.data import fetch_stage_dataset
-from training.modeling import (TrainingSetupError, choose_precision, limit_cpu_threads, load_causal_lm,
-                               load_tokenizer, lora_config, resolve_base_model, trainable_parameters)
+from training.modeling import (TrainingSetupError, choose_precision, limit_cpu_threads, load_starting_policy,
+                               load_tokenizer, resolve_base_model, trainable_parameters)
 from training.stage import StageRun, download_published, log_line, model_prefix, stage_main, trainer_arguments
 
 STAGE = "dpo"
@@ -40,10 +42,16 @@ def run(settings: StageSettings, run_id: str, data_run_id: str | None = None, fo
         data = fetch_stage_dataset(stage.store, stage.data_run_id, STAGE, stage.workdir / "data", cfg.max_train_samples)
         precision = choose_precision(common)
         start_dir = _starting_point(stage) if cfg.from_sft else None
+        label, started_from = "the SFT policy", f"runs/{run_id}/models/sft" if start_dir else common.base_model
+        if start_dir is None and common.start_from == "latest":  # iterative DPO straight from the promoted model
+            latest = stage.latest_start()
+            if latest is not None:
+                start_dir, record = latest
+                label, started_from = f"the promoted model of run {record['run_id']}", record["model"]
         base_dir = resolve_base_model(common.base_model)
         tokenizer = load_tokenizer(start_dir or base_dir)
         log_line(f"dpo: {len(data['train'])} train pairs, {len(data['test']) if data['test'] else 0} test pairs; "
-                 f"starting from {'the SFT model of run ' + run_id if start_dir else common.base_model}; "
+                 f"starting from {started_from}; "
                  f"{'bf16' if precision.bf16 else 'fp32'} on {precision.device}; beta {cfg.beta}")
 
         # 2. Policy (and with it the reference), then the trainer. Arguments first (ZeRO-3 sharded loading).
@@ -51,13 +59,14 @@ def run(settings: StageSettings, run_id: str, data_run_id: str | None = None, fo
         from trl import DPOConfig, DPOTrainer
 
         args = DPOConfig(
-            **trainer_arguments(cfg, common, precision, stage.trainer_dir, has_eval=data["test"] is not None),
+            **{**trainer_arguments(cfg, common, precision, stage.trainer_dir, has_eval=data["test"] is not None),
+               **stage.tracker_arguments()},
             beta=cfg.beta,
             loss_type=[cfg.loss_type],
         )
         limit_cpu_threads(common, precision)
         set_seed(common.seed)
-        model, peft_config, reference = _policy(settings, start_dir, base_dir, precision)
+        model, peft_config, reference = _policy(settings, start_dir, base_dir, precision, label)
         trainer = DPOTrainer(
             model=model,
             args=args,
@@ -82,6 +91,7 @@ def run(settings: StageSettings, run_id: str, data_run_id: str | None = None, fo
         metrics = stage.publish(trainer, tokenizer, base_model=common.base_model, resumed_from=resume, extra_metrics={
             "eval": eval_metrics, "trainable_parameters": trainable, "total_parameters": total,
             "precision": "bf16" if precision.bf16 else "fp32", "beta": cfg.beta, "reference": reference,
+            "started_from": started_from,
             "first_reward_accuracy": accuracies[0] if accuracies else None,
             "final_reward_accuracy": accuracies[-1] if accuracies else None,
             "train_rows": len(data["train"]),
@@ -106,26 +116,10 @@ def _starting_point(stage: StageRun):
     return sft_dir
 
 
-def _policy(settings: StageSettings, start_dir, base_dir, precision) -> tuple[Any, Any, str]:
+def _policy(settings: StageSettings, start_dir, base_dir, precision, label: str = "the SFT policy"
+            ) -> tuple[Any, Any, str]:
     """(model, peft_config for the trainer, a description of the reference policy)."""
-    common = settings.training.common
-    if start_dir is None:  # from the base model: a fresh adapter (or full weights); reference = the base model
-        model = load_causal_lm(base_dir, common, precision)
-        return model, (None if common.full_finetune else lora_config(settings.training.lora)), "the base model"
-    if (start_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        if common.full_finetune:
-            raise TrainingSetupError("the SFT model is a LoRA adapter but training.common.full_finetune is true; "
-                                     "re-run SFT with full_finetune, or set it false")
-        base = load_causal_lm(base_dir, common, precision)
-        # No peft_config: TRL copies this adapter as a frozen "ref" adapter and trains "default".
-        return PeftModel.from_pretrained(base, str(start_dir), is_trainable=True), None, \
-            "the SFT policy (a frozen copy of the SFT adapter)"
-    model = load_causal_lm(start_dir, common, precision)
-    if common.full_finetune:
-        return model, None, "the SFT policy (a frozen second copy of the SFT weights)"
-    return model, lora_config(settings.training.lora), "the SFT policy (the SFT weights with the adapter disabled)"
+    return load_starting_policy(start_dir, base_dir, settings.training.common, settings.training.lora, precision, label)
 
 
 if __name__ == "__main__":

@@ -118,3 +118,30 @@ def trainable_parameters(model: Any) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+def load_starting_policy(start_dir: Path | None, base_dir: Path, common: CommonTrainingConfig, lora: LoraSection,
+                         precision: Precision, label: str) -> tuple[Any, Any, str]:
+    """The policy a stage trains, starting from `start_dir` (a published model: LoRA adapter or full weights) or,
+    when None, from the base model: (model, peft_config for the trainer, what the frozen reference is).
+
+    An adapter start is trained further (no new adapter: TRL's DPO keeps a frozen copy of it as its reference), so
+    the result stays ONE adapter over the untouched base weights. A full-weights start gets a fresh adapter (its
+    reference is those weights with the adapter disabled), or is trained whole with full_finetune.
+    """
+    if start_dir is None:
+        model = load_causal_lm(base_dir, common, precision)
+        return model, (None if common.full_finetune else lora_config(lora)), "the base model"
+    if (start_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        if common.full_finetune:
+            raise TrainingSetupError(f"{label} is a LoRA adapter but training.common.full_finetune is true; "
+                                     "train it with full_finetune, or set it false")
+        base = load_causal_lm(base_dir, common, precision)
+        return PeftModel.from_pretrained(base, str(start_dir), is_trainable=True), None, \
+            f"{label} (a frozen copy of its adapter)"
+    model = load_causal_lm(start_dir, common, precision)
+    if common.full_finetune:
+        return model, None, f"{label} (a frozen second copy of its weights)"
+    return model, lora_config(lora), f"{label} (its weights with the adapter disabled)"

@@ -11,7 +11,7 @@ from typing import Any
 
 from training.config import StageSettings
 from training.data import fetch_stage_dataset
-from training.modeling import (choose_precision, limit_cpu_threads, load_causal_lm, load_tokenizer, lora_config,
+from training.modeling import (choose_precision, limit_cpu_threads, load_starting_policy, load_tokenizer,
                                resolve_base_model, template_marks_assistant, trainable_parameters)
 from training.stage import StageRun, log_line, stage_main, trainer_arguments
 
@@ -30,10 +30,15 @@ def run(settings: StageSettings, run_id: str, data_run_id: str | None = None, fo
         data = fetch_stage_dataset(stage.store, stage.data_run_id, STAGE, stage.workdir / "data", cfg.max_train_samples)
         precision = choose_precision(common)
         base_dir = resolve_base_model(common.base_model)
-        tokenizer = load_tokenizer(base_dir)
+        # Iterative training: on from the promoted model (pinned in runs/<run_id>/policy.json) when there is one.
+        latest = stage.latest_start() if common.start_from == "latest" else None
+        start_dir = latest[0] if latest else None
+        started_from = latest[1]["model"] if latest else common.base_model
+        tokenizer = load_tokenizer(start_dir or base_dir)
         assistant_only = {"on": True, "off": False, "auto": template_marks_assistant(tokenizer)}[cfg.assistant_only_loss]
         log_line(f"sft: {len(data['train'])} train rows, {len(data['test']) if data['test'] else 0} test rows; "
-                 f"base {common.base_model}; {'full fine-tuning' if common.full_finetune else 'LoRA'}; "
+                 f"base {common.base_model}, starting from {started_from}; "
+                 f"{'full fine-tuning' if common.full_finetune else 'LoRA'}; "
                  f"{'bf16' if precision.bf16 else 'fp32'} on {precision.device}; assistant-only loss {assistant_only}")
 
         # 2. Model and trainer. The arguments come first: under DeepSpeed ZeRO-3 creating them makes
@@ -42,20 +47,23 @@ def run(settings: StageSettings, run_id: str, data_run_id: str | None = None, fo
         from trl import SFTConfig, SFTTrainer
 
         args = SFTConfig(
-            **trainer_arguments(cfg, common, precision, stage.trainer_dir, has_eval=data["test"] is not None),
+            **{**trainer_arguments(cfg, common, precision, stage.trainer_dir, has_eval=data["test"] is not None),
+               **stage.tracker_arguments()},
             assistant_only_loss=assistant_only,
             packing=cfg.packing,
         )
         limit_cpu_threads(common, precision)
         set_seed(common.seed)  # before the model: LoRA weights are initialised randomly
-        model = load_causal_lm(base_dir, common, precision)
+        label = f"the promoted model of run {latest[1]['run_id']}" if latest else "the base model"
+        model, peft_config, _ = load_starting_policy(start_dir, base_dir, common, settings.training.lora, precision,
+                                                     label)
         trainer = SFTTrainer(
             model=model,
             args=args,
             train_dataset=data["train"],
             eval_dataset=data["test"],
             processing_class=tokenizer,
-            peft_config=None if common.full_finetune else lora_config(settings.training.lora),
+            peft_config=peft_config,
             callbacks=stage.callbacks(),
         )
         trainable, total = trainable_parameters(trainer.model)
@@ -72,7 +80,7 @@ def run(settings: StageSettings, run_id: str, data_run_id: str | None = None, fo
         metrics = stage.publish(trainer, tokenizer, base_model=common.base_model, resumed_from=resume, extra_metrics={
             "eval": eval_metrics, "trainable_parameters": trainable, "total_parameters": total,
             "precision": "bf16" if precision.bf16 else "fp32", "assistant_only_loss": assistant_only,
-            "train_rows": len(data["train"]),
+            "train_rows": len(data["train"]), "started_from": started_from,
         })
         return metrics
 

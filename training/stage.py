@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 #: A failing stage process prints this prefix + one line to stderr; the parent shows that line as the error.
 ERROR_PREFIX = "toaflow-stage-error: "
 METRICS_FILE = "training_metrics.json"
+TRACKING_PREFIX = "tracking/tensorboard/"
 
 
 def model_prefix(run_id: str, stage: str) -> str:
@@ -103,6 +104,54 @@ class StageRun:
     def published_metrics(self) -> dict[str, Any]:
         return self.store.read_json(f"{self.prefix}/{METRICS_FILE}")
 
+    # -- experiment trackers -----------------------------------------------------------------------------
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.workdir / "tensorboard"
+
+    def tracking_prefix(self) -> str:
+        """Store folder of this stage's TensorBoard events: `tensorboard --logdir <store>/tracking/tensorboard`."""
+        return f"{TRACKING_PREFIX}{self.run_id}/{self.stage}"
+
+    def tracker_arguments(self) -> dict[str, Any]:
+        """Trainer arguments for `training.common.report_to`: the trackers, with the run id as the run's name."""
+        trackers = list(self.settings.training.common.report_to)
+        if not trackers:
+            return {"report_to": "none"}
+        if "tensorboard" in trackers:
+            # transformers' TensorBoard callback writes here (uploaded to the store when the stage is published).
+            os.environ["TENSORBOARD_LOGGING_DIR"] = str(self.tensorboard_dir)
+        if "mlflow" in trackers:
+            os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", "toaflow")
+            os.environ["MLFLOW_TAGS"] = json.dumps({"toaflow.stage": self.stage, "toaflow.run_id": self.run_id,
+                                                    "toaflow.data_run_id": self.data_run_id})
+        return {"report_to": trackers, "run_name": self.run_id}
+
+    def upload_tracking(self) -> str | None:
+        """Copy the TensorBoard events to the store (main process); returns their store URI, or None."""
+        if not self.tensorboard_dir.is_dir() or not any(self.tensorboard_dir.rglob("events.out.tfevents.*")):
+            return None
+        self.store.upload_dir(self.tensorboard_dir, self.tracking_prefix())
+        return self.store.uri(self.tracking_prefix())
+
+    # -- iterative training ------------------------------------------------------------------------------
+    def latest_start(self) -> tuple[Path, dict[str, Any]] | None:
+        """The promoted model this run trains on from (`training.common.start_from: latest`): (its downloaded
+        folder, the policy record pinned in runs/<run_id>/policy.json), or None before the first promotion."""
+        from infra.policy import pin_policy
+
+        record = pin_policy(self.store, self.run_id)
+        if not record.get("run_id"):
+            log_line(f"{self.stage}: start_from latest, but no model is `latest` yet: starting from the base model")
+            return None
+        base = self.settings.training.common.base_model
+        if record.get("base_model") and record["base_model"] != base:
+            raise TrainingSetupError(
+                f"`latest` ({record['model']}) was trained from '{record['base_model']}' but training.common.base_model "
+                f"is '{base}'; iterative training needs the same base model (or start_from: base)")
+        folder = download_published(self.store, record["model"], self.workdir / "latest")
+        return folder, record
+
     # -- resume --------------------------------------------------------------------------------------------
     def callbacks(self) -> list[Any]:
         """Store sync first, then the user's extra callbacks (`training.common.callbacks`)."""
@@ -149,6 +198,10 @@ class StageRun:
         metrics = self._metrics(trainer, base_model, resumed_from, is_adapter, extra_metrics)
         (self.final_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str) + "\n")
         (self.final_dir / "README.md").write_text(model_card(metrics, self.settings))
+        tracking = self.upload_tracking()  # before the model: a published stage has its curves in place
+        if tracking:
+            metrics["tensorboard"] = tracking
+            (self.final_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=str) + "\n")
         self.store.upload_dir(self.final_dir, self.prefix)
         if not common.keep_checkpoints:
             delete_checkpoints(self.store, checkpoints_prefix(self.run_id, self.stage))
@@ -262,6 +315,8 @@ def model_card(metrics: dict[str, Any], settings: StageSettings) -> str:
         "",
         f"- **Stage:** {stage.upper()} ({'LoRA adapter' if metrics['weights'] == 'lora_adapter' else 'full weights'})",
         f"- **Base model:** `{metrics['base_model']}`",
+        *([f"- **Started from:** `{metrics['started_from']}`"] if metrics.get("started_from") not in
+          (None, metrics["base_model"]) else []),
         f"- **Data run:** `{metrics['data_run_id']}` (runs/{metrics['data_run_id']}/datasets/{stage}/)",
         f"- **Steps:** {metrics['global_step']}" + (f" (resumed from step {metrics['resumed_from_step']})"
                                                     if metrics.get("resumed_from_step") else ""),

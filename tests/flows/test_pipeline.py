@@ -20,6 +20,7 @@ from infra.incremental import synthesized_prompt_ids
 from infra.manifest import Manifest
 from infra.registry import latest_run_id, promotion_history
 from infra.store import open_store
+from tests.fixtures.hub import hub_standin  # noqa: F401 - the fixture
 from tests.fixtures.prefect import api_client, flow_run_inputs, flow_runs_named
 
 
@@ -34,6 +35,7 @@ class StageStubs:
         self.base_win_rate: float | None = None  # the base model's score, written where evaluate caches it
         self.trained: list[tuple[str, str, int]] = []  # (run_id, data_run_id, sft rows seen)
         self.fail_training = False
+        self.publish_model = False  # train publishes a model folder (adapter + merged/) as the real flow does
 
     def write_parquet(self, key: str, columns: dict) -> None:
         buffer = io.BytesIO()
@@ -64,7 +66,20 @@ class StageStubs:
             key = f"runs/{data_run_id or run_id}/datasets/sft/train.parquet"
             rows = pq.read_table(io.BytesIO(stubs.store.read_bytes(key))).num_rows
             stubs.trained.append((run_id, data_run_id, rows))
-            stubs.store.write_json(f"runs/{run_id}/models/dpo/metrics.json", {"rows": rows})
+            if stubs.publish_model:  # what the train flow publishes: adapter, card, metrics, merged/ weights
+                import tempfile
+
+                with tempfile.TemporaryDirectory() as folder:
+                    files = {"adapter_config.json": "{}", "adapter_model.safetensors": f"weights of {run_id}",
+                             "README.md": f"# toaflow DPO model — run `{run_id}`\n",
+                             "training_metrics.json": '{"base_model": "builtin:tiny-llama", "weights": "lora_adapter"}',
+                             "merged/config.json": "{}", "merged/model.safetensors": f"merged weights of {run_id}"}
+                    for name, text in files.items():
+                        (Path(folder) / name).parent.mkdir(parents=True, exist_ok=True)
+                        (Path(folder) / name).write_text(text)
+                    stubs.store.upload_dir(Path(folder), f"runs/{run_id}/models/dpo")
+            else:
+                stubs.store.write_json(f"runs/{run_id}/models/dpo/metrics.json", {"rows": rows})
             return {}
 
         @flow(name="evaluate")
@@ -183,6 +198,7 @@ def test_nightly_runs_are_incremental_accumulate_gate_and_resume(setup):
         assert resumed.state.name == "Nothing new" and resumed.state.message.startswith("already complete")
         assert runs["night-1"].state.message.startswith("promoted to latest: first run")
         assert runs["night-3"].state.message.startswith("NOT promoted (latest unchanged): blocked by mini.rm_win_rate")
+        assert runs["night-3"].state.name == "Blocked" and runs["night-3"].state.type.value == "COMPLETED"
         assert runs["night-6"].state.name == "Nothing new"
         assert runs["night-6"].state.message.startswith("nothing new: 0 new prompts; every synthesized prompt")
         inputs = flow_run_inputs(client, [r.id for r in runs.values()])
@@ -234,3 +250,73 @@ def test_toa_pipeline_prints_run_folder_scores_verdict_and_ui(setup, capsys, mon
 
     assert main(["pipeline", "--config", config, "--run-id", "../escape"]) == 2
     assert "error: invalid --run-id '../escape'" in capsys.readouterr().err
+
+
+def test_a_window_of_two_nights_leaves_night_one_out_of_night_three_and_the_card_says_so(setup):
+    config, stubs = setup
+    data = yaml.safe_load(Path(config).read_text())
+    data["pipeline"] = {"accumulate": {"window_nights": 2}}
+    Path(config).write_text(yaml.safe_dump(data))
+    run = pipeline_module.pipeline
+    for night, prompts in enumerate((["p1", "p2"], ["p3"], ["p4"]), start=1):
+        stubs.source += prompts
+        stubs.next_win_rate = 0.5 + night / 10
+        run(config=config, run_id=f"win-{night}")
+
+    def prompts_of(key):
+        return set(pq.read_table(io.BytesIO(stubs.store.read_bytes(key)))["prompt_id"].to_pylist())
+
+    assert stubs.trained[-2] == ("win-2", "win-2-accumulated", 3)  # night 2: nights 1 and 2 fit the window
+    assert stubs.trained[-1] == ("win-3", "win-3-accumulated", 2)  # night 3: nights 2 and 3 only
+    assert prompts_of("runs/win-3-accumulated/datasets/sft/train.parquet") == {"p3", "p4"}
+    lineage = stubs.store.read_json("runs/win-3-accumulated/lineage.json")
+    assert lineage["from_runs"] == ["win-2", "win-3"]
+    assert [(entry["run_id"], entry["used"]) for entry in lineage["plan"]] == [
+        ("win-1", False), ("win-2", True), ("win-3", True)]
+    card = stubs.store.read_text("runs/win-3-accumulated/datasets/README.md")
+    assert "the newest 2 night(s) only" in card
+    assert "| win-1 | 2 | 0 | - | - | left out: 2 night(s) old, outside the window of the newest 2 night(s)" in card
+    assert "| win-2 | 1 | 1 | 1 / 1 | 0 / 0 | 1 night(s) old: all rows |" in card
+    assert "Not used at all: win-1 (their rows are not in this training set)." in card
+
+
+def test_a_promoted_model_is_published_and_a_failed_push_never_unpromotes(setup, hub_standin, monkeypatch):
+    """Publishing against a LOCAL STAND-IN for the Hub's HTTP API (tests/fixtures/hub.py): no real Hub here."""
+    config, stubs = setup
+    token = "hf_pipeline_secret_987654321"
+    monkeypatch.setenv("TOAFLOW_HUB_TOKEN", token)
+    data = yaml.safe_load(Path(config).read_text())
+    data["pipeline"] = {"publish": {"enabled": True, "model_repo": "team/policy", "merged_repo": "team/policy-merged",
+                                    "dataset_repo": "team/nightly-data", "token_env": "TOAFLOW_HUB_TOKEN"}}
+    Path(config).write_text(yaml.safe_dump(data))
+    stubs.publish_model = True
+    stubs.store.write_text("runs/pub-1/datasets/README.md", "---\nlicense: other\n---\n# dataset card\n")
+
+    stubs.source = ["p1", "p2"]
+    first = pipeline_module.pipeline(config=config, run_id="pub-1")
+    assert first["promotion"]["promoted"] and not first["publish"]["failed"]
+    assert {p["repo"] for p in first["publish"]["pushed"]} == {"team/policy", "team/policy-merged", "team/nightly-data"}
+    model = hub_standin.files["model:team/policy"]
+    assert set(model) == {"adapter_config.json", "adapter_model.safetensors", "README.md", "training_metrics.json"}
+    merged = hub_standin.files["model:team/policy-merged"]
+    assert merged["model.safetensors"] == b"merged weights of pub-1"
+    assert b"merged into the base model `builtin:tiny-llama`" in merged["README.md"] and b"`team/policy`" in merged["README.md"]
+    data_repo = hub_standin.files["dataset:team/nightly-data"]
+    assert "sft/train.parquet" in data_repo and data_repo["README.md"].startswith(b"---\nlicense: other")
+    assert all(r["authorization"] == f"Bearer {token}" for r in hub_standin.requests)
+
+    # Night 2: the merged repo's storage is down (and its error echoes the token): the model is promoted anyway,
+    # the failure is reported, and the token is in no report.
+    hub_standin.failing.add("team/policy-merged")
+    stubs.source, stubs.next_win_rate = ["p1", "p2", "p3"], 0.7
+    second = pipeline_module.pipeline(config=config, run_id="pub-2")
+    assert second["promotion"]["promoted"] and latest_run_id(stubs.store) == "pub-2"
+    assert [f["repo"] for f in second["publish"]["failed"]] == ["team/policy-merged"]
+    assert "storage is down" in second["publish"]["failed"][0]["error"]
+    assert {p["repo"] for p in second["publish"]["pushed"]} == {"team/policy", "team/nightly-data"}
+    record = stubs.store.read_text("runs/pub-2/publish.json")
+    assert "team/policy-merged" in record and token not in record and "***" in record
+    with api_client() as client:
+        run = next(r for r in flow_runs_named(client, "pub-2") if r.parent_task_run_id is None)
+        assert run.state.name == "Completed" and "publishing FAILED for team/policy-merged" in run.state.message
+        assert token not in run.state.message

@@ -321,3 +321,30 @@ def test_spread_is_measured_from_the_chosen_down_when_better_answers_could_not_b
     # std of (5, 4, 1) is 1.7: two of them below 5.0 leaves only 1.0 (the worst always qualifies).
     assert (pair["chosen_reward"], pair["rejected_reward"], pair["rejected_rank"]) == (5.0, 1.0, 4)
     assert stats.dpo_skipped_ineligible == 0
+
+
+def test_policy_pairs_on_policy_and_mixed():
+    from toa_core.ranking import build_datasets_with_policy
+
+    # p1: agents m1 (rewards 10..14) and the policy (rewards 0..4); p2: the policy holds the best answer.
+    rows = [candidate("p1", i, reward=10.0 + i, model="m1") for i in range(5)]
+    rows += [candidate("p1", 10 + i, reward=float(i), model="policy") for i in range(5)]
+    rows += [candidate("p2", i, reward=float(i), model="m1") for i in range(3)]
+    rows += [candidate("p2", 10 + i, reward=5.0 + i, model="policy") for i in range(3)]
+
+    def pairs(mode):
+        sft, _, dpo, _, stats = build_datasets_with_policy([table(rows)], prompts_for("p1", "p2"),
+                                                           RankingConfig(dpo_rejected_rank=3, test_fraction=0.0, rejected_min_spread=0.0),
+                                                           "run-x", policy_model="policy", pairs=mode)
+        assert [r["candidate_id"] for r in sft.to_pylist()] == ["p1-c004", "p2-c012"]  # SFT: best of any agent
+        assert stats.dpo_train == dpo.num_rows
+        return {r["prompt_id"]: (r["chosen_candidate_id"], r["chosen_model"], r["rejected_model"])
+                for r in dpo.to_pylist()}
+
+    assert pairs("all")["p1"][1:] == ("m1", "m1")
+    on_policy = pairs("on_policy")
+    assert on_policy["p1"][1:] == ("policy", "policy") and on_policy["p1"][0] == "p1-c014"  # the policy's best
+    assert on_policy["p2"][1:] == ("policy", "policy")
+    mixed = pairs("mixed")
+    assert mixed["p1"] == ("p1-c004", "m1", "policy")  # chosen: the overall best; rejected: the policy's
+    assert mixed["p2"][1:] == ("policy", "policy")  # the policy's answer was the best one

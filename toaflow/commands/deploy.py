@@ -6,7 +6,10 @@ Steps, each idempotent so the command can be re-run after editing prefect.yaml:
 3. create (or resize) the global concurrency limit "gpu" that GPU tasks take a slot of;
 4. run `prefect --no-prompt deploy --all` (or `--name` for some) in the project folder;
 5. tidy the deployments' run forms: an optional parameter (`run_id: str | None = None`) becomes a plain field
-   that may be left empty, instead of a "string / None" switch (see `tidy_parameter_schema`).
+   that may be left empty, instead of a "string / None" switch (see `tidy_parameter_schema`);
+6. with `--alert-block TYPE/NAME`: install the automation that sends a message through that notification block
+   when a pipeline run fails, crashes or ends with its candidate blocked (infra/alerts.py; checked before step 4,
+   so a missing block fails the command before anything is deployed).
 """
 from __future__ import annotations
 
@@ -43,7 +46,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "(usually the number of GPUs, or of GPU hosts when a task uses a whole host)")
     parser.add_argument("--name", action="append", default=None, metavar="FLOW/DEPLOYMENT",
                         help="register only this deployment (repeatable), e.g. pipeline/nightly")
+    parser.add_argument("--alert-block", default=None, metavar="BLOCK-TYPE/BLOCK-NAME",
+                        help="notification block (Slack webhook, e-mail, custom webhook, ...) told when a pipeline run "
+                             "fails, crashes or ends with its candidate blocked, e.g. slack-webhook/nightly; create "
+                             "the block first (docs/operations.md, 'Alerts')")
     parser.set_defaults(func=run)
+
+
+def install_alert_channel(api_url: str, block_slug: str) -> str:
+    """Install (or replace) the pipeline alert automation on the server at `api_url`; returns a line to print."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from infra.alerts import AlertSetupError, install_alerts
+
+    try:
+        with temporary_settings({PREFECT_API_URL: api_url}):
+            automation_id = install_alerts(block_slug)
+    except AlertSetupError as error:
+        raise UserError(str(error)) from None
+    return f"alerts: pipeline runs that fail, crash or end blocked are sent to {block_slug} (automation {automation_id})"
 
 
 def resolve_api_url(explicit: str | None) -> str:
@@ -217,6 +238,8 @@ def run(args: argparse.Namespace) -> int:
     created = ensure_work_pools(api_url, pools)
     print(f"work pools: {', '.join(created) + ' created' if created else 'all exist'}")
     print(ensure_gpu_limit(api_url, args.gpu_slots))
+    if args.alert_block:
+        print(install_alert_channel(api_url, args.alert_block))
 
     command = [prefect_executable(), "--no-prompt", "deploy", "--prefect-file", str(prefect_file)]
     command += [item for name in args.name for item in ("--name", name)] if args.name else ["--all"]

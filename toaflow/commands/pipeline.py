@@ -87,5 +87,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         verdict = "promoted to latest" if promotion["promoted"] else "NOT promoted (latest unchanged)"
         print(f"promotion: {verdict}: {promotion['reason']}")
+    publish = result.get("publish")
+    if publish:  # pipeline.publish: what reached the Hub repos (a failure never un-promotes)
+        for pushed in publish["pushed"]:
+            print(f"published: {pushed['kind']} {pushed['repo']} ({pushed['files']} files) {pushed['commit']}")
+        for failed in publish["failed"]:
+            print(f"publishing FAILED: {failed['kind']} {failed['repo']}: {failed['error']}")
     print(ui_hint(result.get("flow_run_id")))
     return 0
