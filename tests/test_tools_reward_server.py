@@ -48,3 +48,21 @@ def test_reward_server_scores_like_the_in_process_reward(tmp_path, tiny_reward_d
         log.close()
     in_process = HFClassifierReward(tiny_reward_dir, device="cpu", dtype="float32")
     assert served == pytest.approx(asyncio.run(in_process.score_batch(PAIRS)), abs=1e-4)
+
+
+def test_reward_server_serves_a_remote_code_model_written_for_transformers_4(remote_code_reward_dir):
+    """ArmoRM's case: --trust-remote-code code that imports LLAMA_INPUTS_DOCSTRING loads (the shim) and scores."""
+    import importlib.util
+
+    from fastapi.testclient import TestClient
+
+    spec = importlib.util.spec_from_file_location("reward_server", REPO / "tools" / "reward_server.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    app = module.build_app(str(remote_code_reward_dir), head="score", trust_remote_code=True, max_length=256,
+                           batch_size=4, batch_wait_ms=1.0, device="cpu", dtype="float32", served_name="gated")
+    with TestClient(app) as client:
+        answer = client.post("/classify", json={"model": "gated", "messages": [
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]})
+    assert answer.status_code == 200, answer.text
+    assert isinstance(answer.json()["data"][0]["probs"][0], float)

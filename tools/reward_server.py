@@ -14,6 +14,8 @@ balances them. A malformed request answers HTTP 400 (422 for a body FastAPI cann
 the model scores as NaN or infinite answers 422: the client records those at once, without retrying or cooling the
 replica down. A failed batch answers HTTP 500 to each of its requests: the client retries, and at worst records
 the candidate as unscored (never 0.0). Runs in this project's environment (fastapi and uvicorn are installed).
+With --trust-remote-code, the model's own code is imported under toa_core.rewards.remote_code_compat (ArmoRM's
+code imports docstring constants transformers 5 removed); the server loads the model before it reports healthy.
 """
 from __future__ import annotations
 
@@ -64,6 +66,7 @@ def build_app(model: str, *, head: str, trust_remote_code: bool, max_length: int
                                batch_size=batch_size, device=device, dtype=dtype)
     reward = BatchingReward(inner, batch_size=batch_size, batch_wait_ms=batch_wait_ms, max_attempts=1)
     name = served_name or model
+    inner._ensure_loaded()  # load now: a model that cannot load fails the start, not every scoring request
     app = FastAPI(title="toaflow reward server")
 
     @app.get("/health")

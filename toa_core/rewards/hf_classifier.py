@@ -47,6 +47,10 @@ class HFClassifierReward(InProcessReward):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         limit_cpu_threads()
+        if self.trust_remote_code:
+            from toa_core.rewards import remote_code_compat
+
+            remote_code_compat.apply()  # ArmoRM's modelling code imports docstrings transformers 5 removed
         tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=self.trust_remote_code)
         self.device, torch_dtype = torch_placement(self.device_spec, self.dtype_spec)
         model = AutoModelForSequenceClassification.from_pretrained(
