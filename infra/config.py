@@ -39,7 +39,13 @@ class ServerSpec(Section):
     gpus: list[int] | None = Field(None, description="GPU ids for CUDA_VISIBLE_DEVICES (vLLM kinds)")
     tensor_parallel_size: int = Field(1, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
-    max_model_len: int | None = Field(None, ge=16)
+    max_model_len: int | None = Field(None, ge=16, description="vLLM context length; at most the model's own "
+                                      "positions (config.json), checked before the server starts when the files "
+                                      "are local; None = vLLM derives it from config.json")
+    generation_config: Literal["vllm", "auto"] = Field(
+        "vllm", description="vLLM kinds: where sampling fields a request leaves out come from. vllm = vLLM's neutral "
+                            "defaults (`--generation-config vllm`: top_k, min_p, repetition_penalty off), so every "
+                            "agent samples exactly as search.* says; auto = each model's generation_config.json")
     executable: str | None = Field(None, description="the `vllm` / `transformers` binary; default: next to this Python, else PATH")
     extra_args: list[str] = Field(default_factory=list, description="appended verbatim to the command line")
     api_key_env: str | None = Field(None, description="env var holding the key the server requires (passed as VLLM_API_KEY)")

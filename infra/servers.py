@@ -111,6 +111,10 @@ def server_command(spec: ServerSpec, port: int, model: str | None = None,
         argv += ["--max-model-len", str(spec.max_model_len)]
     if spec.kind == "vllm_reward":
         argv += ["--runner", "pooling"]
+    elif spec.generation_config == "vllm":
+        # Without it, vLLM fills top_k / min_p / repetition_penalty a request leaves out from the model's
+        # generation_config.json: each agent would sample with its publisher's defaults, not the config's.
+        argv += ["--generation-config", "vllm"]
     if spec.gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpus)
     if spec.api_key_env:
@@ -133,8 +137,37 @@ def router_command(spec: ServerSpec, port: int, model: str | None, workers: list
     executable = spec.executable or _default_executable("vllm-router", hint="pip install 'toaflow[router]'")
     argv = [executable, "--host", spec.host, "--port", str(port), "--worker-urls", *[w.rstrip("/") for w in workers],
             "--policy", spec.policy, "--worker-startup-timeout-secs", str(max(1, int(spec.startup_timeout_s))),
-            "--worker-startup-check-interval", "1", "--log-level", "warning"]
+            "--worker-startup-check-interval", "1", "--log-level", "warning",
+            # toaflow's clients retry with backoff and record what still fails; the router's own retries (5 by
+            # default in 0.1.17) would multiply them and hide a failing replica behind minutes of attempts.
+            "--disable-retries"]
     return ServerCommand(argv + list(spec.extra_args), env={}, model_id=model)
+
+
+def check_context_length(spec: ServerSpec) -> None:
+    """ServerError when `spec.max_model_len` exceeds the positions in the model's config.json (read from the local
+    folder or hub cache; a model not on this machine is checked by vLLM itself, see `start_failure_hint`). vLLM
+    refuses such a length at start-up unless VLLM_ALLOW_LONG_MAX_MODEL_LEN is set, and then scores past the trained
+    length are unreliable (reward models have returned NaN)."""
+    if spec.kind == "router" or spec.model is None or spec.max_model_len is None:
+        return
+    from infra.model_metadata import local_metadata
+
+    metadata = local_metadata(spec.model)
+    positions = metadata.positions if metadata else None
+    if positions is not None and spec.max_model_len > positions:
+        raise ServerError(f"server '{spec.name}': max_model_len {spec.max_model_len} exceeds the {positions} positions "
+                          f"in {metadata.folder / 'config.json'}; set servers.servers[{spec.name}].max_model_len to "
+                          f"at most {positions} (or leave it out: vLLM derives it from the model's config)")
+
+
+def start_failure_hint(log_tail: str) -> str:
+    """A line that names the fix for start-up failures whose vLLM message is easy to misread ('' when none)."""
+    if "max_model_len" in log_tail and ("greater than" in log_tail or "VLLM_ALLOW_LONG_MAX_MODEL_LEN" in log_tail):
+        return ("hint: the configured max_model_len is longer than the model's config.json allows; lower "
+                "`max_model_len` to the model's max_position_embeddings (toa preflight shows it when the model's "
+                "files are on the machine)\n")
+    return ""
 
 
 class ManagedServer:
@@ -179,6 +212,7 @@ class ManagedServer:
             model = self.spec.model or (self.fronted[0].endpoint.model_id if self.fronted else None)
             self._command = server_command(self.spec, self.port, model, workers)
         elif self._command is None:
+            check_context_length(self.spec)
             self._command = server_command(self.spec, self.port, model_argument(self.spec))
         env = {**os.environ, **self._command.env}
         if self.spec.kind == "transformers":
@@ -214,8 +248,9 @@ class ManagedServer:
             process = self.process
             if process is None or exited_unreaped(process.pid):
                 code = self._reap(process)
+                tail = self.log_tail()
                 raise ServerError(f"server '{self.spec.name}' exited with code {code} while starting; "
-                                  f"log {self.log_path}:\n{self.log_tail()}")
+                                  f"{start_failure_hint(tail)}log {self.log_path}:\n{tail}")
             if self.is_healthy():
                 return
             time.sleep(HEALTH_POLL_S)

@@ -180,6 +180,39 @@ def test_math_verifier_variants_check_gold_answers_without_a_reward_server():
         assert "Math with a verifier" in (PAPER / "math" / f"{stem}.yaml").read_text()
 
 
+# max_position_embeddings in each model's published config.json (what vLLM derives its max_model_len limit from).
+POSITIONS = {
+    "meta-llama/Llama-3.1-8B-Instruct": 131072, "meta-llama/Llama-3.1-70B-Instruct": 131072,
+    "Qwen/Qwen2-7B-Instruct": 32768, "Qwen/Qwen2-72B-Instruct": 32768, "mistralai/Mistral-7B-Instruct-v0.2": 32768,
+    "01-ai/Yi-1.5-9B-Chat-16K": 16384, "mistralai/Mistral-Large-Instruct-2407": 131072,
+    "mistralai/Mixtral-8x22B-Instruct-v0.1": 65536, "alpindale/WizardLM-2-8x22B": 65536,
+    "Qwen/Qwen2.5-Math-RM-72B": 4096,
+}
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PAPER)))
+def test_no_server_asks_for_more_context_than_its_models_config_allows(path):
+    cfg = load_config(path)
+    for spec in cfg.servers.servers:
+        if spec.kind == "router":
+            continue
+        assert spec.max_model_len is not None and spec.max_model_len <= POSITIONS[spec.model], spec.name
+        assert cfg.search.max_tokens < spec.max_model_len, spec.name  # room for the prompt too
+        if cfg.reward.served_by == spec.name:  # what the reward client truncates pairs to fits the server
+            assert cfg.reward.max_length <= spec.max_model_len
+
+
+def test_math_reward_server_fits_qwen_math_rm_positions():
+    for path, cfg in configs_in("math"):
+        servers = [s for s in cfg.servers.servers if s.kind == "vllm_reward"]
+        if path.stem.endswith("_verifier"):
+            assert not servers  # the verifier variants score with gold answers, no reward model
+            continue
+        (rm,) = servers
+        assert rm.model == "Qwen/Qwen2.5-Math-RM-72B" and rm.max_model_len <= 4096, path
+        assert cfg.reward.max_length <= rm.max_model_len, path
+
+
 def test_fleet_variant_serves_armorm_on_more_gpus_and_routes_by_session():
     """ultrafeedback/toa_fleet.yaml: the same TOA run, ArmoRM on 4 reward servers (affinity) and a router per model."""
     path = PAPER / "ultrafeedback" / "toa_fleet.yaml"

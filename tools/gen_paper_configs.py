@@ -147,11 +147,15 @@ KIWI = {"kind": "http", "model": "Unbabel/wmt22-cometkiwi-da", "endpoints": KIWI
 KIWI_GPUS = len(KIWI_ENDPOINTS)
 KIWI_PAIRS_PER_S = 2 * 400.0  # XLM-R large, ~100-token (src, mt) pairs
 
+# Qwen2.5-Math-RM-72B's config.json has max_position_embeddings 4096: vLLM refuses a longer max_model_len at
+# start-up (and scores past it are unreliable). reward.max_length (4096 by default) truncates longer pairs to fit.
+MATH_RM_POSITIONS = 4096
 MATH_RM_SERVER = {"name": "qwen2.5-math-rm-72b", "kind": "vllm_reward", "model": "Qwen/Qwen2.5-Math-RM-72B",
-                  "tensor_parallel_size": 4, "gpus": [], "gpu_memory_utilization": 0.9, "max_model_len": 8192,
+                  "tensor_parallel_size": 4, "gpus": [], "gpu_memory_utilization": 0.9,
+                  "max_model_len": MATH_RM_POSITIONS,
                   "startup_timeout_s": 3600.0}
 MATH_RM = {"kind": "http", "model": "Qwen/Qwen2.5-Math-RM-72B", "served_by": "qwen2.5-math-rm-72b", "api": "pooling",
-           "batch_size": 32}
+           "max_length": MATH_RM_POSITIONS, "batch_size": 32}
 MATH_RM_GPUS = 4
 MATH_RM_PAIRS_PER_S = 10.0  # 72B on TP 4, ~800-token pairs: ~8k prefill tokens/s
 MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."

@@ -27,13 +27,43 @@ def test_vllm_command_line(monkeypatch):
     assert command.argv == [
         "/opt/vllm/bin/vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct", "--host", "127.0.0.1", "--port", "8123",
         "--served-model-name", "llama", "--tensor-parallel-size", "2", "--gpu-memory-utilization", "0.85",
-        "--max-model-len", "8192", "--enable-prefix-caching"]
+        "--max-model-len", "8192", "--generation-config", "vllm", "--enable-prefix-caching"]
     assert command.env == {"CUDA_VISIBLE_DEVICES": "2,3", "VLLM_API_KEY": "sk-secret"}
     assert "sk-secret" not in " ".join(command.argv) and command.model_id == "llama"
 
     reward = server_command(ServerSpec(name="rm", kind="vllm_reward", model="Skywork/RM", gpus=[0]), port=9000)
     assert reward.argv[-2:] == ["--runner", "pooling"] and reward.model_id == "Skywork/RM"
     assert reward.argv[0] == "vllm" and reward.env == {"CUDA_VISIBLE_DEVICES": "0"}
+
+
+def test_generation_config_auto_leaves_the_models_sampling_defaults_on():
+    neutral = server_command(ServerSpec(name="a", model="org/m"), port=1).argv
+    assert neutral[neutral.index("--generation-config") + 1] == "vllm"  # the default: the config's sampling only
+    assert "--generation-config" not in server_command(ServerSpec(name="a", model="org/m", generation_config="auto"),
+                                                       port=1).argv
+
+
+def test_max_model_len_over_the_models_positions_fails_before_start(tmp_path, tiny_llama_dir):
+    import json
+    import shutil
+
+    from infra.servers import check_context_length, start_failure_hint
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_llama_dir, folder)
+    positions = json.loads((folder / "config.json").read_text())["max_position_embeddings"]
+    check_context_length(ServerSpec(name="ok", model=str(folder), max_model_len=positions))
+    with pytest.raises(ServerError, match=f"exceeds the {positions} positions.*at most {positions}"):
+        check_context_length(ServerSpec(name="long", model=str(folder), max_model_len=positions * 2))
+    server = ManagedServer(ServerSpec(name="long", model=str(folder), max_model_len=positions * 2,
+                                      executable="/bin/false"), tmp_path / "logs")
+    with pytest.raises(ServerError, match="exceeds"):
+        server.start()  # refused before any process is launched
+    assert server.process is None
+    # a hub model not on this machine is vLLM's to check; its refusal gets a hint naming the fix
+    check_context_length(ServerSpec(name="hub", model="org/not-cached", max_model_len=10**6))
+    vllm_says = "ValueError: User-specified max_model_len (8192) is greater than the derived max_model_len (4096)"
+    assert "lower `max_model_len`" in start_failure_hint(vllm_says) and start_failure_hint("CUDA OOM") == ""
 
 
 def test_server_specs_are_validated():

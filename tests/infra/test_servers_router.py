@@ -35,7 +35,7 @@ def test_router_command_line_and_config_checks():
     assert command.argv == ["/opt/router/bin/vllm-router", "--host", "127.0.0.1", "--port", "9100",
                             "--worker-urls", "http://gpu-a:8000", "http://gpu-b:8000", "--policy", "cache_aware",
                             "--worker-startup-timeout-secs", "1800", "--worker-startup-check-interval", "1",
-                            "--log-level", "warning"]
+                            "--log-level", "warning", "--disable-retries"]
     assert command.model_id == "meta-llama/Llama-3.1-8B-Instruct" and command.env == {}
     assert ServerSpec(name="r", kind="router", replicas=["a"]).policy == "consistent_hash"  # the default
 

@@ -82,6 +82,27 @@ def resolve_model(spec: str) -> Path:
     return _from_hub_cache(spec)
 
 
+def local_model_folder(spec: str) -> Path | None:
+    """The local HF folder of `spec` if it is already on this machine, else None; never builds, never downloads
+    (a check that must stay fast and offline: `toa preflight`, server start-up checks). builtin:NAME counts once
+    built; a hub id once its config.json is in the local hub cache."""
+    spec = (spec or "").strip()
+    if not spec:
+        return None
+    if spec.startswith("builtin:"):
+        target = cache_root() / f"{spec.removeprefix('builtin:')}-{BUILD_VERSION}"
+        return target if (target / "config.json").is_file() else None
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path.resolve() if (path / "config.json").is_file() else None
+    if spec.startswith((".", "/", "~")) or spec.count("/") != 1:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(spec, "config.json")
+    return Path(found).parent if isinstance(found, str) else None
+
+
 def _from_hub_cache(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
