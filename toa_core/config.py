@@ -48,6 +48,13 @@ class ModelConfig(Section):
     temperature: float | None = Field(None, ge=0, description="overrides search.temperature for this agent")
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
+    # vLLM (and SGLang) fill sampling fields a request leaves out from the model's generation_config.json. Managed
+    # vLLM servers turn that off (servers.servers[].generation_config: vllm); for a server toaflow does not start,
+    # set these to send neutral values explicitly (top_k -1, min_p 0, repetition_penalty 1). Unset = not sent
+    # (hosted APIs such as OpenAI's reject these fields).
+    top_k: int | None = Field(None, ge=-1, description="sent as `top_k` when set; -1 (or 0) = off")
+    min_p: float | None = Field(None, ge=0, le=1, description="sent as `min_p` when set; 0 = off")
+    repetition_penalty: float | None = Field(None, gt=0, description="sent as `repetition_penalty` when set; 1 = off")
     max_concurrency: int = Field(64, ge=1, description="requests in flight per endpoint")
     retry: RetryConfig = Field(default_factory=RetryConfig)
     served_by: str | None = Field(None, description="name of a managed server in `servers` that provides this model")

@@ -233,7 +233,8 @@ class OpenAIChatModel:
         return list(self._pool.endpoints)
 
     def request_body(self, messages: list[Message], params: SamplingParams) -> dict[str, Any]:
-        """The JSON body sent: agent overrides (temperature/top_p/max_tokens) win over the search's params."""
+        """The JSON body sent: agent overrides (temperature/top_p/max_tokens) win over the search's params; the
+        agent's top_k / min_p / repetition_penalty are added when configured."""
         if self.config.system_prompt and not (messages and messages[0]["role"] == "system"):
             messages = [{"role": "system", "content": self.config.system_prompt}, *messages]
         body: dict[str, Any] = {
@@ -243,6 +244,10 @@ class OpenAIChatModel:
             "top_p": self.config.top_p if self.config.top_p is not None else params.top_p,
             "max_tokens": self.config.max_tokens if self.config.max_tokens is not None else params.max_tokens,
         }
+        for name in ("top_k", "min_p", "repetition_penalty"):  # only when configured (see ModelConfig)
+            value = getattr(self.config, name)
+            if value is not None:
+                body[name] = value
         if params.seed is not None:
             body["seed"] = params.seed
         return body

@@ -55,6 +55,16 @@ def test_request_body_applies_agent_overrides_and_system_prompt(server):
                     "messages": [{"role": "system", "content": "Be brief."}, *QUESTION]}
 
 
+def test_request_body_carries_configured_neutral_sampling_fields(server):
+    """For a vLLM server toaflow does not start: the agent's top_k/min_p/repetition_penalty go in every request, so
+    the server cannot fill them from the model's generation_config.json; unset, they are not sent at all."""
+    agent = _agent(server.base_url, top_k=-1, min_p=0.0, repetition_penalty=1.0)
+    body = agent.request_body(QUESTION, SamplingParams(temperature=0.7, top_p=1.0, max_tokens=10))
+    assert (body["top_k"], body["min_p"], body["repetition_penalty"]) == (-1, 0.0, 1.0)
+    plain = _agent(server.base_url).request_body(QUESTION, SamplingParams())
+    assert not {"top_k", "min_p", "repetition_penalty"} & set(plain)
+
+
 def test_completion_records_usage_and_finish_reason(server):
     (generation,) = asyncio.run(_generate_many(_agent(server.base_url), 1))
     assert generation.ok and generation.text == "w0 w1 w2 w3"
