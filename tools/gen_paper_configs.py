@@ -206,9 +206,12 @@ TRAINING_8B = {
     "common": {"base_model": "meta-llama/Llama-3.1-8B-Instruct", "full_finetune": True, "precision": "auto",
                "gradient_checkpointing": True, "max_length": 2048, "seed": 42, "launcher": "accelerate",
                "accelerate_config": "configs/accelerate/zero3.yaml", "num_processes": 8, "timeout_s": 172800,
-               "save_steps": 200, "logging_steps": 10, "merge_adapter": False},
+               "save_steps": 200, "logging_steps": 10, "merge_adapter": False,
+               # Llama-3.1's own template has no {% generation %} markers: toaflow's marked copy (same text) lets
+               # SFT train on the replies only, and `on` makes an unmarked template an error, not a silent change
+               "chat_template": "builtin:llama-3.1"},
     "sft": {"learning_rate": 2.0e-5, "epochs": 1, "per_device_batch_size": 4, "grad_accum": 1,
-            "warmup_ratio": 0.1, "lr_scheduler": "cosine"},
+            "warmup_ratio": 0.1, "lr_scheduler": "cosine", "assistant_only_loss": "on"},
     "dpo": {"learning_rate": 5.0e-7, "epochs": 1, "per_device_batch_size": 4, "grad_accum": 1,
             "warmup_ratio": 0.1, "lr_scheduler": "cosine", "beta": 0.1, "loss_type": "sigmoid", "from_sft": False},
 }

@@ -64,6 +64,10 @@ class CommonTrainingConfig(Section):
                                 "faster for tiny models on a busy machine (no thread spin-waiting)")
     attn_implementation: str | None = Field(None, description="e.g. flash_attention_2 or sdpa; None = transformers' choice")
     trust_remote_code: bool = Field(False, description="run the model repository's own code; off unless set")
+    chat_template: str = Field(
+        "model", description="the chat template training renders conversations with: `model` = the tokenizer's own; "
+                             "`builtin:llama-3.1` = toaflow's Llama-3.1 template (training/templates/), the same text "
+                             "with {% generation %} markers, so assistant-only loss applies; or a .jinja file path")
     callbacks: list[str] = Field(default_factory=list, description="extra transformers TrainerCallback classes, 'module:Class'")
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=list, description="experiment trackers that receive the training curves (TRL's report_to), "

@@ -49,7 +49,7 @@ def run(settings: StageSettings, run_id: str, data_run_id: str | None = None, fo
                 start_dir, record = latest
                 label, started_from = f"the promoted model of run {record['run_id']}", record["model"]
         base_dir = resolve_base_model(common.base_model)
-        tokenizer = load_tokenizer(start_dir or base_dir)
+        tokenizer = load_tokenizer(start_dir or base_dir, common.chat_template)
         log_line(f"dpo: {len(data['train'])} train pairs, {len(data['test']) if data['test'] else 0} test pairs; "
                  f"starting from {started_from}; "
                  f"{'bf16' if precision.bf16 else 'fp32'} on {precision.device}; beta {cfg.beta}")

@@ -75,11 +75,50 @@ def template_marks_assistant(tokenizer: Any) -> bool:
     return bool(_GENERATION_MARKER.search(tokenizer.chat_template or ""))
 
 
-def load_tokenizer(folder: str | Path) -> Any:
-    """The model's own tokenizer; it must have a chat template (the datasets are conversations)."""
+TEMPLATES_DIR = Path(__file__).parent / "templates"
+# Templates shipped with toaflow: same text as the model's own template, plus {% generation %} markers.
+SHIPPED_TEMPLATES = {"builtin:llama-3.1": TEMPLATES_DIR / "llama-3.1.jinja"}
+
+
+def chat_template_source(choice: str) -> str | None:
+    """The template text `training.common.chat_template` selects (None = keep the tokenizer's own)."""
+    if choice == "model":
+        return None
+    path = SHIPPED_TEMPLATES.get(choice)
+    if path is None and choice.startswith("builtin:"):
+        raise TrainingSetupError(f"training.common.chat_template: unknown template {choice!r}; shipped ones: "
+                                 f"{', '.join(SHIPPED_TEMPLATES)} (or `model`, or a .jinja file path)")
+    path = path or Path(choice).expanduser()
+    if not path.is_file():
+        raise TrainingSetupError(f"training.common.chat_template: {path} is not a file; use `model`, "
+                                 f"{', '.join(SHIPPED_TEMPLATES)} or the path of a .jinja file")
+    return path.read_text(encoding="utf-8")
+
+
+def assistant_only_setting(tokenizer: Any, setting: str) -> bool:
+    """Whether SFT trains on assistant tokens only: `on` needs a marked template (else an error naming the fix),
+    `auto` follows the template, `off` is off."""
+    marked = template_marks_assistant(tokenizer)
+    if setting == "on" and not marked:
+        raise TrainingSetupError(
+            "training.sft.assistant_only_loss is 'on' but the chat template has no {% generation %} markers, so TRL "
+            "cannot tell assistant tokens from the prompt; set training.common.chat_template to a marked template "
+            f"({', '.join(SHIPPED_TEMPLATES)} for Llama-3.1 models, or a .jinja file) or assistant_only_loss: off")
+    if setting == "auto" and not marked:
+        log.warning("the chat template has no {%% generation %%} markers: SFT trains on the whole conversation "
+                    "(prompt included); set training.common.chat_template to a marked template to train on replies only")
+    return {"on": True, "off": False, "auto": marked}[setting]
+
+
+def load_tokenizer(folder: str | Path, chat_template: str = "model") -> Any:
+    """The model's tokenizer with the chat template `chat_template` selects (see chat_template_source); it must
+    end up with a template (the datasets are conversations)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    replacement = chat_template_source(chat_template)
+    if replacement is not None:
+        tokenizer.chat_template = replacement
     if not getattr(tokenizer, "chat_template", None):
         raise TrainingSetupError(
             f"the tokenizer in {folder} has no chat template, so conversations cannot be formatted; "

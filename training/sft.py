@@ -11,8 +11,8 @@ from typing import Any
 
 from training.config import StageSettings
 from training.data import fetch_stage_dataset
-from training.modeling import (choose_precision, limit_cpu_threads, load_starting_policy, load_tokenizer,
-                               resolve_base_model, template_marks_assistant, trainable_parameters)
+from training.modeling import (assistant_only_setting, choose_precision, limit_cpu_threads, load_starting_policy,
+                               load_tokenizer, resolve_base_model, trainable_parameters)
 from training.stage import StageRun, log_line, stage_main, trainer_arguments
 
 STAGE = "sft"
@@ -34,8 +34,8 @@ def run(settings: StageSettings, run_id: str, data_run_id: str | None = None, fo
         latest = stage.latest_start() if common.start_from == "latest" else None
         start_dir = latest[0] if latest else None
         started_from = latest[1]["model"] if latest else common.base_model
-        tokenizer = load_tokenizer(start_dir or base_dir)
-        assistant_only = {"on": True, "off": False, "auto": template_marks_assistant(tokenizer)}[cfg.assistant_only_loss]
+        tokenizer = load_tokenizer(start_dir or base_dir, common.chat_template)
+        assistant_only = assistant_only_setting(tokenizer, cfg.assistant_only_loss)
         log_line(f"sft: {len(data['train'])} train rows, {len(data['test']) if data['test'] else 0} test rows; "
                  f"base {common.base_model}, starting from {started_from}; "
                  f"{'full fine-tuning' if common.full_finetune else 'LoRA'}; "

@@ -42,8 +42,11 @@ def test_several_processes_need_accelerate():
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("train_*.yaml")), ids=lambda p: p.name)
 def test_shipped_training_configs_load(path):
     settings = load_stage_settings(path)
-    assert settings.training.dpo.learning_rate == 5e-7  # the paper's DPO setting
     common = settings.training.common
+    # the paper's DPO lr 5e-7 is for full fine-tuning; a LoRA adapter gets 10x (alignment-handbook QLoRA recipe)
+    assert settings.training.dpo.learning_rate == (5e-7 if common.full_finetune else 5e-6)
+    # Llama-3.1's own template is unmarked: the shipped marked one makes assistant-only loss real
+    assert common.chat_template == "builtin:llama-3.1" and settings.training.sft.assistant_only_loss == "on"
     if common.accelerate_config:
         assert (REPO / common.accelerate_config).is_file()
 
