@@ -9,8 +9,8 @@ import sys
 from runconfig import ConfigError
 
 # In the order a user meets them.
-COMMANDS = ("sample", "synthesize", "train", "evaluate", "pipeline", "scaling", "index", "servers", "decontam",
-            "deploy", "lc-difficulty")
+COMMANDS = ("preflight", "sample", "synthesize", "train", "evaluate", "pipeline", "scaling", "index", "servers",
+            "decontam", "deploy", "lc-difficulty")
 
 
 class UserError(Exception):

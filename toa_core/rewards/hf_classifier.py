@@ -59,6 +59,9 @@ class HFClassifierReward(InProcessReward):
             tokenizer.pad_token = tokenizer.eos_token
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id  # batched scoring finds the last real token by it
+        positions = getattr(model.config, "max_position_embeddings", None)
+        if isinstance(positions, int) and positions < self.max_length:
+            self.max_length = positions  # pairs past the trained context would be scored by untrained positions
         tokenizer.padding_side = "right"
         tokenizer.truncation_side = "right"
         model.eval()
