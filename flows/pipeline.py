@@ -30,6 +30,7 @@ from infra.policy import pin_policy
 from infra.run_ids import check_run_id, new_run_id
 from infra.store import open_store
 from tasks.flow_runs import call_subflow, finish, name_flow_run, run_name
+from tasks.preflight import preflight_task
 from tasks.publish import publish_line, publish_promoted
 from tasks.pipeline import (ACCUMULATED_SUFFIX, accumulate, current_latest, flatten_scores, previously_synthesized, promotion_gate,
                             record_prompts, runs_awaiting_training)
@@ -39,7 +40,7 @@ from runconfig.parameters import ConfigFile, RunOverrides, config_path, override
 
 @flow(name="pipeline", flow_run_name=run_name, log_prints=False)
 def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None, incremental: bool = True,
-             promote: bool = True, overrides: RunOverrides | None = None) -> dict[str, Any]:
+             promote: bool = True, overrides: RunOverrides | None = None, preflight: bool = True) -> dict[str, Any]:
     """Synthesize data, train, evaluate, and promote the model if no gated benchmark regressed.
 
     Args:
@@ -49,6 +50,8 @@ def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None
             false = sample every prompt and train on this run's data only.
         promote: Run the promotion gate and move `latest` when it passes; false = evaluate only.
         overrides: Settings that replace the config file's values for this run (empty = keep them).
+        preflight: Check the config against the installed packages and the models' files first (toa preflight) and
+            stop with its report on a problem, before any server or GPU is started; false = skip the check.
     """
     if run_id:
         # Before anything else: it becomes store keys and local folders, and so does its accumulated data run.
@@ -62,6 +65,10 @@ def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None
                          "config, or run with promote=false (synthesis-only reproductions: use `toa synthesize`)")
     run_id = run_id or new_run_id(cfg.name)
     name_flow_run(run_id)
+    if preflight:
+        # First: a model that cannot load or a server that cannot start fails here in seconds, with the fix,
+        # not hours later on reserved GPUs.
+        preflight_task(config_path(config), override_mapping(overrides))
     store = open_store(cfg.store)
     logger.info("pipeline run %s -> %s", run_id, store.uri(f"runs/{run_id}/"))
 

@@ -73,19 +73,21 @@ class _Config:
     training: Any  # training.config.TrainingConfig
 
 
-def _load(path: str | Path) -> _Config:
+def _load(path: str | Path, overrides: dict[str, Any] | None = None) -> _Config:
     from runconfig import load_config, read_config_mapping
     from training.config import load_stage_settings
 
-    if "models" in read_config_mapping(path):
-        run = load_config(path)
+    if "models" in read_config_mapping(path, overrides):
+        run = load_config(path, overrides)
         return _Config(run=run, training=run.training)
     return _Config(run=None, training=load_stage_settings(path).training)
 
 
-def run_preflight(config_path: str | Path, *, gpu_memory_gb: float = GPU_MEMORY_GB) -> list[Check]:
-    """Every check for the config at `config_path` (which must validate: a config error raises ConfigError)."""
-    config = _load(config_path)
+def run_preflight(config_path: str | Path, *, gpu_memory_gb: float = GPU_MEMORY_GB,
+                  overrides: dict[str, Any] | None = None) -> list[Check]:
+    """Every check for the config at `config_path` with `overrides` (dotted keys) applied; the config must
+    validate (a config error raises ConfigError)."""
+    config = _load(config_path, overrides)
     checks = check_versions()
     checks += check_models(config)
     if config.run is not None:
@@ -262,6 +264,9 @@ def _context_check(subject: str, use: _ModelUse, metadata: ModelMetadata) -> Che
         return Check("problem", subject, f"{use.context_key} {use.context} exceeds the model's {positions} positions "
                      f"({what})", f"set {use.context_key} to at most {positions}")
     window = use.context or positions
+    if use.generates is not None and use.generates >= window and not (use.server and use.server.kind == "vllm"):
+        return Check("note", subject, f"max_tokens {use.generates} >= the context of {window}: the longest answers "
+                     "stop at the model's context (vLLM would refuse such requests; this backend cuts them)")
     if use.generates is not None and use.generates >= window:
         return Check("problem", subject, f"max_tokens {use.generates} leaves no room for the prompt in a context "
                      f"of {window}", f"lower search.max_tokens below {window} (or raise the context)")

@@ -320,3 +320,27 @@ def test_a_promoted_model_is_published_and_a_failed_push_never_unpromotes(setup,
         run = next(r for r in flow_runs_named(client, "pub-2") if r.parent_task_run_id is None)
         assert run.state.name == "Completed" and "publishing FAILED for team/policy-merged" in run.state.message
         assert token not in run.state.message
+
+
+def test_a_preflight_problem_stops_the_pipeline_before_anything_starts(setup, tmp_path, tiny_reward_dir):
+    """The nightly run's first task is `toa preflight`: a reward model without a pad token fails the run with the
+    report (the problem and its fix) before synthesis is called."""
+    import json
+    import shutil
+
+    from tasks.preflight import PreflightFailed
+
+    config, stubs = setup
+    folder = tmp_path / "reward-without-pad"
+    shutil.copytree(tiny_reward_dir, folder)
+    for name, key in (("config.json", "pad_token_id"), ("tokenizer_config.json", "pad_token")):
+        data = json.loads((folder / name).read_text())
+        data.pop(key, None)
+        (folder / name).write_text(json.dumps(data))
+    data = yaml.safe_load(Path(config).read_text())
+    data["reward"]["model"] = str(folder)
+    Path(config).write_text(yaml.safe_dump(data))
+    stubs.source = ["p1"]
+    with pytest.raises(PreflightFailed, match=r"(?s)\[problem\] reward .*pad token.*-> fix:"):
+        pipeline_module.pipeline(config=config, run_id="night-bad")
+    assert stubs.trained == [] and not stubs.store.exists("runs/night-bad/manifest.json")
