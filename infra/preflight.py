@@ -34,6 +34,7 @@ from infra.model_metadata import ModelMetadata, local_metadata, parameters_from_
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_MEMORY_GB = 80.0  # an H100/A100 80 GB, what the shipped GPU configs are written for
+MAX_SHARED_UTILIZATION = 0.95  # servers sharing a GPU: vLLM reserves each one's share at start-up
 KV_HEADROOM = 0.85  # weights may take at most this share of a server's GPU memory budget (the rest: KV cache)
 
 Status = Literal["ok", "problem", "note"]
@@ -419,16 +420,19 @@ def check_gpu_memory(specs: list[ServerSpec], gpu_memory_gb: float = GPU_MEMORY_
     """Weights (from the files, or estimated from the config or the model's name) against the memory of the GPUs a
     server declares; and no GPU declared by two servers."""
     checks: list[Check] = []
-    owner: dict[int, str] = {}
+    claims: dict[int, list[ServerSpec]] = {}
     for spec in specs:
         if spec.kind not in ("vllm", "vllm_reward"):
             continue
         for gpu in spec.gpus or []:
-            if gpu in owner:
-                checks.append(Check("problem", f"server {spec.name}: gpus", f"GPU {gpu} is also declared by server "
-                                    f"'{owner[gpu]}' (each reserves {spec.gpu_memory_utilization:.0%} of it)",
-                                    "give each server its own GPUs, or lower both gpu_memory_utilization"))
-            owner.setdefault(gpu, spec.name)
+            claims.setdefault(gpu, []).append(spec)
+            shared = claims[gpu]
+            if len(shared) > 1 and sum(s.gpu_memory_utilization for s in shared) > MAX_SHARED_UTILIZATION:
+                checks.append(Check("problem", f"server {spec.name}: gpus", f"GPU {gpu} is also declared by server(s) "
+                                    f"{', '.join(repr(s.name) for s in shared[:-1])}; their gpu_memory_utilization "
+                                    f"adds up to {sum(s.gpu_memory_utilization for s in shared):g} of it",
+                                    "give each server its own GPUs, or lower their gpu_memory_utilization so the "
+                                    f"sum stays at most {MAX_SHARED_UTILIZATION:g}"))
         metadata = local_metadata(spec.model)
         weight_bytes, how = (metadata.weight_bytes(), "from its files") if metadata else (None, "")
         if weight_bytes is None:

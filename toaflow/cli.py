@@ -10,7 +10,7 @@ from runconfig import ConfigError
 
 # In the order a user meets them.
 COMMANDS = ("preflight", "sample", "synthesize", "train", "evaluate", "pipeline", "scaling", "index", "servers",
-            "decontam", "deploy", "lc-difficulty")
+            "decontam", "deploy", "lc-difficulty", "gpu-smoke")
 
 
 class UserError(Exception):
