@@ -135,7 +135,8 @@ class _ModelUse:
     context: int | None = None  # the context length it will be run with (max_model_len / max_length)
     context_key: str = ""  # where that number comes from, for the fix
     generates: int | None = None  # max_tokens it generates (chat)
-    remote_code: bool = False
+    remote_code: bool = False  # the config lets this model's own code run (trust_remote_code)
+    loaded_here: bool = True  # loaded by toaflow's processes (false: served by a process started by hand)
     server: ServerSpec | None = None
     assistant_only: str | None = None  # training: the SFT assistant_only_loss setting
     chat_template_choice: str = "model"  # training: training.common.chat_template
@@ -159,12 +160,16 @@ def model_uses(config: _Config) -> list[_ModelUse]:
                 continue  # checked as its server
             uses.append(_ModelUse(f"agent {agent.name}", agent.model, "chat",
                                   generates=agent.max_tokens or run.search.max_tokens))
-        reward = run.reward
-        if reward.kind in ("hf_classifier", "llm_judge") or (reward.kind == "http" and reward.served_by not in servers):
-            if reward.model:
-                uses.append(_ModelUse("reward", reward.model, "classifier" if reward.kind != "llm_judge" else "chat",
-                                      context=reward.max_length, context_key="reward.max_length",
-                                      remote_code=reward.trust_remote_code or reward.kind == "http"))
+        judge = run.evaluation.judges.reward
+        for label, reward in (("reward", run.reward), ("evaluation judge", judge)):
+            if reward is None or not reward.model or reward.kind == "plugin":
+                continue
+            if reward.kind == "http" and reward.served_by in servers:
+                continue  # checked as its server
+            prefix = "reward" if label == "reward" else "evaluation.judges.reward"
+            uses.append(_ModelUse(label, reward.model, "classifier" if reward.kind != "llm_judge" else "chat",
+                                  context=reward.max_length, context_key=f"{prefix}.max_length",
+                                  remote_code=reward.trust_remote_code, loaded_here=reward.kind != "http"))
     training = config.training
     if run is None or training.sft.enabled or training.dpo.enabled:
         uses.append(_ModelUse("training base model", training.common.base_model, "training",
@@ -313,6 +318,10 @@ def _pad_check(subject: str, metadata: ModelMetadata) -> Check:
 def remote_code_check(subject: str, use: _ModelUse, metadata: ModelMetadata) -> Check:
     """Import every class the folder's auto_map names (its own modelling code) against the installed transformers,
     with the compatibility shim, without loading weights."""
+    if not use.remote_code and not use.loaded_here:
+        return Check("note", subject, "has remote code and is served by a process started by hand "
+                     "(tools/reward_server.py --trust-remote-code); set trust_remote_code: true on this reward to "
+                     "have the preflight import-check its code")
     if not use.remote_code:
         if any(hasattr(importlib.import_module("transformers"), arch) for arch in metadata.architectures):
             return Check("ok", subject, "has remote code, not used (trust_remote_code off; the stock class loads)")
