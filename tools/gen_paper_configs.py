@@ -86,6 +86,7 @@ def server_specs(agents: list[Agent], extra: list[dict[str, Any]] = (), routed: 
                               "tensor_parallel_size": agent.tensor_parallel,
                               "gpus": list(range(next_gpu, next_gpu + agent.tensor_parallel)),
                               "gpu_memory_utilization": 0.9, "max_model_len": agent.max_model_len,
+                              "generation_config": "vllm",
                               "startup_timeout_s": 3600.0 if agent.tensor_parallel > 1 else 1800.0})
                 next_gpu += agent.tensor_parallel
             specs.append({"name": agent.name, "kind": "router", "replicas": names, "policy": "consistent_hash"})
@@ -100,6 +101,9 @@ def server_specs(agents: list[Agent], extra: list[dict[str, Any]] = (), routed: 
             "gpus": gpus,
             "gpu_memory_utilization": 0.9,
             "max_model_len": agent.max_model_len,
+            # vLLM's neutral top_k/min_p/repetition_penalty, not each model's generation_config.json: every agent
+            # samples with the paper's temperature and top_p only
+            "generation_config": "vllm",
             # The first start downloads the weights (up to ~280 GB for the 8x22B models): give it time.
             "startup_timeout_s": 3600.0 if agent.tensor_parallel > 1 else 1800.0,
         }
