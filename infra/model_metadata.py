@@ -18,7 +18,8 @@ from toa_core.backends.assets import local_model_folder
 # Keys different architectures use for their trained context length (first found wins, top level before text_config).
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "int8": 1}
-_GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
+# A template supports TRL's assistant-only loss when it wraps assistant content in {% generation %} markers.
+GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class ModelMetadata:
 
     @property
     def template_marks_assistant(self) -> bool:
-        return bool(_GENERATION_MARKER.search(self.chat_template or ""))
+        return bool(GENERATION_MARKER.search(self.chat_template or ""))
 
     @property
     def dtype_bytes(self) -> int:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 from infra.config import ServerSpec
-from infra.model_metadata import ModelMetadata, local_metadata, parameters_from_name
+from infra.model_metadata import GENERATION_MARKER, ModelMetadata, local_metadata, parameters_from_name
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_MEMORY_GB = 80.0  # an H100/A100 80 GB, what the shipped GPU configs are written for
@@ -293,9 +293,7 @@ def _template_check(subject: str, use: _ModelUse, metadata: ModelMetadata) -> Ch
         return Check("problem", subject, "no chat template (tokenizer_config.json / chat_template.jinja): "
                      "conversations cannot be rendered", "use an Instruct/chat model, or add a template to its tokenizer")
     if use.role == "training" and use.assistant_only in ("on", "auto"):
-        from infra.model_metadata import _GENERATION_MARKER
-
-        if not _GENERATION_MARKER.search(template):
+        if not GENERATION_MARKER.search(template):
             consequence = ("SFT fails at start" if use.assistant_only == "on"
                            else "SFT silently trains on the prompt too (assistant-only loss turns itself off)")
             return Check("problem", subject, f"the chat template from {source} has no {{% generation %}} markers "

@@ -5,7 +5,6 @@ Everything here fails before any training step with a message that says what to 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,13 +65,11 @@ def resolve_base_model(spec: str) -> Path:
         raise TrainingSetupError(f"training.common.base_model: {error}") from None
 
 
-# A template supports TRL's assistant-only loss when it wraps assistant content in {% generation %} markers.
-_GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
-
-
 def template_marks_assistant(tokenizer: Any) -> bool:
     """True when the chat template has {% generation %} markers (TRL's `assistant_only_loss` needs them)."""
-    return bool(_GENERATION_MARKER.search(tokenizer.chat_template or ""))
+    from infra.model_metadata import GENERATION_MARKER
+
+    return bool(GENERATION_MARKER.search(tokenizer.chat_template or ""))
 
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
