@@ -373,7 +373,9 @@ def check_server_flags(specs: list[ServerSpec]) -> list[Check]:
             checks.append(_parse_with("vllm-router", _router_parser(), argv[1:], subject))
         else:
             argv = _vllm_argv(spec)
-            checks.append(_parse_with("vLLM", _vllm_serve_parser(), argv[2:], subject))
+            # `vllm serve MODEL ...`: the serve subcommand adds the positional MODEL itself; its shared parser
+            # (make_arg_parser) takes the same model as --model
+            checks.append(_parse_with("vLLM", _vllm_serve_parser(), ["--model", argv[2], *argv[3:]], subject))
     return checks
 
 

@@ -141,3 +141,45 @@ def test_the_command_prints_one_line_per_check_and_fails_on_a_problem(tmp_path, 
     bad = tiny_config_file(tmp_path, "bad.yaml", reward={"kind": "hf_classifier", "model": str(folder)})
     assert main(["preflight", "--config", str(bad)]) == 1
     assert "[problem] reward" in capsys.readouterr().out
+
+
+def test_with_vllm_installed_its_parser_and_architecture_list_decide(monkeypatch, tmp_path, tiny_llama_dir,
+                                                                      tiny_reward_dir):
+    """vLLM is not installed here; a stand-in with vLLM's module layout checks the glue: the command line goes
+    through vLLM's serve parser (model as --model) and the architecture through its registry."""
+    import argparse
+    import sys
+    import types
+
+    seen = []
+
+    def make_arg_parser(parser):
+        for flag in ("--model", "--host", "--port", "--served-model-name", "--tensor-parallel-size",
+                     "--gpu-memory-utilization", "--max-model-len", "--generation-config", "--runner"):
+            parser.add_argument(flag)
+        original = parser.parse_args
+        parser.parse_args = lambda argv: seen.append(argv) or original(argv)
+        return parser
+
+    modules = {"vllm": types.ModuleType("vllm"), "vllm.entrypoints": types.ModuleType("vllm.entrypoints"),
+               "vllm.entrypoints.openai": types.ModuleType("vllm.entrypoints.openai"),
+               "vllm.entrypoints.openai.cli_args": types.ModuleType("vllm.entrypoints.openai.cli_args"),
+               "vllm.utils": types.ModuleType("vllm.utils"),
+               "vllm.utils.argparse_utils": types.ModuleType("vllm.utils.argparse_utils")}
+    modules["vllm.entrypoints.openai.cli_args"].make_arg_parser = make_arg_parser
+    modules["vllm.utils.argparse_utils"].FlexibleArgumentParser = argparse.ArgumentParser
+    modules["vllm"].ModelRegistry = types.SimpleNamespace(get_supported_archs=lambda: ["LlamaForCausalLM"])
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+    chat = ServerSpec(name="chat", model=str(tiny_llama_dir), gpus=[0], max_model_len=1024)
+    (accepted,) = check_server_flags([chat])
+    assert accepted.status == "ok" and seen[-1][:2] == ["--model", str(tiny_llama_dir)]
+    (refused,) = check_server_flags([chat.model_copy(update={"extra_args": ["--enable-magic"]})])
+    assert refused.status == "problem" and "--enable-magic" in refused.detail
+
+    config = tiny_config_file(tmp_path, servers={"managed": True, "servers": [
+        {"name": "rm", "kind": "vllm_reward", "model": str(tiny_reward_dir), "gpus": [0], "max_model_len": 1024}]},
+        reward={"kind": "http", "model": str(tiny_reward_dir), "served_by": "rm", "max_length": 1024})
+    assert "vLLM does not support architecture LlamaForSequenceClassification" in \
+        _problem(run_preflight(config), "vLLM does not support").detail
