@@ -34,6 +34,7 @@ from infra.model_metadata import GENERATION_MARKER, ModelMetadata, local_metadat
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_MEMORY_GB = 80.0  # an H100/A100 80 GB, what the shipped GPU configs are written for
+VLLM_READ_AGAINST = "0.34"  # the vLLM version whose source the server command lines were read against
 MAX_SHARED_UTILIZATION = 0.95  # servers sharing a GPU: vLLM reserves each one's share at start-up
 KV_HEADROOM = 0.85  # weights may take at most this share of a server's GPU memory budget (the rest: KV cache)
 
@@ -106,8 +107,12 @@ def check_versions(pyproject: Path = REPO / "pyproject.toml") -> list[Check]:
 
     if not pyproject.is_file():
         return [Check("note", "versions", f"{pyproject} not found: pins not checked (installed from a wheel?)")]
-    pins = [Requirement(line) for line in tomllib.loads(pyproject.read_text())["project"]["dependencies"]]
+    project = tomllib.loads(pyproject.read_text())["project"]
+    pins = [Requirement(line) for line in project["dependencies"]]
+    # extras (gpu, router, ...) are checked where they are installed: a CPU host has none of them
+    extras = [Requirement(line) for lines in project.get("optional-dependencies", {}).values() for line in lines]
     pins = [req for req in pins if any(spec.operator == "==" for spec in req.specifier)]
+    pins += [req for req in extras if any(spec.operator == "==" for spec in req.specifier) and _installed(req.name)]
     checks, matching = [], 0
     for req in pins:
         try:
@@ -121,7 +126,20 @@ def check_versions(pyproject: Path = REPO / "pyproject.toml") -> list[Check]:
         else:
             checks.append(Check("problem", f"versions: {req.name}", f"{installed} installed, pinned {req.specifier}",
                                 f"pip install '{req.name}{req.specifier}' (the pinned set is tested together)"))
-    return [Check("ok", "versions", f"{matching} of {len(pins)} pinned packages installed at their pins")] + checks
+    checks = [Check("ok", "versions", f"{matching} of {len(pins)} pinned packages installed at their pins")] + checks
+    if _installed("vllm"):
+        checks.append(Check("ok", "versions: vllm", f"{importlib.metadata.version('vllm')} installed (toaflow's "
+                            f"server command lines were checked against {VLLM_READ_AGAINST}; the flag checks below "
+                            "use this one's parser)"))
+    return checks
+
+
+def _installed(name: str) -> bool:
+    try:
+        importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 # -- models ----------------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def build_app(model: str, *, head: str, trust_remote_code: bool, max_length: int
                                batch_size=batch_size, device=device, dtype=dtype)
     reward = BatchingReward(inner, batch_size=batch_size, batch_wait_ms=batch_wait_ms, max_attempts=1)
     name = served_name or model
-    inner._ensure_loaded()  # load now: a model that cannot load fails the start, not every scoring request
+    inner.load()  # load now: a model that cannot load fails the start, not every scoring request
     app = FastAPI(title="toaflow reward server")
 
     @app.get("/health")

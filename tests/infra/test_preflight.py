@@ -183,3 +183,15 @@ def test_with_vllm_installed_its_parser_and_architecture_list_decide(monkeypatch
         reward={"kind": "http", "model": str(tiny_reward_dir), "served_by": "rm", "max_length": 1024})
     assert "vLLM does not support architecture LlamaForSequenceClassification" in \
         _problem(run_preflight(config), "vLLM does not support").detail
+
+
+def test_versions_against_the_pins(tmp_path):
+    from infra.preflight import check_versions
+
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "x"\ndependencies = ["pyyaml==0.0.1", "no-such-package-here==1.0", '
+                         '"numpy"]\n[project.optional-dependencies]\ngpu = ["another-missing-package==2.0"]\n')
+    checks = check_versions(pyproject)
+    assert "0 of 2 pinned" in checks[0].detail  # unpinned numpy is not counted, an extra not installed is skipped
+    assert "pip install 'pyyaml==0.0.1'" in _problem(checks, "installed, pinned ==0.0.1").fix
+    assert _problem(checks, "not installed (pinned ==1.0)").subject == "versions: no-such-package-here"

@@ -41,6 +41,11 @@ class HFClassifierReward(InProcessReward):
     def __repr__(self) -> str:
         return f"HFClassifierReward(path={str(self.path)!r}, head={self.head!r})"
 
+    def load(self) -> None:
+        """Load the tokenizer and weights now (otherwise the first scoring call does)."""
+        with self._lock:
+            self._ensure_loaded()
+
     def _ensure_loaded(self) -> None:
         if self._model is not None:
             return
