@@ -10,6 +10,7 @@ response is cut; the question is kept), and scored in padded batches of ``batch_
 """
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -17,6 +18,37 @@ from typing import Any, Literal, Sequence
 from toa_core.backends.assets import limit_cpu_threads, resolve_model, torch_placement
 from toa_core.records import Message
 from toa_core.rewards.in_process import InProcessReward
+
+log = logging.getLogger(__name__)
+
+
+def choose_pad_token(tokenizer: Any, model_config: Any) -> None:
+    """Give a tokenizer without a pad token one that no rendered pair contains.
+
+    Classifiers read the score at the last token before padding, found by the pad id (ArmoRM's code even takes
+    the position before the *first* pad id). Llama-3 tokenizers ship without a pad token, and EOS as padding
+    (the usual stand-in) is also the end-of-turn token the chat template writes, so the score would be read in
+    the middle of the conversation. In order: the model config's pad_token_id; an unused special token the
+    tokenizer already has (Llama-3.1's `<|finetune_right_pad_id|>`, a `reserved` one); EOS as the last resort
+    (then `toa preflight` reports the model)."""
+    if tokenizer.pad_token_id is not None:
+        return
+    configured = getattr(model_config, "pad_token_id", None)
+    if isinstance(configured, int) and 0 <= configured < len(tokenizer):
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(configured)
+        return
+    template = str(getattr(tokenizer, "chat_template", "") or "")
+    special = [token.content for token in getattr(tokenizer, "added_tokens_decoder", {}).values() if token.special]
+    unused = [token for token in special if token not in template and token not in (tokenizer.eos_token,
+                                                                                    tokenizer.bos_token)]
+    for wanted in ("pad", "reserved"):
+        found = next((token for token in unused if wanted in token.lower()), None)
+        if found is not None:
+            tokenizer.pad_token = found
+            return
+    log.warning("reward model tokenizer has no pad token and no unused special token: padding with EOS, which "
+                "can move where the score is read when EOS also ends turns (toa preflight reports it)")
+    tokenizer.pad_token = tokenizer.eos_token
 
 
 class HFClassifierReward(InProcessReward):
@@ -60,8 +92,7 @@ class HFClassifierReward(InProcessReward):
         self.device, torch_dtype = torch_placement(self.device_spec, self.dtype_spec)
         model = AutoModelForSequenceClassification.from_pretrained(
             self.path, trust_remote_code=self.trust_remote_code, dtype=torch_dtype).to(self.device)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        choose_pad_token(tokenizer, model.config)
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id  # batched scoring finds the last real token by it
         positions = getattr(model.config, "max_position_embeddings", None)

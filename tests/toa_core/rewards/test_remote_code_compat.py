@@ -50,3 +50,28 @@ def test_the_shim_restores_only_missing_names_and_is_idempotent():
     assert remote_code_compat.missing_names() == {}
     assert remote_code_compat.apply() == {}  # a second call adds nothing
     assert llama.LlamaModel is not None  # names transformers still defines are untouched
+
+
+def test_a_tokenizer_without_pad_token_pads_with_an_unused_special_token(tiny_reward_dir):
+    """Llama-3 tokenizers have no pad token; EOS (the usual stand-in) is also the end-of-turn token, and ArmoRM's
+    code reads the score just before the first pad id: a reserved special token is used instead."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from toa_core.rewards.hf_classifier import choose_pad_token
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reward_dir)
+    reserved = "<|reserved_special_token_0|>"
+    tokenizer.add_special_tokens({"additional_special_tokens": [reserved]})
+    tokenizer.pad_token = None
+    assert tokenizer.pad_token_id is None
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": "hello"}], tokenize=False)
+    choose_pad_token(tokenizer, SimpleNamespace(pad_token_id=None))
+    assert tokenizer.pad_token in ("<|pad|>", reserved)  # the tiny tokenizer's own unused pad token comes first
+    assert tokenizer.pad_token not in rendered and tokenizer.eos_token in rendered
+
+    tokenizer.pad_token = None
+    choose_pad_token(tokenizer, SimpleNamespace(pad_token_id=tokenizer.convert_tokens_to_ids(tokenizer.bos_token)))
+    assert tokenizer.pad_token == tokenizer.bos_token  # the model config's own pad id wins
