@@ -1,5 +1,5 @@
-"""The preflight as the first task of a run: its report in the log and as an artifact, and a failure that carries
-the report when a check found a problem (the rules live in infra.preflight)."""
+"""The preflight as the first task of a run: its report in the log, and when a check found a problem, a failure
+that carries the report (also shown as an artifact). The rules live in infra.preflight."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +22,9 @@ def preflight_task(config_path: str | Path, overrides: dict[str, Any] | None = N
     text = report(checks)
     found = problems(checks)
     get_run_logger().info("preflight of %s:\n%s", config_path, text)
-    publish_markdown(None, None, f"# Preflight of `{Path(config_path).name}`\n\n```\n{text}\n```\n",
-                     title="what the preflight checked before the run started anything", artifact="preflight")
     if found:
+        # an artifact only when it stops the run: a passing preflight is in the log, and runs stay uncluttered
+        publish_markdown(None, None, f"# Preflight of `{Path(config_path).name}`\n\n```\n{text}\n```\n",
+                         title="why the run stopped before it started anything", artifact="preflight")
         raise PreflightFailed(f"preflight found {len(found)} problem(s) in {config_path}; nothing was started:\n{text}")
     return {"checks": len(checks), "problems": 0}
