@@ -61,6 +61,26 @@ class ModelMetadata:
             token = token.get("content")
         return token or None
 
+    def special_tokens(self) -> list[str]:
+        """The special tokens the tokenizer adds to its vocabulary (tokenizer.json `added_tokens`)."""
+        path = self.folder / "tokenizer.json"
+        if not path.is_file():
+            return []
+        added = json.loads(path.read_text()).get("added_tokens") or []
+        return [token["content"] for token in added if token.get("special")]
+
+    def unused_pad_candidate(self) -> str | None:
+        """The special token toa_core.rewards.hf_classifier.choose_pad_token would pad with when the model has no
+        pad token: one with "pad", else "reserved", in its name that the chat template never writes."""
+        template = self.chat_template or ""
+        eos_bos = {self.tokenizer_config.get(key) for key in ("eos_token", "bos_token")}
+        unused = [t for t in self.special_tokens() if t not in template and t not in eos_bos]
+        for wanted in ("pad", "reserved"):
+            found = next((token for token in unused if wanted in token.lower()), None)
+            if found:
+                return found
+        return None
+
     @property
     def chat_template(self) -> str | None:
         template = self.chat_template_file or self.tokenizer_config.get("chat_template")

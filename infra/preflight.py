@@ -235,8 +235,8 @@ def model_checks(use: _ModelUse, metadata: ModelMetadata) -> list[Check]:
     checks = [_architecture_check(subject, use, metadata), _context_check(subject, use, metadata)]
     if use.role in ("chat", "training") or (use.role == "classifier" and use.server is None):
         checks.append(_template_check(subject, use, metadata))
-    if use.role == "classifier":
-        checks.append(_pad_check(subject, metadata))
+    if use.role == "classifier" and use.server is None and use.loaded_here:
+        checks.append(_pad_check(subject, metadata))  # vLLM does not pad: only in-process batches need one
     if metadata.auto_map:
         checks.append(remote_code_check(subject, use, metadata))
     return [check for check in checks if check is not None]
@@ -324,6 +324,10 @@ def _template_check(subject: str, use: _ModelUse, metadata: ModelMetadata) -> Ch
 
 def _pad_check(subject: str, metadata: ModelMetadata) -> Check:
     if metadata.pad_token_id is None and metadata.tokenizer_pad_token is None:
+        candidate = metadata.unused_pad_candidate()
+        if candidate:
+            return Check("ok", subject, f"no pad token of its own: batches pad with {candidate}, a special token "
+                         "the chat template never writes")
         return Check("problem", subject, "sequence classifier without a pad token: batched scoring pads with EOS, "
                      "and the score is read at the last non-pad token, so a pair ending in EOS is scored one token early",
                      "set pad_token_id in config.json and pad_token in tokenizer_config.json to a token the chat "

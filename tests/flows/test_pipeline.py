@@ -337,6 +337,10 @@ def test_a_preflight_problem_stops_the_pipeline_before_anything_starts(setup, tm
         data = json.loads((folder / name).read_text())
         data.pop(key, None)
         (folder / name).write_text(json.dumps(data))
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    for token in tokenizer["added_tokens"]:  # and no unused special token to pad with instead
+        token["special"] = token["special"] and token["content"] != "<|pad|>"
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
     data = yaml.safe_load(Path(config).read_text())
     data["reward"]["model"] = str(folder)
     Path(config).write_text(yaml.safe_dump(data))

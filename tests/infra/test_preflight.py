@@ -71,10 +71,27 @@ def test_template_without_generation_markers_while_assistant_only_loss_is_on(tmp
     assert "training.common.chat_template" in problem.fix and problem.subject.startswith("training base model")
 
 
-def test_classifier_without_a_pad_token(tmp_path, tiny_llama_dir, tiny_reward_dir):
-    folder = _copy(tiny_reward_dir, tmp_path / "no-pad")
+def _without_pad_token(source: Path, folder: Path, keep_spare: bool = False) -> Path:
+    """A copy of the tiny reward model with no pad token anywhere (and, unless `keep_spare`, no unused special
+    token the reward could pad with instead)."""
+    _copy(source, folder)
     _edit_json(folder / "config.json", pad_token_id=None)
     _edit_json(folder / "tokenizer_config.json", pad_token=None)
+    if not keep_spare:
+        data = json.loads((folder / "tokenizer.json").read_text())
+        for token in data["added_tokens"]:
+            if token["content"] == "<|pad|>":
+                token["special"] = False
+        (folder / "tokenizer.json").write_text(json.dumps(data))
+    return folder
+
+
+def test_classifier_without_a_pad_token(tmp_path, tiny_llama_dir, tiny_reward_dir):
+    spare = _without_pad_token(tiny_reward_dir, tmp_path / "spare", keep_spare=True)
+    checks = run_preflight(tiny_config_file(tmp_path, reward={"kind": "hf_classifier", "model": str(spare)}))
+    assert not problems(checks) and any("batches pad with <|pad|>" in check.detail for check in checks)
+
+    folder = _without_pad_token(tiny_reward_dir, tmp_path / "no-pad")
     checks = run_preflight(tiny_config_file(tmp_path, reward={"kind": "hf_classifier", "model": str(folder)}))
     problem = _problem(checks, "sequence classifier without a pad token")
     assert "pad_token_id" in problem.fix and problem.subject.startswith("reward")
@@ -135,9 +152,7 @@ def test_the_command_prints_one_line_per_check_and_fails_on_a_problem(tmp_path, 
     assert main(["preflight", "--config", str(tiny_config_file(tmp_path))]) == 0
     healthy = capsys.readouterr().out
     assert healthy.splitlines()[-1].startswith("preflight: 0 problem(s)")
-    folder = _copy(tiny_reward_dir, tmp_path / "no-pad")
-    _edit_json(folder / "config.json", pad_token_id=None)
-    _edit_json(folder / "tokenizer_config.json", pad_token=None)
+    folder = _without_pad_token(tiny_reward_dir, tmp_path / "no-pad")
     bad = tiny_config_file(tmp_path, "bad.yaml", reward={"kind": "hf_classifier", "model": str(folder)})
     assert main(["preflight", "--config", str(bad)]) == 1
     assert "[problem] reward" in capsys.readouterr().out
