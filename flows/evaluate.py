@@ -57,8 +57,8 @@ def check_run_ownership(store: Any, run_id: str, model: str, evaluation_config_h
     owner_key = f"{prefix}eval/{EVAL_OWNER_FILE}"
     exists = bool(store.list(prefix))
     if exists and run_of_model(model) != run_id:
-        raise ForeignRunError(f"run {run_id!r} exists and {model!r} is not its model: an evaluation writes into its own "
-                              "run; leave run_id empty (a new run) or pass a new run id")
+        raise ForeignRunError(f"run {run_id!r} exists and {model!r} is not its model: an evaluation writes into its "
+                              "own run; leave run_id empty (a new run) or pass a new run id")
     if store.exists(f"{prefix}promotion.json"):
         raise ForeignRunError(f"run {run_id!r} has its promotion decided: its scores are the record the gate used and "
                               "are not rewritten; evaluate into a new run id")

@@ -29,8 +29,9 @@ from tasks.decontamination import decontaminate_prompts, decontamination_counts
 from tasks.flow_runs import finish, name_flow_run, run_name
 from tasks.policy import policy_record, with_policy_agent
 from tasks.run_inputs import RunInputs
-from tasks.shard_execution import config_digest, run_shards_locally, run_shards_on_workers
-from tasks.synthesis import ingest_prompts, plan_shards, progress_key, rank_candidates, report_synthesis, run_key
+from tasks.shard_execution import run_shards_locally, run_shards_on_workers
+from tasks.synthesis import (config_digest, ingest_prompts, plan_shards, progress_key, rank_candidates,
+                             report_synthesis, run_key)
 from tasks.synthesis_progress import SynthesisProgress
 from toa_core.ingest import read_prompts
 from runconfig import LOCAL_MAX_SHARDS_IN_FLIGHT, load_config
@@ -69,7 +70,8 @@ def synthesize(config: ConfigFile = "demo.yaml", run_id: str | None = None, limi
     logger = get_run_logger()
     inputs = RunInputs.of(config)  # a deployment run names an operator config; refused here otherwise
     # `prompts` is checked against the operator's prompt roots before anything is read or downloaded.
-    prompts = inputs.prompts(prompts, load_config(inputs.config.path, override_mapping(overrides)).synthesis.prompt_roots)
+    roots = load_config(inputs.config.path, override_mapping(overrides)).synthesis.prompt_roots
+    prompts = inputs.prompts(prompts, roots)
     cfg = load_config(inputs.config.path, synthesis_settings(overrides, limit, prompts))  # validated up front
     shard_config = inputs.shard_config_name() if cfg.synthesis.executor == "workers" else None
     run_id = run_id or new_run_id(cfg.name)

@@ -112,7 +112,8 @@ def _name_in_folder(config: str, folder: Path) -> str | None:
     candidates = [config] + ([config[len(LEGACY_PREFIX):]] if config.startswith(LEGACY_PREFIX) else [])
     for name in candidates:
         parts = Path(name).parts
-        if not parts or any(part in ("..", ".", "") for part in parts) or Path(name).suffix.lower() not in CONFIG_SUFFIXES:
+        if not parts or any(part in ("..", ".", "") for part in parts) \
+                or Path(name).suffix.lower() not in CONFIG_SUFFIXES:
             continue
         path = (folder / name).resolve()
         if path.is_file() and path.is_relative_to(folder):

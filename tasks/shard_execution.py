@@ -24,8 +24,7 @@ from typing import Any
 
 from infra.store import open_store
 from runconfig import RunConfig
-from tasks.synthesis import (_shard_rows_and_errors, config_digest, progress_key, sample_shard_task, shard_key,  # noqa: F401
-                             shard_label)
+from tasks.synthesis import _shard_rows_and_errors, progress_key, sample_shard_task, shard_key, shard_label
 from tasks.synthesis_progress import SynthesisProgress, read_progress
 
 log = logging.getLogger(__name__)

@@ -74,3 +74,12 @@ def test_a_retried_parent_resubmits_its_failed_shard_and_finishes(shard_deployme
     assert synthesis.state.is_completed() and synthesis.run_count == 2  # one flow run, retried once
     rows = samples_table(open_store(str(tmp_path / "store")), "retried")
     assert len({row["prompt_id"] for row in rows}) == 4
+
+
+def test_shard_keys_differ_between_parent_attempts_and_repeat_within_one():
+    from tasks.shard_execution import shard_idempotency_key
+
+    first, again = shard_idempotency_key("parent", 1, 3, 0), shard_idempotency_key("parent", 1, 3, 0)
+    retried = shard_idempotency_key("parent", 2, 3, 0)  # the same flow run id, its second run attempt
+    assert first == again and retried != first
+    assert len({shard_idempotency_key("parent", 1, index, 0) for index in range(3)}) == 3
