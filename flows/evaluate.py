@@ -95,15 +95,17 @@ def evaluate(config: ConfigFile, run_id: str | None = None, model: str | None = 
             (not after its promotion was decided); empty = the run named in `model`, or a new id.
         model: Model under test: a store key or URI (runs/<id>/models/dpo), a local folder, builtin:NAME, or an
             OpenAI-compatible endpoint URL (append #name for the served model). Empty = the run's trained model.
+            From a deployment: a store key runs/<id>/models/<stage> or builtin:NAME only.
         overrides: Settings that replace the config file's values for this run (empty = keep them).
 
     Returns {"run_id", "model", "benchmarks": {name: {"scores", "report", "plot", "headline", "circular"}}}.
     """
     if run_id:
         check_new_run_id(run_id)  # before anything else: it becomes store keys and local folders
-    model_run_id = run_of_model(model)
     logger = get_run_logger()
     inputs = RunInputs.of(config)  # a deployment run names an operator config; refused here otherwise
+    model = inputs.model(model)  # and a model in the store, never a folder or endpoint of its choosing
+    model_run_id = run_of_model(model)
     settings = override_mapping(overrides)
     path = inputs.config.path
     # Tasks read the config file itself, or the overridden mapping when there are overrides.

@@ -219,6 +219,21 @@ def check_prompt_source(source: Any, roots: list[str]) -> str:
         "`synthesis.prompt_roots` in the config")
 
 
+def check_model_parameter(model: Any) -> str:
+    """A deployment run's `model` (the evaluate flow): a run's model in the store (`runs/<id>/models/<stage>`) or a
+    builtin test model. A folder on the worker, another URI or an endpoint (which would receive the operator's API
+    key) is refused with ConfigParameterError; the operator's `toa evaluate --model` takes any of them."""
+    import re
+
+    if isinstance(model, str) and (re.fullmatch(r"runs/[A-Za-z0-9][A-Za-z0-9._-]{0,127}/models/[A-Za-z0-9_-]+", model)
+                                   or re.fullmatch(r"builtin:[A-Za-z0-9_.-]+", model)):
+        return model
+    raise ConfigParameterError(
+        f"parameter `model` {model!r} is refused: a run started from a deployment evaluates a run's model in the "
+        "store (runs/<run id>/models/dpo or .../sft) or builtin:NAME; folders on the worker and endpoints are for the "
+        "operator's `toa evaluate --model`")
+
+
 # -- settings that run code -------------------------------------------------------------------------------------
 
 CODE_RUNNING_KEYS = {"trust_remote_code": "runs the model repository's own Python",

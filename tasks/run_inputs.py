@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from runconfig.parameters import (ConfigParameterError, ResolvedConfig, check_prompt_source, code_running_settings,
-                                  prompt_roots, resolve_config)
+from runconfig.parameters import (ConfigParameterError, ResolvedConfig, check_model_parameter, check_prompt_source,
+                                  code_running_settings, prompt_roots, resolve_config)
 
 
 def started_from_deployment() -> bool:
@@ -55,6 +55,13 @@ class RunInputs:
         if prompts is None or not self.from_deployment:
             return prompts
         return check_prompt_source(prompts, prompt_roots(config_roots))
+
+    def model(self, model: str | None) -> str | None:
+        """The evaluate flow's `model` parameter: unchanged for the operator's runs; for deployment runs only a
+        run's model in the store or builtin:NAME (else ConfigParameterError)."""
+        if model is None or not self.from_deployment:
+            return model
+        return check_model_parameter(model)
 
     def shard_config_name(self) -> str:
         """The config as shard flow runs on other hosts take it: its name in their operator folder."""

@@ -170,3 +170,15 @@ def test_a_real_deployment_run_pointing_config_outside_the_folder_is_refused_bef
     assert run.state.is_failed(), (run.state, executed.stdout[-2000:], executed.stderr[-3000:])
     assert "parameter `config`" in run.state.message and "allowed configs: demo.yaml, tiny.yaml" in run.state.message
     assert task_runs == []  # refused before any task ran
+
+
+def test_a_deployment_evaluation_names_a_stored_model_never_a_folder_or_endpoint(operator_folder, as_deployment_run,
+                                                                                 tmp_path, prefect_harness):
+    from flows.evaluate import evaluate
+
+    planted = tmp_path / "planted-model"
+    planted.mkdir()
+    for model in (str(planted), "http://127.0.0.1:9/v1#m", "s3://elsewhere/model", "runs/../x/models/dpo"):
+        with pytest.raises(ConfigParameterError, match=r"parameter `model` .* refused"):
+            evaluate(config="night.yaml", run_id="eval-x", model=model)
+    assert not store_of(operator_folder).list("runs/")
