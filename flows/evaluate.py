@@ -102,10 +102,10 @@ def evaluate(config: ConfigFile, run_id: str | None = None, model: str | None = 
     """
     if run_id:
         check_new_run_id(run_id)  # before anything else: it becomes store keys and local folders
-    logger = get_run_logger()
     inputs = RunInputs.of(config)  # a deployment run names an operator config; refused here otherwise
     model = inputs.model(model)  # and a model in the store, never a folder or endpoint of its choosing
-    model_run_id = run_of_model(model)
+    model_run_id = run_of_model(model)  # a run id inside `model` is checked as early as `run_id`
+    logger = get_run_logger()
     settings = override_mapping(overrides)
     path = inputs.config.path
     # Tasks read the config file itself, or the overridden mapping when there are overrides.
