@@ -168,7 +168,8 @@ def test_a_real_deployment_run_pointing_config_outside_the_folder_is_refused_bef
         run = client.read_flow_run(flow_run_id)
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
     assert run.state.is_failed(), (run.state, executed.stdout[-2000:], executed.stderr[-3000:])
-    assert "parameter `config`" in run.state.message and "allowed configs: demo.yaml, tiny.yaml" in run.state.message
+    assert "parameter `config`" in run.state.message
+    assert "allowed configs: demo.yaml, demo_translation.yaml, tiny.yaml" in run.state.message
     assert task_runs == []  # refused before any task ran
 
 
