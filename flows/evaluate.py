@@ -12,12 +12,14 @@ scores.json of `latest` (or of any other run) with another model's or another co
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from prefect import flow, get_run_logger
 
 from infra.manifest import Manifest, config_hash, manifest_key
 from infra.run_ids import check_new_run_id, check_run_id, new_run_id
+from infra.secrets import redact_text
 from infra.store import open_store
 from tasks.evaluation import evaluate_base_model, evaluate_benchmark, evaluation_report, run_config
 from tasks.flow_runs import finish, name_flow_run, run_name
@@ -52,22 +54,25 @@ def default_model(store: Any, run_id: str) -> str:
 def check_run_ownership(store: Any, run_id: str, model: str, evaluation_config_hash: str) -> None:
     """Refuse (ForeignRunError) to evaluate `model` into run `run_id` unless the run is this evaluation's own: a
     new run, or an existing one whose own model this is, whose promotion is not decided yet, and which was not
-    evaluated before with another model or config (runs/<id>/eval/owner.json). Records the owner on success."""
+    evaluated before with another model or config (runs/<id>/eval/owner.json: digests and a redacted label, never
+    an endpoint's credentials). Records the owner on success."""
     prefix = f"runs/{run_id}/"
     owner_key = f"{prefix}eval/{EVAL_OWNER_FILE}"
-    exists = bool(store.list(prefix))
-    if exists and run_of_model(model) != run_id:
-        raise ForeignRunError(f"run {run_id!r} exists and {model!r} is not its model: an evaluation writes into its "
+    label = redact_text(model)
+    if store.list(prefix) and run_of_model(model) != run_id:
+        raise ForeignRunError(f"run {run_id!r} exists and {label!r} is not its model: an evaluation writes into its "
                               "own run; leave run_id empty (a new run) or pass a new run id")
     if store.exists(f"{prefix}promotion.json"):
         raise ForeignRunError(f"run {run_id!r} has its promotion decided: its scores are the record the gate used and "
                               "are not rewritten; evaluate into a new run id")
-    owner = {"model": model, "config_hash": evaluation_config_hash}
+    owner = {"model": label, "model_digest": hashlib.sha256(model.encode()).hexdigest()[:16],
+             "config_hash": evaluation_config_hash}
     if store.exists(owner_key):
         recorded = store.read_json(owner_key)
-        if recorded != owner:
-            changed = " and ".join(key for key in ("model", "config_hash") if recorded.get(key) != owner[key])
-            raise ForeignRunError(f"run {run_id!r} was evaluated with another {changed.replace('_hash', '')} "
+        changed = [what for what, key in (("model", "model_digest"), ("config", "config_hash"))
+                   if recorded.get(key) != owner[key]]
+        if changed:
+            raise ForeignRunError(f"run {run_id!r} was evaluated with another {' and '.join(changed)} "
                                   f"({recorded.get('model')!r}); its scores are not rewritten: evaluate into a new "
                                   "run id")
         return
