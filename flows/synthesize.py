@@ -110,7 +110,7 @@ def synthesize(config: ConfigFile = "demo.yaml", run_id: str | None = None, limi
     earlier = synthesized_prompts_by_run(store, exclude_runs=[run_id]) if incremental else {}
     quarantined = set(decontamination["quarantined_ids"])
     excluded = sorted(set().union(*earlier.values()) | quarantined) or None
-    plan = plan_shards(cfg, run_id, excluded, sample_limit, incremental)
+    plan = plan_shards(cfg, run_id, excluded, sample_limit, incremental, digest)
     if not plan:
         # Every prompt was synthesized by an earlier run (or quarantined): nothing to sample, rank or plot.
         reason = nothing_new_reason({p.prompt_id for p in read_prompts(store, run_id)}, earlier, quarantined)

@@ -51,7 +51,8 @@ def synthesize_shard(config: ConfigFile, run_id: str, shard_index: int, limit: i
     check_run_id(run_id)
     inputs = RunInputs.of(config)
     cfg = load_config(inputs.config.path, synthesis_settings(overrides, limit, prompts))
-    if config_digest_expected and config_digest(cfg) != config_digest_expected:
+    digest = config_digest(cfg)  # of the config file, as the synthesis run recorded it (before the policy agent)
+    if config_digest_expected and digest != config_digest_expected:
         raise ConfigError(f"{config}: resolves to another config on this host than on the host that started run "
                           f"{run_id}; deploy the same project version and configs to every host of the pool")
     store = open_store(cfg.store)
@@ -61,7 +62,7 @@ def synthesize_shard(config: ConfigFile, run_id: str, shard_index: int, limit: i
         raise ConfigError(f"run {run_id} has no shard plan at {store.uri(plan_key)}; shards are started by the "
                           "synthesize flow (synthesis.executor: workers), not on their own")
     plan = store.read_json(plan_key)
-    check_shard_plan(store, run_id, plan, config_digest(cfg))  # the run's own config and plan, nobody else's
+    check_shard_plan(store, run_id, plan, digest)  # the run's own config and plan, nobody else's
     if not 0 <= shard_index < len(plan):
         raise ConfigError(f"shard_index {shard_index} is out of range: run {run_id} has {len(plan)} shards")
     label = shard_label(shard_index, len(plan))

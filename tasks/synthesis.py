@@ -172,14 +172,15 @@ def check_shard_plan(store: Store, run_id: str, plan: list[list[str]], digest: s
 
 @task(name="plan-shards", cache_policy=NO_CACHE)
 def plan_shards(cfg: RunConfig, run_id: str, exclude_prompt_ids: list[str] | None = None,
-                limit: int | None = None, incremental: bool = False) -> list[list[str]]:
+                limit: int | None = None, incremental: bool = False, digest: str | None = None) -> list[list[str]]:
     """Split the run's prompts into shards of `synthesis.shard_size` (the plan is stored and reused on rerun).
 
     `exclude_prompt_ids` (incremental runs) are left out first; `limit` then keeps a seeded sample of the rest,
     so a nightly run with a limit takes new prompts instead of re-drawing the same, already synthesized ones.
 
     The plan's record (`shard_plan.json`) keeps the digest of what decided it (`plan_inputs_digest`) and of the
-    config that samples it now. A rerun of the run id with other plan inputs (another limit, prompt source or
+    config that samples it now (`digest`: the config file's, before a policy agent is added; default: `cfg`'s).
+    A rerun of the run id with other plan inputs (another limit, prompt source or
     shard size) raises ShardPlanMismatch instead of mixing two plans; of two parents racing on a new run id, the
     one that reads back the other's record stops.
     """
@@ -193,7 +194,7 @@ def plan_shards(cfg: RunConfig, run_id: str, exclude_prompt_ids: list[str] | Non
             raise ShardPlanMismatch(
                 f"run {run_id} was planned from other settings (prompt source, limit, shard size or incremental); "
                 "rerun it with the settings it started with, or use a new run id")
-        _write_plan_record(store, record_key, inputs, plan, cfg)
+        _write_plan_record(store, record_key, inputs, plan, digest or config_digest(cfg))
         return plan
     excluded = set(exclude_prompt_ids or ())
     ids = [p.prompt_id for p in read_prompts(store, run_id) if p.prompt_id not in excluded]
@@ -205,15 +206,15 @@ def plan_shards(cfg: RunConfig, run_id: str, exclude_prompt_ids: list[str] | Non
     size = cfg.synthesis.shard_size
     plan = [ids[start:start + size] for start in range(0, len(ids), size)]
     store.write_json(plan_key, plan)
-    _write_plan_record(store, record_key, inputs, plan, cfg)
+    _write_plan_record(store, record_key, inputs, plan, digest or config_digest(cfg))
     if store.read_json(plan_key) != plan or store.read_json(record_key).get("plan_inputs") != inputs:
         raise ShardPlanMismatch(f"run {run_id} was planned at the same time by another synthesis run with other "
                                 "settings; use a new run id")
     return plan
 
 
-def _write_plan_record(store: Store, key: str, inputs: str, plan: list[list[str]], cfg: RunConfig) -> None:
-    record = {"plan_inputs": inputs, "plan_digest": _digest(plan), "config_digest": config_digest(cfg)}
+def _write_plan_record(store: Store, key: str, inputs: str, plan: list[list[str]], digest: str) -> None:
+    record = {"plan_inputs": inputs, "plan_digest": _digest(plan), "config_digest": digest}
     if not store.exists(key) or store.read_json(key) != record:
         store.write_json(key, record)
 
