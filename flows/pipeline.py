@@ -27,24 +27,26 @@ from flows.synthesize import synthesize
 from flows.train import train
 from infra.manifest import Manifest
 from infra.policy import pin_policy
-from infra.run_ids import check_run_id, new_run_id
+from infra.run_ids import check_new_run_id, new_run_id
 from infra.store import open_store
 from tasks.flow_runs import call_subflow, finish, name_flow_run, run_name
 from tasks.preflight import preflight_task
 from tasks.publish import publish_line, publish_promoted
+from tasks.run_inputs import RunInputs
 from tasks.pipeline import (ACCUMULATED_SUFFIX, accumulate, current_latest, flatten_scores, previously_synthesized, promotion_gate,
                             record_prompts, runs_awaiting_training)
 from runconfig import load_config
-from runconfig.parameters import ConfigFile, RunOverrides, config_path, override_mapping
+from runconfig.parameters import ConfigFile, RunOverrides, override_mapping
 
 
 @flow(name="pipeline", flow_run_name=run_name, log_prints=False)
-def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None, incremental: bool = True,
+def pipeline(config: ConfigFile = "demo.yaml", run_id: str | None = None, incremental: bool = True,
              promote: bool = True, overrides: RunOverrides | None = None, preflight: bool = True) -> dict[str, Any]:
     """Synthesize data, train, evaluate, and promote the model if no gated benchmark regressed.
 
     Args:
-        config: Run config: a shipped one (configs/demo.yaml, ...) or the path of a YAML file on the worker.
+        config: Run config: the name of a config in the operator's config folder (demo.yaml, ...); the operator's
+            own runs (`toa pipeline`) may also give a path.
         run_id: Run id to create or resume (a re-run skips finished work); empty = a new id from the config name.
         incremental: Sample only prompts no earlier run synthesized and train on all runs' data (nightly mode);
             false = sample every prompt and train on this run's data only.
@@ -55,9 +57,10 @@ def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None
     """
     if run_id:
         # Before anything else: it becomes store keys and local folders, and so does its accumulated data run.
-        check_run_id(run_id, room_for=ACCUMULATED_SUFFIX)
+        check_new_run_id(run_id, room_for=ACCUMULATED_SUFFIX)
     logger = get_run_logger()
-    cfg = load_config(config_path(config), override_mapping(overrides))
+    inputs = RunInputs.of(config)  # a deployment run names an operator config; refused here otherwise
+    cfg = load_config(inputs.config.path, override_mapping(overrides))
     if promote and not cfg.evaluation.gate.metrics:
         # Refused before any work: the gate fails closed, so hours of synthesis and training would end unpromoted.
         raise ValueError(f"config {config!r} has no evaluation.gate.metrics, and promote=true needs at least one gated "
@@ -68,7 +71,7 @@ def pipeline(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None
     if preflight:
         # First: a model that cannot load or a server that cannot start fails here in seconds, with the fix,
         # not hours later on reserved GPUs.
-        preflight_task(config_path(config), override_mapping(overrides))
+        preflight_task(inputs.config.path, override_mapping(overrides))
     store = open_store(cfg.store)
     logger.info("pipeline run %s -> %s", run_id, store.uri(f"runs/{run_id}/"))
 

@@ -21,19 +21,21 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from infra.incremental import synthesized_prompts_by_run
 from infra.manifest import Manifest
-from infra.run_ids import check_run_id, new_run_id
+from infra.run_ids import check_new_run_id, new_run_id
 from infra.runtime import model_servers
 from infra.store import open_store
 from tasks.dataset_card import write_dataset_card
 from tasks.decontamination import decontaminate_prompts, decontamination_counts
 from tasks.flow_runs import finish, name_flow_run, run_name
 from tasks.policy import policy_record, with_policy_agent
-from tasks.shard_execution import config_digest, run_shards_locally, run_shards_on_workers
-from tasks.synthesis import ingest_prompts, plan_shards, progress_key, rank_candidates, report_synthesis, run_key
+from tasks.run_inputs import RunInputs
+from tasks.shard_execution import run_shards_locally, run_shards_on_workers
+from tasks.synthesis import (config_digest, ingest_prompts, plan_shards, progress_key, rank_candidates,
+                             report_synthesis, run_key)
 from tasks.synthesis_progress import SynthesisProgress
 from toa_core.ingest import read_prompts
 from runconfig import LOCAL_MAX_SHARDS_IN_FLIGHT, load_config
-from runconfig.parameters import ConfigFile, RunOverrides, config_path, synthesis_settings
+from runconfig.parameters import ConfigFile, RunOverrides, override_mapping, synthesis_settings
 
 
 def sample_attempt_counts(outcomes: list[dict[str, Any]]) -> dict[str, int]:
@@ -48,23 +50,30 @@ def sample_attempt_counts(outcomes: list[dict[str, Any]]) -> dict[str, int]:
 
 @flow(name="synthesize", flow_run_name=run_name,
       task_runner=ThreadPoolTaskRunner(max_workers=LOCAL_MAX_SHARDS_IN_FLIGHT))
-def synthesize(config: ConfigFile = "configs/demo.yaml", run_id: str | None = None, limit: int | None = None,
+def synthesize(config: ConfigFile = "demo.yaml", run_id: str | None = None, limit: int | None = None,
                prompts: str | None = None, incremental: bool = False,
                overrides: RunOverrides | None = None) -> dict[str, Any]:
     """Synthesize SFT and DPO datasets from a prompt source with the configured search strategy.
 
     Args:
-        config: Run config: a shipped one (configs/demo.yaml, ...) or the path of a YAML file on the worker.
+        config: Run config: the name of a config in the operator's config folder (demo.yaml, ...); the operator's
+            own runs (`toa synthesize`) may also give a path.
         run_id: Run id to create or resume; empty = a new id from the config name and the time.
         limit: Use a seeded random sample of at most this many prompts (for smoke runs); empty = every prompt.
-        prompts: Prompt source overriding `synthesis.prompts.source` (file, folder, s3:// URI or dataset name).
+        prompts: Prompt source overriding `synthesis.prompts.source` (file, folder, s3:// URI or dataset name);
+            from a deployment, only a source under the operator's prompt roots (docs/operations.md).
         incremental: Skip prompts that earlier runs in this store already synthesized (nightly mode).
         overrides: Settings that replace the config file's values for this run (empty = keep them).
     """
     if run_id:
-        check_run_id(run_id)  # before anything else: it becomes store keys and local folders
+        check_new_run_id(run_id)  # before anything else: it becomes store keys and local folders
     logger = get_run_logger()
-    cfg = load_config(config_path(config), synthesis_settings(overrides, limit, prompts))  # validated up front
+    inputs = RunInputs.of(config)  # a deployment run names an operator config; refused here otherwise
+    # `prompts` is checked against the operator's prompt roots before anything is read or downloaded.
+    roots = load_config(inputs.config.path, override_mapping(overrides)).synthesis.prompt_roots
+    prompts = inputs.prompts(prompts, roots)
+    cfg = load_config(inputs.config.path, synthesis_settings(overrides, limit, prompts))  # validated up front
+    shard_config = inputs.shard_config_name() if cfg.synthesis.executor == "workers" else None
     run_id = run_id or new_run_id(cfg.name)
     name_flow_run(run_id)
     store = open_store(cfg.store)
@@ -73,6 +82,7 @@ def synthesize(config: ConfigFile = "configs/demo.yaml", run_id: str | None = No
     manifest = Manifest.open(store, run_id, config=cfg.model_dump(mode="json"),
                              seeds={"search": cfg.search.seed, "split": cfg.synthesis.ranking.seed,
                                     "ingest": cfg.synthesis.prompts.seed if cfg.synthesis.prompts else 0})
+    manifest.record_trust(inputs.trust(cfg.model_dump(mode="json")))
     logger.info("synthesis run %s -> %s", run_id, store.uri(run_key(run_id) + "/"))
     policy = policy_record(cfg, store, run_id)
     if policy is not None:
@@ -100,7 +110,7 @@ def synthesize(config: ConfigFile = "configs/demo.yaml", run_id: str | None = No
     earlier = synthesized_prompts_by_run(store, exclude_runs=[run_id]) if incremental else {}
     quarantined = set(decontamination["quarantined_ids"])
     excluded = sorted(set().union(*earlier.values()) | quarantined) or None
-    plan = plan_shards(cfg, run_id, excluded, sample_limit)
+    plan = plan_shards(cfg, run_id, excluded, sample_limit, incremental, digest)
     if not plan:
         # Every prompt was synthesized by an earlier run (or quarantined): nothing to sample, rank or plot.
         reason = nothing_new_reason({p.prompt_id for p in read_prompts(store, run_id)}, earlier, quarantined)
@@ -120,7 +130,7 @@ def synthesize(config: ConfigFile = "configs/demo.yaml", run_id: str | None = No
                 # Each shard flow run starts or finds the model servers on its own host: none are started here.
                 outcomes = run_shards_on_workers(
                     cfg, run_id, plan, progress, logger=logger, finished=finished,
-                    parameters=shard_parameters(config, limit, prompts, overrides, digest))
+                    parameters=shard_parameters(shard_config, limit, prompts, overrides, digest))
             else:
                 with model_servers(cfg, run_id) as endpoints:
                     outcomes = run_shards_locally(cfg, run_id, plan, endpoints, progress, logger, finished=finished)

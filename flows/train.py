@@ -12,13 +12,14 @@ from typing import Any
 from prefect import flow
 
 from infra.manifest import Manifest
-from infra.run_ids import check_run_id
+from infra.run_ids import check_new_run_id, check_run_id
 from infra.store import StoreKeyNotFound, open_store
 from tasks.flow_runs import finish, run_name
+from tasks.run_inputs import RunInputs
 from tasks.training import stage_settings, train_stage, training_report
 from training.data import dataset_key
 from runconfig import read_config_mapping
-from runconfig.parameters import ConfigFile, RunOverrides, config_path, override_mapping
+from runconfig.parameters import ConfigFile, RunOverrides, override_mapping
 
 SUMMARY_KEYS = ("global_step", "first_loss", "final_loss", "final_reward_accuracy", "train_runtime_s")
 
@@ -29,8 +30,8 @@ def train(config: ConfigFile, run_id: str, data_run_id: str | None = None, force
     """Train `run_id`'s SFT and DPO models from the datasets of `data_run_id` (default: the same run).
 
     Args:
-        config: Run config (a shipped one or the path of a YAML file on the worker); only `store` and `training`
-            are used.
+        config: Run config: the name of a config in the operator's config folder (the operator's own runs may give
+            a path); only `store` and `training` are used.
         run_id: Run whose models/sft and models/dpo are written (a re-run resumes from stored checkpoints).
         data_run_id: Run whose datasets/{sft,dpo} are trained on; empty = `run_id` itself.
         force: Retrain stages whose models are already published.
@@ -38,11 +39,12 @@ def train(config: ConfigFile, run_id: str, data_run_id: str | None = None, force
 
     Returns {stage: {"uri", "metrics"}, "report": {"table", "curves"}}.
     """
-    check_run_id(run_id)
+    check_new_run_id(run_id)
     if data_run_id:
-        check_run_id(data_run_id, "data run id")
+        check_run_id(data_run_id, "data run id")  # read only: the pipeline's '<run id>-accumulated' is fine
+    inputs = RunInputs.of(config)  # a deployment run names an operator config; refused here otherwise
     settings_overrides = override_mapping(overrides)
-    path = config_path(config)
+    path = inputs.config.path
     # The stage processes read the config file itself, or the overridden mapping when there are overrides.
     config = read_config_mapping(path, settings_overrides) if settings_overrides else str(path)
     settings = stage_settings(config)
@@ -52,6 +54,7 @@ def train(config: ConfigFile, run_id: str, data_run_id: str | None = None, force
     except StoreKeyNotFound:
         manifest = Manifest.open(store, run_id, config=settings.model_dump(mode="json"),
                                  seeds={"training": settings.training.common.seed})
+    manifest.record_trust(inputs.trust(settings.model_dump(mode="json")))
     stages = [name for name in ("sft", "dpo") if getattr(settings.training, name).enabled]
     results: dict[str, Any] = {}
     for stage in stages:

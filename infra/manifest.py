@@ -280,6 +280,16 @@ class Manifest:
                 data["lineage"].append(entry)
         self._update(change)
 
+    def record_trust(self, trust: dict[str, Any]) -> None:
+        """Record who started this attempt (operator or deployment), which config and which settings that run
+        code it used (`trust`); an attempt whose record differs from the last one is appended, so a resume from
+        another place stays visible."""
+        def change(data: dict[str, Any]) -> None:
+            history = data.setdefault("trust", [])
+            if not history or history[-1] != trust:
+                history.append(dict(trust))
+        self._update(change)
+
     # -- persistence -----------------------------------------------------------------------------------
     def _update(self, change: Callable[[dict[str, Any]], None]) -> None:
         """Apply `change` to the freshest stored manifest (merge, not overwrite) and write it back atomically."""

@@ -8,6 +8,10 @@ the local run folder that holds server logs.
 
     check_run_id("tiny-20261122-013000-9f3a")   # returned unchanged
     check_run_id("../x")                         # InvalidRunId naming the rule
+
+Some run ids are made by toaflow itself from another one: the pipeline's training data of run R is the run
+'R-accumulated'. A run id given by hand (a flow's `run_id` parameter, `--run-id`) may not end with such a reserved
+suffix (`check_new_run_id`): `night-accumulated` would otherwise be overwritten by pipeline `night`.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ class InvalidRunId(ValueError):
 
 
 MAX_RUN_ID_LENGTH = 128
+ACCUMULATED_SUFFIX = "-accumulated"  # the pipeline's accumulated training data of run R: 'R-accumulated'
+RESERVED_SUFFIXES = (ACCUMULATED_SUFFIX,)
 
 
 def check_run_id(run_id: object, what: str = "run id", room_for: str = "") -> str:
@@ -41,6 +47,18 @@ def check_run_id(run_id: object, what: str = "run id", room_for: str = "") -> st
             f"{what} {run_id!r} is {len(run_id)} characters; use at most {MAX_RUN_ID_LENGTH - len(room_for)} here, "
             f"as '<run id>{room_for}' must be a run id too")
     return run_id
+
+
+def check_new_run_id(run_id: object, what: str = "run id", room_for: str = "") -> str:
+    """`check_run_id` for a run id given by hand, the run a flow creates or writes: it may not end with a suffix
+    toaflow reserves for the runs it derives (RESERVED_SUFFIXES)."""
+    check_run_id(run_id, what, room_for)
+    reserved = next((suffix for suffix in RESERVED_SUFFIXES if str(run_id).endswith(suffix)), None)
+    if reserved:
+        raise InvalidRunId(f"{what} {run_id!r} ends with {reserved!r}, which toaflow reserves for the runs it makes "
+                           f"itself ('<run id>{reserved}' holds a pipeline run's accumulated training data); choose "
+                           "another run id")
+    return run_id  # type: ignore[return-value]
 
 
 def run_id_slug(name: str) -> str:

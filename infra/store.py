@@ -11,7 +11,6 @@ never part of a config, a message or a log line.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -530,9 +529,9 @@ def fetch_source(uri: str, store_cfg: StoreConfig | None = None, dest_dir: str |
     """Make a prompt source available as a local path.
 
     Local paths (and file:// URIs) are returned as they are after checking they exist. An s3:// object is
-    downloaded to `dest_dir` (default: $TOAFLOW_CACHE/sources/<hash of the URI>); an s3:// prefix that holds
-    several objects (a dataset folder) is downloaded whole. `store_cfg` supplies endpoint, region, profile and
-    retry settings for S3 (its root is ignored).
+    downloaded to `dest_dir` (default: a new private folder made with mkdtemp, which the caller removes: never a
+    shared, guessable cache path); an s3:// prefix that holds several objects (a dataset folder) is downloaded
+    whole. `store_cfg` supplies endpoint, region, profile and retry settings for S3 (its root is ignored).
     """
     location = parse_store_uri(uri)
     if location.kind == "local":
@@ -545,8 +544,7 @@ def fetch_source(uri: str, store_cfg: StoreConfig | None = None, dest_dir: str |
     base = store_cfg or StoreConfig()
     store = open_store(base.model_copy(update={"root": f"s3://{location.bucket}"}))
     if dest_dir is None:
-        cache = Path(os.environ.get("TOAFLOW_CACHE", Path.home() / ".cache" / "toaflow"))
-        dest_dir = cache / "sources" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+        dest_dir = tempfile.mkdtemp(prefix="toaflow-source-")
     dest_dir = Path(dest_dir)
     key = location.prefix
     if store.exists(key):

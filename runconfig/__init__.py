@@ -34,6 +34,9 @@ class ConfigError(ValueError):
 class SynthesisConfig(Section):
     """The synthesis flow: where prompts come from, how they are sharded, how candidates become datasets."""
     prompts: IngestConfig | None = Field(None, description="the prompt source; `toa synthesize --prompts` overrides it")
+    prompt_roots: list[str] = Field(
+        default_factory=list, description="where a run started from a deployment may read its `prompts` parameter: "
+        "local folders, s3://bucket/prefix, hf:ORG/NAME (besides $TOAFLOW_PROMPT_ROOTS and the shipped data/prompts/)")
     ranking: RankingConfig = Field(default_factory=RankingConfig)
     shard_size: int = Field(500, ge=1, description="prompts per shard (one Prefect task or flow run, one parquet "
                             "file); keep it >= 500 on a cluster: Prefect's server slows down with thousands of runs")

@@ -15,11 +15,11 @@ from infra.incremental import (AccumulationConfig, accumulate_datasets, indexed_
                                training_runs_of)
 from infra.promotion import DEFAULT_MAX_FAILURE_RATE, DEFAULT_MIN_SCORED_ITEMS, decide_promotion, report_markdown
 from infra.registry import latest_scores, promotion_history, read_latest, record_decision
+from infra.run_ids import ACCUMULATED_SUFFIX
 from infra.store import open_store
 from tasks.artifacts import publish_markdown
 
 
-ACCUMULATED_SUFFIX = "-accumulated"
 
 
 def accumulated_data_run_id(run_id: str) -> str:

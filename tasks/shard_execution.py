@@ -17,7 +17,6 @@ shard, in plan order. Prefect does the distribution: no scheduler of our own, on
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import deque
@@ -36,11 +35,6 @@ STALE_INTERVALS = 6  # progress intervals a shard must show no sign of life, wit
 
 class ShardFailed(RuntimeError):
     """A shard failed for good (its retries are used up); the message names it and why."""
-
-
-def config_digest(cfg: RunConfig) -> str:
-    """A fingerprint of the effective config: shard flow runs check that their host resolved the same one."""
-    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
 
 
 # -- executor local --------------------------------------------------------------------------------------------
@@ -102,6 +96,17 @@ def _log_done(logger, outcome: dict[str, Any], shards: int, progress: SynthesisP
 
 
 # -- executor workers ------------------------------------------------------------------------------------------
+
+def shard_idempotency_key(parent_flow_run_id: str, parent_run_count: int, index: int, failures: int) -> str:
+    """The idempotency key of a shard's flow run: one per (parent flow run, parent run attempt, shard, resubmission).
+
+    Prefect hands back the existing flow run for a key it has seen. A retried parent (the UI's Retry button, flow
+    retries, a crashed run restarted) keeps its flow-run id and counts its resubmissions from 0 again; its
+    `run_count` is what tells the attempts apart, so a retried parent gets fresh shard runs, not its failed ones
+    (shards it completed are found in the store and not submitted at all). Within one attempt the key still makes
+    a repeated submission of the same shard return the same run."""
+    return f"{parent_flow_run_id}/run-{parent_run_count}/shard-{index}/attempt-{failures}"
+
 
 class _Attempts:
     """Flow runs of one shard: the current one and how many have failed or crashed."""
@@ -260,7 +265,8 @@ class _ShardRunFollower:
             flow_run_name=f"{shard_label(index, self.shards)} of {self.run_id}",
             scheduled_time=datetime.now(timezone.utc) + timedelta(seconds=delay_s),
             tags=["toaflow", "synthesize-shard", f"run:{self.run_id}", f"shard:{index}"],
-            idempotency_key=f"{flow_run.get_id() or self.run_id}/shard-{index}/attempt-{attempts.failures}")
+            idempotency_key=shard_idempotency_key(flow_run.get_id() or self.run_id, flow_run.get_run_count(), index,
+                                                  attempts.failures))
         attempts.flow_run_id, attempts.parent_task_run_id = run.id, run.parent_task_run_id
         self.logger.info("%s submitted as flow run %s (%s) to pool %s", shard_label(index, self.shards), run.name,
                          run.id, self.pool)

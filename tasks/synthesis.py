@@ -2,7 +2,9 @@
 
 Every task takes the validated RunConfig and a run id, reads its inputs from the store and returns store URIs
 (never big objects). Resume is built in:
-- the prompt table and the shard plan are written once per run id and reused by any rerun;
+- the prompt table and the shard plan are written once per run id and reused by any rerun; the plan's record
+  (`shard_plan.json`) says what made it and which config samples it, so a rerun with another plan, or a shard flow
+  run with another config, is refused instead of mixing two runs in one folder;
 - a shard is complete when `samples/shard-NNNNN.parquet` exists (published atomically, so never half-written);
 - inside a shard every finished prompt is checkpointed at once (`checkpoints/shard-NNNNN/<prompt_id>.parquet`),
   so a process killed mid-shard loses only the generations in flight.
@@ -11,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -59,7 +64,9 @@ def ingest_prompts(cfg: RunConfig, run_id: str) -> dict[str, Any]:
     """Load, validate and normalise the prompt source into `prompts/part-*.parquet` (once per run id).
 
     Bad rows go to `quarantine.jsonl` with their reason and source line; with `strict: true` the first few
-    problems are raised before any sampling starts.
+    problems are raised before any sampling starts. A remote source is downloaded into a private folder of this
+    run's ingest (mkdtemp: not guessable, owner-only), removed when ingest ends, failed or not; errors name the
+    source, never that folder.
     """
     store = open_store(cfg.store)
     if store.list(run_key(run_id, "prompts") + "/"):
@@ -69,16 +76,24 @@ def ingest_prompts(cfg: RunConfig, run_id: str) -> dict[str, Any]:
     ingest_cfg = cfg.synthesis.prompts
     if ingest_cfg is None:
         raise IngestError("synthesis.prompts is not set: name a prompt source (file, folder, s3:// URI or dataset)")
-    local = None
-    if "://" in ingest_cfg.source or ingest_cfg.format not in ("hf_dataset",):
+    with tempfile.TemporaryDirectory(prefix="toaflow-prompts-") as scratch:
+        local = None
         try:
-            local = fetch_source(ingest_cfg.source, cfg.store)
-        except FileNotFoundError:
-            if ingest_cfg.format in ("auto", "hf_dataset") and "://" not in ingest_cfg.source:
-                local = None  # not a local path: let ingestion try it as a dataset name
-            else:
+            if "://" in ingest_cfg.source or ingest_cfg.format not in ("hf_dataset",):
+                try:
+                    local = fetch_source(ingest_cfg.source, cfg.store, dest_dir=scratch)
+                except FileNotFoundError:
+                    if ingest_cfg.format in ("auto", "hf_dataset") and "://" not in ingest_cfg.source:
+                        local = None  # not a local path: let ingestion try it as a dataset name
+                    else:
+                        raise
+            report = load_prompts(ingest_cfg, local)
+        except (IngestError, OSError) as error:
+            if scratch not in str(error):
                 raise
-    report = load_prompts(ingest_cfg, local)
+            # Say which source failed, not where this worker downloaded it.
+            raise IngestError(str(error).replace(str(local) if local else scratch, ingest_cfg.source)
+                              .replace(scratch, "<download>")) from None
     if report.quarantined:
         store.write_text(run_key(run_id, "quarantine.jsonl"),
                          "".join(_json_line(row) for row in report.quarantined))
@@ -112,18 +127,75 @@ def _json_line(row: dict[str, Any]) -> str:
     return json.dumps(row, ensure_ascii=False, default=str) + "\n"
 
 
+class ShardPlanMismatch(ValueError):
+    """A run id whose shard plan was made from other settings, or is sampled with another config; the message
+    says which and what to do."""
+
+
+PLAN_RECORD = "shard_plan.json"
+
+
+def config_digest(cfg: RunConfig) -> str:
+    """A fingerprint of the effective config: shard flow runs check that their host resolved the same one."""
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def plan_inputs_digest(cfg: RunConfig, limit: int | None, incremental: bool) -> str:
+    """A fingerprint of what decides a run's shard plan: the prompt source and its sampling, the shard size, the
+    limit and whether earlier runs' prompts are left out. Other settings (budget, executor, window) may change
+    between attempts of a run; these may not."""
+    prompts = cfg.synthesis.prompts.model_dump(mode="json") if cfg.synthesis.prompts else None
+    return _digest({"prompts": prompts, "shard_size": cfg.synthesis.shard_size, "limit": limit,
+                    "incremental": incremental})
+
+
+def check_shard_plan(store: Store, run_id: str, plan: list[list[str]], digest: str) -> None:
+    """Refuse to sample run `run_id` with a config whose digest is not the one its synthesis run recorded, or a
+    plan that is not the recorded one (ShardPlanMismatch)."""
+    record_key = run_key(run_id, PLAN_RECORD)
+    if not store.exists(record_key):
+        raise ShardPlanMismatch(f"run {run_id} has no shard plan record ({PLAN_RECORD}); its shards are sampled only "
+                                "for a synthesize flow run that planned them")
+    record = store.read_json(record_key)
+    if record.get("plan_digest") != _digest(plan):
+        raise ShardPlanMismatch(f"run {run_id}: its shard plan (shards.json) is not the one its synthesis run "
+                                "recorded; start a new run id")
+    if record.get("config_digest") != digest:
+        raise ShardPlanMismatch(f"run {run_id} is sampled with another config (digest {record.get('config_digest')}) "
+                                f"than this shard's ({digest}): a shard flow run takes the config, limit, prompts and "
+                                "overrides of the synthesis run that started it")
+
+
 @task(name="plan-shards", cache_policy=NO_CACHE)
 def plan_shards(cfg: RunConfig, run_id: str, exclude_prompt_ids: list[str] | None = None,
-                limit: int | None = None) -> list[list[str]]:
+                limit: int | None = None, incremental: bool = False, digest: str | None = None) -> list[list[str]]:
     """Split the run's prompts into shards of `synthesis.shard_size` (the plan is stored and reused on rerun).
 
     `exclude_prompt_ids` (incremental runs) are left out first; `limit` then keeps a seeded sample of the rest,
     so a nightly run with a limit takes new prompts instead of re-drawing the same, already synthesized ones.
+
+    The plan's record (`shard_plan.json`) keeps the digest of what decided it (`plan_inputs_digest`) and of the
+    config that samples it now (`digest`: the config file's, before a policy agent is added; default: `cfg`'s).
+    A rerun of the run id with other plan inputs (another limit, prompt source or
+    shard size) raises ShardPlanMismatch instead of mixing two plans; of two parents racing on a new run id, the
+    one that reads back the other's record stops.
     """
     store = open_store(cfg.store)
-    plan_key = run_key(run_id, "shards.json")
+    plan_key, record_key = run_key(run_id, "shards.json"), run_key(run_id, PLAN_RECORD)
+    inputs = plan_inputs_digest(cfg, limit, incremental)
     if store.exists(plan_key):
-        return store.read_json(plan_key)
+        plan = store.read_json(plan_key)
+        record = store.read_json(record_key) if store.exists(record_key) else {"plan_inputs": inputs}
+        if record.get("plan_inputs") != inputs:
+            raise ShardPlanMismatch(
+                f"run {run_id} was planned from other settings (prompt source, limit, shard size or incremental); "
+                "rerun it with the settings it started with, or use a new run id")
+        _write_plan_record(store, record_key, inputs, plan, digest or config_digest(cfg))
+        return plan
     excluded = set(exclude_prompt_ids or ())
     ids = [p.prompt_id for p in read_prompts(store, run_id) if p.prompt_id not in excluded]
     if limit is not None and len(ids) > limit:
@@ -134,7 +206,17 @@ def plan_shards(cfg: RunConfig, run_id: str, exclude_prompt_ids: list[str] | Non
     size = cfg.synthesis.shard_size
     plan = [ids[start:start + size] for start in range(0, len(ids), size)]
     store.write_json(plan_key, plan)
+    _write_plan_record(store, record_key, inputs, plan, digest or config_digest(cfg))
+    if store.read_json(plan_key) != plan or store.read_json(record_key).get("plan_inputs") != inputs:
+        raise ShardPlanMismatch(f"run {run_id} was planned at the same time by another synthesis run with other "
+                                "settings; use a new run id")
     return plan
+
+
+def _write_plan_record(store: Store, key: str, inputs: str, plan: list[list[str]], digest: str) -> None:
+    record = {"plan_inputs": inputs, "plan_digest": _digest(plan), "config_digest": digest}
+    if not store.exists(key) or store.read_json(key) != record:
+        store.write_json(key, record)
 
 
 # -- sampling --------------------------------------------------------------------------------------------

@@ -67,9 +67,10 @@ def test_deployment_forms_show_optional_parameters_as_plain_fields():
     assert tidied["properties"]["config"] == raw["properties"]["config"]  # a real choice is left alone
     assert raw["properties"]["run_id"]["anyOf"]  # the input is not modified
     for accepted in ({}, {"run_id": None, "limit": None}, {"run_id": "r", "limit": 3, "overrides": {"search_budget": 4}},
-                     {"config": "/srv/configs/mine.yaml"}):
+                     {"config": "team/mine.yaml"}):  # a config name in the operator's folder
         validate(accepted, tidied, raise_on_error=True)
-    for refused in ({"overrides": {"trust_remote_code": True}}, {"config": {"name": "inline"}}, {"limit": "many"}):
+    for refused in ({"overrides": {"trust_remote_code": True}}, {"config": {"name": "inline"}}, {"limit": "many"},
+                    {"config": "/srv/configs/mine.yaml"}, {"config": "../configs/x.yaml"}):  # paths, not names
         with pytest.raises(Exception, match="Validation failed"):
             validate(refused, tidied, raise_on_error=True)
 
@@ -104,7 +105,9 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
     # the gate rightly refuses to promote on. Nothing is gated here, so this test stays about the deployment (the
     # gate's rules are tested in tests/infra/test_promotion.py and tests/flows/test_pipeline.py).
     config["evaluation"]["gate"] = {"metrics": []}
-    config_path = tmp_path / "tiny-deployed.yaml"
+    operator_configs = tmp_path / "operator-configs"  # the worker's TOAFLOW_CONFIG_DIR: runs name configs in it
+    operator_configs.mkdir()
+    config_path = operator_configs / "tiny-deployed.yaml"
     config_path.write_text(yaml.safe_dump(config))
 
     deploy = subprocess.run([str(TOA), "deploy", "--gpu-slots", "2"], env=env, cwd=tmp_path, capture_output=True,
@@ -121,10 +124,10 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
         assert [s.slug for s in nightly.schedules] == ["every day at 02:00 UTC"]  # the label the UI shows
         schema = nightly.parameter_openapi_schema
         properties = schema["properties"]
-        assert "shipped one" in properties["config"]["description"]  # the UI form explains each field
-        shipped, path = properties["config"]["anyOf"]  # a choice of shipped configs, or a path on the worker
-        assert "configs/demo.yaml" in shipped["enum"] and "configs/tiny.yaml" in shipped["enum"]
-        assert path == {"title": "file on the worker", "type": "string"}
+        assert "operator's config folder" in properties["config"]["description"]  # the form explains each field
+        shipped, other = properties["config"]["anyOf"]  # a choice of the operator's configs, or another name
+        assert "demo.yaml" in shipped["enum"] and "tiny.yaml" in shipped["enum"]
+        assert other["title"] == "other config name" and other["pattern"].startswith("^(?![/~])")
         assert properties["incremental"]["type"] == "boolean"
         # Optional parameters are plain fields left empty, not a "string / None" switch.
         assert properties["run_id"]["type"] == "string" and "anyOf" not in properties["run_id"]
@@ -143,6 +146,7 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
         train = client.read_deployment_by_name("train/on-demand")
         for refused in ({"config": "configs/tiny.yaml", "run_id": "r", "overrides": {"reward.trust_remote_code": True}},
                         {"config": {**config, "reward": {**config["reward"], "trust_remote_code": True}}, "run_id": "r"},
+                        {"config": str(config_path), "run_id": "r"},  # a path, however real, is not a name
                         {"config": "configs/tiny.yaml", "run_id": "r",
                          "overrides": {"training_common_trust_remote_code": True}}):
             with pytest.raises(PrefectHTTPStatusError, match="409"):
@@ -171,10 +175,11 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
 
     def night(run_id: str, watch_timeout_s: int) -> subprocess.CompletedProcess:
         """One run of pipeline/nightly from the CLI, watched to its end, with a worker up only meanwhile."""
-        worker = start_worker(prefect_server, prefect_server_home, "toa-gpu", tmp_path / "worker.log")
+        worker = start_worker(prefect_server, prefect_server_home, "toa-gpu", tmp_path / "worker.log",
+                              TOAFLOW_CONFIG_DIR=str(operator_configs))
         try:
             return subprocess.run(
-                [str(PREFECT_BIN), "deployment", "run", "pipeline/nightly", "-p", f"config={config_path}",
+                [str(PREFECT_BIN), "deployment", "run", "pipeline/nightly", "-p", f"config={config_path.name}",
                  "-p", f"run_id={run_id}", "--watch", "--watch-timeout", str(watch_timeout_s)],
                 env=env, cwd=tmp_path, capture_output=True, text=True, timeout=watch_timeout_s + 60)
         finally:

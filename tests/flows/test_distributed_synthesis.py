@@ -205,10 +205,12 @@ def test_one_run_on_two_hosts_equals_one_process(shard_deployment, prefect_serve
     prompts = write_prompts(tmp_path / "prompts.jsonl", 8)
     config = load_server_config(tmp_path / "two-hosts.yaml", load_server, tmp_path / "store", prompts,
                                 executor="workers", max_shards_in_flight=2, progress_interval_s=1)
-    hosts = Hosts(shard_deployment, prefect_server_home, tmp_path / "hosts", PYTHONPATH=str(REPO))
+    # Shard flow runs are deployment runs: they take the config by name from the operator's folder of their host.
+    operator = {"TOAFLOW_CONFIG_DIR": str(tmp_path)}
+    hosts = Hosts(shard_deployment, prefect_server_home, tmp_path / "hosts", PYTHONPATH=str(REPO), **operator)
     try:
         finished = subprocess.run([str(TOA), "synthesize", "--config", str(config), "--run-id", "pair"], cwd=REPO,
-                                  env=toa_env(**prefect_cli_env(shard_deployment, prefect_server_home)),
+                                  env=toa_env(**prefect_cli_env(shard_deployment, prefect_server_home, **operator)),
                                   capture_output=True, text=True, timeout=600)
     finally:
         hosts.stop()
@@ -240,7 +242,8 @@ def test_a_host_killed_mid_shard_costs_only_its_prompts_in_flight(shard_deployme
                                 executor="workers", max_shards_in_flight=2, progress_interval_s=1, shard_retries=1,
                                 shard_retry_delay_s=0)
     finished, seen = run_and_kill_one_host(shard_deployment, prefect_server_home, tmp_path, config, "spread",
-                                           shard_size=shard_size, env={"PYTHONPATH": str(REPO)}, timeout_s=400)
+                                           shard_size=shard_size, timeout_s=400,
+                                           env={"PYTHONPATH": str(REPO), "TOAFLOW_CONFIG_DIR": str(tmp_path)})
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-8000:]
 
     store = open_store(str(tmp_path / "store"))
@@ -264,7 +267,8 @@ def test_tiny_config_on_two_hosts_with_one_killed_equals_one_process(shard_deplo
     config = tiny_config_file(tmp_path, "tiny-workers.yaml", synthesis=synthesis, search=search)
     budget = search["budget"]
     ledger = tmp_path / "generations.ledger"
-    env = {"PYTHONPATH": f"{LEDGER_DIR}{os.pathsep}{REPO}", "TOAFLOW_TEST_LEDGER": str(ledger)}
+    env = {"PYTHONPATH": f"{LEDGER_DIR}{os.pathsep}{REPO}", "TOAFLOW_TEST_LEDGER": str(ledger),
+           "TOAFLOW_CONFIG_DIR": str(tmp_path)}
     finished, seen = run_and_kill_one_host(shard_deployment, prefect_server_home, tmp_path, config, "tiny-spread",
                                            shard_size=shard_size, env=env, timeout_s=900)
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-8000:]

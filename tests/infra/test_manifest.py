@@ -121,3 +121,19 @@ def test_stage_attempts_keep_cumulative_counts_and_a_history(store):
         with manifest.stage_attempt("rank"):
             raise KeyboardInterrupt
     assert Manifest.load(store, "run-5").stage("rank")["error"] == "interrupted (KeyboardInterrupt)"
+
+
+def test_the_trust_record_says_who_started_each_attempt_and_what_ran_code(store):
+    from runconfig.parameters import resolve_config
+    from tasks.run_inputs import RunInputs
+
+    inputs = RunInputs(resolve_config("tiny.yaml", operator=False), from_deployment=True)
+    trust = inputs.trust({"reward": {"kind": "hf_classifier", "trust_remote_code": True}, "servers": {"servers": []}})
+    assert trust == {"started_from": "deployment", "config": "tiny.yaml", "config_source": "config folder",
+                     "code_running_settings": ["reward.trust_remote_code"]}
+    manifest = Manifest.open(store, "r", config={"a": 1})
+    manifest.record_trust(trust)
+    manifest.record_trust(trust)  # a resume from the same place adds nothing
+    operator = {**trust, "started_from": "operator"}
+    Manifest.open(store, "r", config={"a": 1}).record_trust(operator)
+    assert store.read_json(manifest_key("r"))["trust"] == [trust, operator]

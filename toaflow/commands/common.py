@@ -13,13 +13,14 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
 
 
 def check_run_id_options(args: argparse.Namespace) -> None:
-    """Check --run-id / --data-run-id (when given) before any flow starts: a bad one is one `error:` line."""
-    from infra.run_ids import check_run_id
+    """Check --run-id / --data-run-id (when given) before any flow starts: a bad one is one `error:` line. The run
+    a command writes (--run-id) may not take a suffix toaflow reserves (`-accumulated`); a run it reads may."""
+    from infra.run_ids import check_new_run_id, check_run_id
 
-    for option in ("run_id", "data_run_id"):
+    for option, check in (("run_id", check_new_run_id), ("data_run_id", check_run_id)):
         value = getattr(args, option, None)
         if value is not None:
-            check_run_id(value, "--" + option.replace("_", "-"))
+            check(value, "--" + option.replace("_", "-"))
 
 
 def quiet_prefect_defaults() -> None:
@@ -54,10 +55,13 @@ def user_facing_errors() -> tuple[type[BaseException], ...]:
     from training.config import TrainingConfigError
     from training.launch import StageFailed
     from training.modeling import TrainingSetupError
+    from flows.evaluate import ForeignRunError
+    from tasks.synthesis import ShardPlanMismatch
 
     return (InvalidRunId, IngestError, StoreError, RankingError, FactoryError, AssetError, PromptTemplateError,
             ServerError, RegistryError, TrainingConfigError, TrainingSetupError, StageFailed, BenchmarkError,
-            ModelSourceError, CometUnavailable, DecontaminationError, LeakageError, ConfigParameterError)
+            ModelSourceError, CometUnavailable, DecontaminationError, LeakageError, ConfigParameterError,
+            ForeignRunError, ShardPlanMismatch)
 
 
 class _UserErrorOnce(logging.Filter):

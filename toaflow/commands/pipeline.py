@@ -53,11 +53,9 @@ def format_scores(scores: dict[str, Any]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from infra.run_ids import check_run_id, new_run_id
+    from infra.run_ids import ACCUMULATED_SUFFIX, check_new_run_id, new_run_id
 
-    from tasks.pipeline import ACCUMULATED_SUFFIX
-
-    run_id = check_run_id(args.run_id, "--run-id", room_for=ACCUMULATED_SUFFIX) if args.run_id is not None else None
+    run_id = check_new_run_id(args.run_id, "--run-id", room_for=ACCUMULATED_SUFFIX) if args.run_id is not None else None
     cfg = load_config(args.config)  # fail fast, before Prefect starts, on a config the flow could not use
     from flows.pipeline import pipeline
 
