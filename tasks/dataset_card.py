@@ -69,7 +69,8 @@ def quality_markdown(counts: dict[str, int], per_model: dict[str, dict[str, int]
                   f"{c.get('leak_stripped', 0)} | {c.get('leak_inseparable', 0)} |" for model, c in per_model.items()]
         lines.append("")
     lines += [f"Targets that are not the top-reward answer (better ones ruled out): {counts.get('targets_below_top', 0)}; "
-              f"prompts without any eligible target: {counts.get('prompts_no_eligible_target', 0)}; "
+              f"prompts without any eligible target: {counts.get('prompts_no_eligible_target', 0)} "
+              f"({counts.get('prompts_below_min_reward', 0)} because no answer reached ranking.target_min_reward); "
               f"DPO pairs dropped as near-duplicates (same text up to whitespace/case): "
               f"{counts.get('dpo_dropped_identical', 0)}.", "", "### Decontamination", ""]
     if not decontamination or not decontamination.get("enabled"):

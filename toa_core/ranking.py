@@ -2,7 +2,7 @@
 
 Per prompt, the usable candidates (no error, a finite reward, non-blank text) are ordered by raw reward,
 best first; equal rewards are ordered by candidate_id, so the ranking is the same on every run.
-The target is the best candidate that may be one (toa_core.screening): not truncated (finish_reason "length",
+The target is the best candidate that may be one (toa_core.screening, and `target_min_reward` when set): not truncated (finish_reason "length",
 unless `allow_truncated`), not inseparable refinement leakage (toa_core.leakage), not excluded by id (e.g. a
 chosen answer that overlaps an evaluation set); refine/aggregate answers with a separable preamble/postscript
 enter the datasets stripped. A prompt whose usable candidates are all ruled out gives no SFT row and no pair.
@@ -109,6 +109,10 @@ class RankingConfig(Section):
     min_margin: float = Field(0.0, ge=0, description="keep a pair only if chosen_reward - rejected_reward > this")
     test_fraction: float = Field(0.01, ge=0, lt=1, description="share of prompts held out (SFT and DPO alike)")
     seed: int = Field(0, description="seed of the train/test split")
+    target_min_reward: float | None = Field(
+        None, description="a target (SFT row, DPO chosen) needs at least this raw reward; a prompt whose answers "
+                          "all score below it gives no SFT row and no pair (off by default: the best answer is "
+                          "the target whatever it scored). With a verifier reward, 1.0 keeps passing answers only")
     allow_truncated: bool = Field(False, description="let answers cut off at max_tokens (finish_reason length) "
                                                      "be SFT targets and DPO chosen")
     leakage: LeakageConfig = Field(default_factory=LeakageConfig,
@@ -152,6 +156,7 @@ class RankingStats:
     candidates_leak_inseparable: int = 0  # never a target
     candidates_excluded: int = 0  # ruled out as target by id (e.g. decontamination of chosen answers)
     prompts_no_eligible_target: int = 0  # usable candidates, none may be a target: no SFT row, no pair
+    prompts_below_min_reward: int = 0  # of those: some passed screening but scored below target_min_reward
     targets_below_top: int = 0  # the target is not the top-reward candidate (better ones were ruled out)
     dpo_skipped_no_lower: int = 0  # no usable candidate ranks below the target
     per_model: dict[str, dict[str, int]] = field(default_factory=dict)  # screening counts by model
@@ -199,6 +204,12 @@ def build_datasets(
 
     # -- targets: the best candidate of each prompt that may be one --
     eligible = keys["chosen_ok"].to_numpy(zero_copy_only=False) if n else np.zeros(0, dtype=bool)
+    if cfg.target_min_reward is not None and n:
+        screened_ok = eligible
+        eligible = eligible & (keys["reward"].to_numpy() >= cfg.target_min_reward)
+        had_screened = np.add.reduceat(screened_ok.astype(np.int64), starts) > 0
+        has_rewarded = np.add.reduceat(eligible.astype(np.int64), starts) > 0
+        stats.prompts_below_min_reward = int(np.sum(had_screened & ~has_rewarded))
     first_eligible = np.minimum.reduceat(np.where(eligible, np.arange(n), n), starts) if n else starts
     has_target = first_eligible < np.append(starts[1:], n)
     stats.prompts_no_eligible_target = int(np.sum(~has_target))

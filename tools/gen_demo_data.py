@@ -4,10 +4,14 @@
     .venv/bin/python tools/gen_demo_data.py --check    # exit 1 if the committed files differ from what this writes
 
 Every prompt asks for a short answer about a topic under one IFEval-style constraint that a checker can decide
-(toa_core/verifiers): all lower case, a fixed closing phrase, a word limit, a required word. The two files use the
-same constraint templates over disjoint topic lists, so the held-out set measures the constraint-following the
-synthesized data teaches, not memorised prompts (tests/configs check that no topic or prompt is shared).
-Deterministic: no randomness beyond a fixed-seed shuffle.
+(toa_core/verifiers): a word limit (8, 10 or 12 words), no commas, a given first word, avoiding the word "the".
+These four were chosen because the untrained SmolLM2-135M satisfies them sometimes (measured on 8 topics, 40 new
+tokens: greedy 1-2 of 8 per constraint, sampled at temperature 0.8 between 1 in 8 and 1 in 2), so a search finds
+passing answers to learn from while the base model still fails most of the held-out items; "all lower case" and a
+closing phrase (never or almost never satisfied) and a required word (almost always) were dropped. The two files use
+the same constraint templates over disjoint topic lists, so the held-out set measures the constraint-following the
+synthesized data teaches, not memorised prompts (tests/runconfig/test_demo_config.py checks that no topic or prompt
+is shared). Deterministic: no randomness beyond a fixed-seed shuffle.
 """
 from __future__ import annotations
 
@@ -24,7 +28,9 @@ HELDOUT_FILE = ROOT / "evaluation" / "data" / "constraints_heldout.jsonl"
 SYNTHESIS_TOPICS = [
     "the moon", "coffee", "bicycles", "rain", "libraries", "volcanoes", "honey bees", "lighthouses", "chess",
     "bread", "glaciers", "owls", "trains", "gardens", "thunderstorms", "maps", "penguins", "candles",
-    "deserts", "violins", "bridges", "tea", "snow", "kites",
+    "deserts", "violins", "bridges", "tea", "snow", "kites", "sunflowers", "kangaroos", "volleyball", "pizza",
+    "harbors", "lightning", "butterflies", "telescopes", "pyramids", "snails", "orchards", "skyscrapers",
+    "submarines", "cookies", "ponds", "spiders",
 ]
 HELDOUT_TOPICS = [
     "the sun", "chocolate", "sailing boats", "wind", "museums", "earthquakes", "ants", "castles", "football",
@@ -35,18 +41,18 @@ HELDOUT_TOPICS = [
     "clouds", "rabbits", "cameras", "bakeries", "oceans", "robots", "sandcastles", "trumpets", "meadows",
     "squirrels", "hot air balloons", "lakes", "pencils", "festivals",
 ]
-KEYWORDS = ["bright", "quiet", "ancient", "gentle", "busy", "golden"]
-CLOSING = "That is all."
+WORD_LIMITS = [8, 10, 12]
+FIRST_WORDS = ["Today", "Many", "Every", "Sometimes", "People", "Yes"]
 
-# (family, prompt template, checks); {topic} and {keyword} are filled in.
+# (family, prompt template, checks); {topic}, {limit} and {first} are filled in. "avoid" comes last in the
+# rotation so that no topic starting with "the" (index 0 of each list) gets it.
 TEMPLATES = [
-    ("lowercase", "Write one sentence about {topic}. Use only lowercase letters: no capital letters at all.",
-     [{"kind": "case", "mode": "lower"}]),
-    ("closing", f"Write one sentence about {{topic}}, then end your answer with the exact words \"{CLOSING}\"",
-     [{"kind": "ends_with", "text": CLOSING}]),
-    ("short", "Describe {topic} in at most 12 words.", [{"kind": "word_count", "min": 1, "max": 12}]),
-    ("keyword", "Write one sentence about {topic} that uses the word \"{keyword}\".",
-     [{"kind": "keywords", "include": ["{keyword}"]}]),
+    ("short", "Describe {topic} in at most {limit} words.", [{"kind": "word_count", "min": 1, "max": "{limit}"}]),
+    ("nocomma", "Write one sentence about {topic}. Do not use any commas.", [{"kind": "no_commas"}]),
+    ("start", "Write one sentence about {topic}. Start your answer with the word \"{first}\".",
+     [{"kind": "starts_with", "text": "{first}"}]),
+    ("avoid", "Write one sentence about {topic} without using the word \"the\".",
+     [{"kind": "keywords", "exclude": ["the"]}]),
 ]
 
 
@@ -55,11 +61,17 @@ def records(topics: list[str], prefix: str) -> list[dict]:
     rows = []
     for index, topic in enumerate(topics):
         family, template, checks = TEMPLATES[index % len(TEMPLATES)]
-        keyword = KEYWORDS[index % len(KEYWORDS)]
-        fill = lambda text: text.replace("{topic}", topic).replace("{keyword}", keyword)  # noqa: E731
-        verify = [{key: ([fill(v) for v in value] if isinstance(value, list) else
-                         fill(value) if isinstance(value, str) else value) for key, value in check.items()}
-                  for check in checks]
+        turn = index // len(TEMPLATES)  # the family's own counter: limits and first words rotate within a family
+        limit, first = WORD_LIMITS[turn % len(WORD_LIMITS)], FIRST_WORDS[turn % len(FIRST_WORDS)]
+        fill = lambda text: text.replace("{topic}", topic).replace("{first}", first).replace(  # noqa: E731
+            "{limit}", str(limit))
+
+        def value_of(value):
+            if value == "{limit}":
+                return limit
+            return [fill(v) for v in value] if isinstance(value, list) else fill(value) if isinstance(value, str) else value
+
+        verify = [{key: value_of(value) for key, value in check.items()} for check in checks]
         rows.append({"id": f"{prefix}-{index:03d}-{family}", "prompt": fill(template), "verify": verify})
     random.Random(0).shuffle(rows)
     return rows

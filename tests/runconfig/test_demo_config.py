@@ -50,4 +50,4 @@ def test_demo_data_is_what_the_generator_writes_and_the_split_is_disjoint():
         assert not [text for text in heldout_texts if f" {topic} " in f" {text.replace('.', ' ').replace(',', ' ')} "]
     rows = [json.loads(line) for line in CONSTRAINTS_FILE.read_text().splitlines()]
     families = {row["id"].rsplit("-", 1)[1] for row in rows}
-    assert families == {"lowercase", "closing", "short", "keyword"}
+    assert families == {"short", "nocomma", "start", "avoid"}

@@ -118,6 +118,20 @@ def test_prompt_with_only_failures_has_no_rows():
     assert sft["prompt_id"].to_pylist() == ["ok"] and stats.prompts == 1
 
 
+def test_target_min_reward_keeps_only_passing_targets_and_passing_vs_failing_pairs():
+    # verifier rewards: 1.0 = the answer passes its checks. "all-fail" has no passing answer.
+    rows = ([candidate("mixed", i, reward=r) for i, r in enumerate([0.0, 1.0, 0.5, 0.0])]
+            + [candidate("all-fail", i, reward=r) for i, r in enumerate([0.5, 0.0, 0.0])])
+    sft, _, dpo, _, stats = build(rows, target_min_reward=1.0, dpo_rejected_rank=4)
+    assert sft["prompt_id"].to_pylist() == ["mixed"] and sft["reward"].to_pylist() == [1.0]
+    assert [(p["prompt_id"], p["chosen_reward"], p["rejected_reward"]) for p in dpo.to_pylist()] == \
+        [("mixed", 1.0, 0.0)]
+    assert stats.prompts_below_min_reward == 1 and stats.prompts_no_eligible_target == 1
+    sft, _, dpo, _, stats = build(rows, dpo_rejected_rank=4)  # default: the best answer, whatever it scored
+    assert sft["prompt_id"].to_pylist() == ["all-fail", "mixed"] and stats.prompts_below_min_reward == 0
+    assert sorted(dpo["prompt_id"].to_pylist()) == ["all-fail", "mixed"]
+
+
 def test_split_is_seeded_disjoint_and_shared_by_sft_and_dpo():
     prompt_ids = [f"p{i:03d}" for i in range(200)]
     rows = [candidate(pid, i, reward=float(i)) for pid in prompt_ids for i in range(3)]
