@@ -128,7 +128,10 @@ def test_toa_sample_runs_through_a_managed_router(two_replicas, tmp_path):
     rows = pq.read_table(out).to_pylist()
     assert len(rows) == 36 and all(r["error"] is None and r["reward"] is not None for r in rows)
     placed = [a - b for a, b in zip(_received(two_replicas), before)]
-    assert sum(placed) == 36 and min(placed) > 0  # six prompts x two models: both replicas got sessions
+    # Each prompt's six generations share one session key (model, prompt id), so each replica got whole sessions.
+    # Which replica a session hashes to depends on the replicas' (random) ports: with six sessions, one replica gets
+    # all of them about one run in 32, so the test does not ask for both to be used.
+    assert sum(placed) == 36 and all(n % 6 == 0 for n in placed), placed
 
 
 
