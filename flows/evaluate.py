@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger
 
 from infra.manifest import Manifest, config_hash, manifest_key
 from infra.run_ids import check_new_run_id, check_run_id, new_run_id
-from infra.secrets import redact_text
+from toa_core.credentials import redact_text
 from infra.store import open_store
 from tasks.evaluation import evaluate_base_model, evaluate_benchmark, evaluation_report, run_config
 from tasks.flow_runs import finish, name_flow_run, run_name

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from infra.secrets import redact_text
+from toa_core.credentials import redact_text
 from toa_core.config import Section
 
 HUB_ENDPOINT_ENV = "HF_ENDPOINT"

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from infra.run_ids import check_run_id
-from infra.secrets import redact, redact_text
+from toa_core.credentials import redact, redact_text
 from infra.store import Store, StoreKeyNotFound
 
 VERSION_PACKAGES = ("toaflow", "torch", "transformers", "trl", "peft", "datasets", "accelerate", "prefect",

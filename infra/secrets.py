@@ -1,7 +1,7 @@
 """Keep secrets out of logs: the log-record side of toaflow's one redaction (toa_core.credentials).
 
-What is masked, and how, is toa_core.credentials' (re-exported here: `redact`, `redact_text`, `is_secret_key`,
-`secret_values`, `remember_secret_env_names`, `MASK`). Where it is applied: run configs in manifests and model
+What is masked, and how, is toa_core.credentials' (import `redact`, `redact_text`, ... from there; this module only
+applies them to log records). Where it is applied: run configs in manifests and model
 cards, the whole manifest (stage errors, lineage) on every write, flow results and state messages (`finish`),
 every published artifact and the dataset card, the evaluation's outputs.jsonl / model_outputs.json / scores.json,
 the `error:` line of every `toa` command, and every log record of a process that called `redact_log_records()`
@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
-from toa_core.credentials import (MASK, is_secret_key, redact, redact_text, remember_secret_env_names,  # noqa: F401
-                                  secret_env_names_in, secret_values)
+from toa_core.credentials import redact_text, secret_values
 
 
 class SecretsFilter(logging.Filter):

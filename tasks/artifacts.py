@@ -14,7 +14,7 @@ import re
 import time
 from typing import Any, Sequence
 
-from infra.secrets import redact, redact_text
+from toa_core.credentials import redact, redact_text
 from infra.store import Store
 
 log = logging.getLogger(__name__)

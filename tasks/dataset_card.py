@@ -16,7 +16,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from infra.secrets import redact_text
+from toa_core.credentials import redact_text
 from infra.store import open_store
 from runconfig import RunConfig
 

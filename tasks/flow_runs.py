@@ -57,7 +57,7 @@ def finish(summary: dict[str, Any], message: str, *, nothing_new: bool = False, 
     from prefect.context import FlowRunContext
     from prefect.states import Completed
 
-    from infra.secrets import redact, redact_text
+    from toa_core.credentials import redact, redact_text
 
     # The result and the message are stored by the Prefect server and shown in the UI: redacted like any file.
     summary, message = redact(summary), redact_text(message)

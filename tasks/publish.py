@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from infra.hub import PublishError, hub_endpoint, hub_token, push_folder
 from infra.policy import final_model_key
-from infra.secrets import redact_text
+from toa_core.credentials import redact_text
 from infra.store import DIR_MARKER, Store, open_store
 from runconfig import RunConfig
 

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from infra.secrets import redact_log_records, redact_text
+    from infra.secrets import redact_log_records
+    from toa_core.credentials import redact_text
     from toaflow.commands.common import hide_prefect_tracebacks, quiet_prefect_defaults, user_facing_errors
 
     quiet_prefect_defaults()

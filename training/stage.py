@@ -26,7 +26,8 @@ from typing import Any, Callable
 
 from infra.manifest import one_line
 from infra.run_ids import InvalidRunId, check_run_id
-from infra.secrets import redact, redact_log_records, redact_text
+from infra.secrets import redact_log_records
+from toa_core.credentials import redact, redact_text
 from infra.store import DIR_MARKER, Store, open_store
 from toa_core.folders import is_inside, private_scratch_root, remove_tree
 from training.config import CommonTrainingConfig, StageConfig, StageSettings, TrainingConfigError, load_stage_settings

@@ -6,7 +6,8 @@ import logging
 
 import pytest
 
-from infra.secrets import MASK, SecretsFilter, install_log_redaction, is_secret_key, redact, redact_text
+from infra.secrets import SecretsFilter, install_log_redaction
+from toa_core.credentials import MASK, is_secret_key, redact, redact_text
 from runconfig import parse_config
 
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 import yaml
 
-from infra.secrets import MASK, is_secret_key, redact, redact_text
+from toa_core.credentials import MASK, is_secret_key, redact, redact_text
 from tests.faults.test_secrets import files_containing
 from toa_core.credentials import mask_url_credentials
 

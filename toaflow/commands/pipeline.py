@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = pipeline(config=args.config, run_id=run_id, incremental=not args.full, promote=not args.no_promote)
     except Exception as error:  # the flow's own log has the traceback; say how to resume
-        from infra.secrets import redact_text
+        from toa_core.credentials import redact_text
 
         print(f"error: the pipeline failed: {error.__class__.__name__}: {redact_text(str(error))}", file=sys.stderr)
         print(f"finished stages are kept; resume with: toa pipeline --config {args.config} --run-id {run_id}",
