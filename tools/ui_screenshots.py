@@ -9,8 +9,8 @@ What it does, start to finish, on loopback only and in a temporary folder (nothi
 2. runs `synthesize/on-demand` on the tiny config (40 prompts, 2 per shard) and, once a fifth of it is done,
    captures its flow run page: the graph of shard tasks and the progress artifact (prompts, generations/s, ETA)
                                                 -> ui-synthesis-running.png
-3. runs `pipeline/nightly` (3 prompts, 2 training steps) to the end and captures its flow run page with the
-   graph of subflows and artifacts              -> ui-pipeline-run.png
+3. runs `pipeline/nightly` (3 prompts, 2 training steps) to the end (the gate blocks the tiny random models: state
+   "Blocked") and captures its flow run page with the graph of subflows and artifacts  -> ui-pipeline-run.png
 4. captures the `pipeline/nightly` deployment page (schedule label, runs)  -> ui-nightly-deployment.png
 5. captures that pipeline run's dataset card artifact (the datasets' README.md)  -> ui-dataset-card.png
 6. stops the workers, Chromium and the server (each by its own process id).
@@ -108,7 +108,12 @@ class Browser:
 
     def wait_for_text(self, *texts: str, timeout_s: float = 60) -> None:
         probe = " && ".join(f"document.body.innerText.includes({json.dumps(text)})" for text in texts) or "true"
-        wait_for(lambda: self.evaluate(f"!!document.body && {probe}"), f"{texts} on the page", timeout_s, 0.5)
+        try:
+            wait_for(lambda: self.evaluate(f"!!document.body && {probe}"), f"{texts} on the page", timeout_s, 0.5)
+        except RuntimeError:
+            print("the page shows:\n" + str(self.evaluate("document.body && document.body.innerText"))[:3000],
+                  file=sys.stderr)
+            raise
         time.sleep(3.0)  # the run graph is drawn on a canvas after the text: let it settle
 
     def click_text(self, text: str) -> None:
@@ -146,10 +151,10 @@ def tiny_config(folder: Path, *, prompts: int | None, steps: int, budget: int, s
     config["synthesis"]["shard_size"] = shard_size
     config["synthesis"]["ranking"]["dpo_rejected_rank"] = min(3, budget)
     config["training"]["sft"]["max_steps"] = config["training"]["dpo"]["max_steps"] = steps
-    # The tiny random models mostly answer nothing, which the gate rightly refuses to promote on: gate nothing,
-    # as tests/flows/test_deployments.py does, so the pipeline run shows a promotion.
-    config["evaluation"]["gate"] = {"metrics": []}
-    path = folder / f"tiny-{prompts or 'all'}.yaml"
+    # tiny.yaml's gate stays: its random models mostly answer nothing, so the gate (failing closed) blocks the
+    # candidate and the pipeline run ends Completed, named "Blocked", as tests/flows/test_deployments.py expects.
+    path = folder / "configs" / f"tiny-{prompts or 'all'}.yaml"  # the workers' TOAFLOW_CONFIG_DIR
+    path.parent.mkdir(exist_ok=True)
     path.write_text("# tiny config for the UI screenshots (tools/ui_screenshots.py)\n" + yaml.safe_dump(config))
     return path
 
@@ -174,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, PREFECT_HOME=str(scratch / "prefect"), PREFECT_API_URL=api_url,
                PREFECT_UI_API_URL=api_url, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_CLI_PROMPT="false",
                PREFECT_WORKER_QUERY_SECONDS="2", PREFECT_WORKER_PREFETCH_SECONDS="2", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               TOAFLOW_CONFIG_DIR=str(scratch / "configs"))  # runs name a config in the operator's folder
     server_env = {key: value for key, value in env.items() if key != "PREFECT_API_URL"}
     processes: list[subprocess.Popen] = []
     browser = None
@@ -197,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return max((float(a.get("data") or 0) for a in artifacts), default=0.0)
 
     def deploy_run(deployment: str, config: Path, run_id: str) -> None:
-        subprocess.run([str(BIN / "prefect"), "deployment", "run", deployment, "-p", f"config={config}",
+        subprocess.run([str(BIN / "prefect"), "deployment", "run", deployment, "-p", f"config={config.name}",
                         "-p", f"run_id={run_id}"], env=env, cwd=REPO, check=True, capture_output=True)
 
     try:
@@ -232,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         run = flow_run("nightly-demo")
         if run["state_type"] != "COMPLETED":
             raise RuntimeError(f"the pipeline run ended {run['state_name']}; see {scratch}/toa-gpu.log")
-        browser.open(f"{ui}/runs/flow-run/{run['id']}", "nightly-demo", "Completed", "promoted to latest")
+        browser.open(f"{ui}/runs/flow-run/{run['id']}", "nightly-demo", "Blocked")
         browser.capture(args.out / "ui-pipeline-run.png")
         pipeline_synthesis = httpx.post(f"{api_url}/flow_runs/filter", json={"flow_runs": {
             "name": {"any_": ["nightly-demo"]}, "parent_task_run_id": {"is_null_": False}}}).json()
