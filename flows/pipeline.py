@@ -10,9 +10,10 @@ Policy in the loop (synthesis.policy_agent, training.common.start_from: latest):
 points at when it starts (runs/<id>/policy.json); synthesis adds it as one more agent and training starts from it
 (infra/policy.py). The accumulated data may be bounded (pipeline.accumulate: a window of nights, a decay).
 
-In the Prefect UI the run and its subflow runs are named by the run id; the run ends with a message giving the
-verdict (state "Blocked" when the gate refused the candidate: infra/alerts.py tells someone), or "Nothing new"
-with the reason when there was nothing to train on.
+In the Prefect UI the run and its subflow runs are named by the run id; the run ends Completed (a state the UI's
+run lists show) with a message giving the verdict: "Blocked: <the gate's reason>" and the tag `blocked` when the
+gate refused the candidate (infra/alerts.py tells someone), "Nothing new: <reason>" and the tag `nothing-new`
+when there was nothing to train on.
 """
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ def pipeline(config: ConfigFile = "demo.yaml", run_id: str | None = None, increm
     if incremental and not runs_awaiting_training(cfg.store):
         # Every prompt already trained a model that was evaluated and judged: training again on the same data
         # would only repeat that result.
-        found = (synthesized or {}).get("skipped") or f"nothing new: {new_prompts} new prompts"
+        found = (synthesized or {}).get("skipped") or f"{new_prompts} new prompts"
         result["skipped"] = (f"{found}; every synthesized prompt already went into a model the gate judged, "
                              "so training, evaluation and promotion are skipped")
         logger.info("%s", result["skipped"])

@@ -10,7 +10,8 @@ run's progress artifact.
 Re-running the same run id resumes: finished shards are skipped, and inside an unfinished shard only prompts
 without a checkpoint are searched again. The flow returns store URIs, never big objects. In the Prefect UI the
 flow run is named by its run id and ends with a message saying what it did; an incremental run that finds every
-prompt already synthesized ends "Nothing new" (saying by which runs) and publishes no plots or tables.
+prompt already synthesized ends with the message "Nothing new: ..." (saying by which runs), tagged `nothing-new`,
+and publishes no plots or tables.
 """
 from __future__ import annotations
 
@@ -179,9 +180,9 @@ def shard_parameters(config: str, limit: int | None, prompts: str | None, overri
 
 def nothing_new_reason(prompt_ids: set[str], earlier: dict[str, set[str]], quarantined: set[str] = frozenset(),
                        shown: int = 3) -> str:
-    """"nothing new: 40 prompts already synthesized by night-2 (38), night-1 (2)": which earlier runs (oldest
-    first in `earlier`) hold the run's prompts (a prompt counts for the newest run that has it), and how many
-    decontamination quarantined."""
+    """"40 prompts already synthesized by night-2 (38), night-1 (2)" (the run ends "Nothing new: " and this): which
+    earlier runs (oldest first in `earlier`) hold the run's prompts (a prompt counts for the newest run that has
+    it), and how many decontamination quarantined."""
     holder: dict[str, str] = {}
     for run, ids in earlier.items():
         holder.update({prompt_id: run for prompt_id in ids & prompt_ids})
@@ -194,7 +195,7 @@ def nothing_new_reason(prompt_ids: set[str], earlier: dict[str, set[str]], quara
         runs += f" and {len(by_run) - shown} more runs"
     held_back = len((quarantined & prompt_ids) - set(holder))
     if not held_back:
-        return f"nothing new: {len(prompt_ids)} prompts already synthesized by {runs or 'earlier runs'}"
+        return f"{len(prompt_ids)} prompts already synthesized by {runs or 'earlier runs'}"
     parts = ([f"{len(holder)} already synthesized by {runs}"] if holder else []) + [
         f"{held_back} quarantined by decontamination"]
-    return f"nothing new: {len(prompt_ids)} prompts, " + " and ".join(parts)
+    return f"{len(prompt_ids)} prompts, " + " and ".join(parts)

@@ -4,7 +4,11 @@
   itself calls `name_flow_run(run_id)` once it knows it, so every flow run (and every subflow run of a pipeline)
   is listed under the run id that names its folder in the store.
 - `finish(summary, message)` is what a flow returns: a Completed state whose message says what the run did, or
-  what it skipped and why (state name "Nothing new"), carrying the summary dict as its result.
+  what it skipped and why ("Nothing new: ..."), or why the gate refused its candidate ("Blocked: ..."), carrying
+  the summary dict as its result. The state is always NAMED "Completed": the Prefect UI's run lists filter by
+  default on a fixed list of state names ("All except scheduled"), and a run in a state with a name of its own
+  ("Blocked", say) is missing from them. A run that skipped its work or was blocked carries a tag instead
+  (`nothing-new`, `blocked`), shown next to it in every list.
 - `call_subflow(flow, **parameters)` runs a subflow and returns its result without Prefect linking the returned
   objects to the subflow run: a task that later receives one of them (a run id string, say) would otherwise get a
   `flow_run` input, and the UI cannot render the page of a task run with such an input.
@@ -18,10 +22,13 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# What opens the state message of a run that skipped its work, or whose candidate the gate blocked (such a run did
+# its job: Completed), and the tag the run gets. infra.alerts tells someone of a pipeline run whose Completed state
+# message starts with BLOCKED + ":".
 NOTHING_NEW = "Nothing new"
-# A pipeline run whose candidate the gate blocked: Completed (the run did its job), but named so that an
-# automation can tell someone (infra.alerts matches the event `prefect.flow-run.Blocked`).
+NOTHING_NEW_TAG = "nothing-new"
 BLOCKED = "Blocked"
+BLOCKED_TAG = "blocked"
 
 
 def run_name() -> str:
@@ -40,31 +47,58 @@ def name_flow_run(run_id: str) -> None:
     context = FlowRunContext.get()
     if context is None or context.flow_run is None or context.flow_run.name == run_id:
         return
+    if update_flow_run(context.flow_run.id, f"name the flow run {run_id}", name=run_id):
+        context.flow_run.name = run_id
+
+
+def tag_flow_run(tag: str) -> None:
+    """Add `tag` to the current flow run's tags (shown next to the run in the UI's lists); a courtesy that never
+    fails a run."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None or tag in (context.flow_run.tags or []):
+        return
+    tags = [*(context.flow_run.tags or []), tag]  # the update replaces the list: keep the run's own tags
+    if update_flow_run(context.flow_run.id, f"tag the flow run {tag!r}", tags=tags):
+        context.flow_run.tags = tags
+
+
+def update_flow_run(flow_run_id: Any, what: str, **fields: Any) -> bool:
+    """Set `fields` (name, tags) of a flow run through the Prefect API; False (and a warning saying `what` could not
+    be done) when the server refuses or cannot be reached: the run's work matters more than its label."""
     from prefect.client.orchestration import get_client
 
     try:
         with get_client(sync_client=True) as client:
-            client.update_flow_run(context.flow_run.id, name=run_id)
-        context.flow_run.name = run_id
-    except Exception as error:  # the run's work matters more than its label
-        log.warning("could not name the flow run %s: %s", run_id, error)
+            client.update_flow_run(flow_run_id, **fields)
+        return True
+    except Exception as error:
+        log.warning("could not %s: %s", what, error)
+        return False
 
 
 def finish(summary: dict[str, Any], message: str, *, nothing_new: bool = False, blocked: bool = False) -> Any:
-    """The value a flow returns: a Completed state named "Completed" (or "Nothing new" when the run skipped its
-    work, "Blocked" when the gate refused its candidate) with `message`, whose result is `summary`. Outside a
-    Prefect run, `summary` itself."""
+    """The value a flow returns: a Completed state (named "Completed", so that the UI lists it) with `message`,
+    whose result is `summary`. When the run skipped its work (`nothing_new`) or the gate refused its candidate
+    (`blocked`), the message opens with "Nothing new: " or "Blocked: " and the run gets the matching tag.
+    Outside a Prefect run, `summary` itself."""
     from prefect.context import FlowRunContext
     from prefect.states import Completed
 
     from toa_core.credentials import redact, redact_text
 
+    if nothing_new and blocked:
+        raise ValueError("finish: a run either skipped its work (nothing_new) or had its candidate blocked, not both")
     # The result and the message are stored by the Prefect server and shown in the UI: redacted like any file.
     summary, message = redact(summary), redact_text(message)
     if FlowRunContext.get() is None:
         return summary
-    name = NOTHING_NEW if nothing_new else BLOCKED if blocked else None
-    return Completed(message=message, data=summary, **({"name": name} if name else {}))
+    if nothing_new or blocked:
+        label, tag = (NOTHING_NEW, NOTHING_NEW_TAG) if nothing_new else (BLOCKED, BLOCKED_TAG)
+        message = f"{label}: {message}"
+        tag_flow_run(tag)
+    return Completed(message=message, data=summary)
 
 
 def call_subflow(subflow: Any, **parameters: Any) -> Any:

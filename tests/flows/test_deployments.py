@@ -102,7 +102,7 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
     config["synthesis"]["ranking"]["dpo_rejected_rank"] = 3
     config["training"]["sft"]["max_steps"] = config["training"]["dpo"]["max_steps"] = 2
     # The config keeps tiny.yaml's gate (promote=true needs one). Random tiny models answer nothing, so the gate,
-    # failing closed, blocks the candidate: the run still ends Completed (named Blocked), which is what this test
+    # failing closed, blocks the candidate: the run still ends Completed ("Blocked: ..."), which is what this test
     # is about (the gate's rules are tested in tests/infra/test_promotion.py and tests/security/test_gate.py).
     operator_configs = tmp_path / "operator-configs"  # the worker's TOAFLOW_CONFIG_DIR: runs name configs in it
     operator_configs.mkdir()
@@ -187,7 +187,7 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
     triggered = night("deployed-1", 900)
     worker_log = (tmp_path / "worker.log").read_text(errors="replace")
     assert triggered.returncode == 0, triggered.stdout[-3000:] + triggered.stderr[-2000:] + worker_log[-6000:]
-    assert "finished successfully in 'Blocked'" in triggered.stdout, triggered.stdout[-2000:]  # a Completed state
+    assert "finished successfully in 'Completed'" in triggered.stdout, triggered.stdout[-2000:]
 
     second = night("deployed-2", 600)  # the second night: every prompt was synthesized on the first
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
@@ -200,8 +200,12 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
         nothing_new = flow_runs_named(client, "deployed-2")
         assert sorted(client.read_flow(run.flow_id).name for run in nothing_new) == ["pipeline", "synthesize"]
         night_2 = next(run for run in nothing_new if run.parent_task_run_id is None)
-        assert night_2.state.type.value == "COMPLETED" and night_2.state.name == "Nothing new"
-        assert night_2.state.message.startswith("nothing new: 3 prompts already synthesized by deployed-1 (3)")
+        night_1 = next(run for run in first_runs if run.parent_task_run_id is None)
+        # Both nights end in a state the UI's run lists show (Completed), saying and tagged what happened.
+        assert night_1.state.name == "Completed" and night_1.state.message.startswith("Blocked: NOT promoted")
+        assert sorted(night_1.tags) == ["blocked", "gpu", "pipeline", "toaflow"]  # the deployment's tags stay
+        assert night_2.state.name == "Completed" and "nothing-new" in night_2.tags
+        assert night_2.state.message.startswith("Nothing new: 3 prompts already synthesized by deployed-1 (3)")
         # No task run received a subflow's result object: every task run page renders.
         every_input = flow_run_inputs(client, [run.id for run in first_runs + nothing_new])
         assert [entry for entry in every_input if entry[2] == "flow_run"] == []

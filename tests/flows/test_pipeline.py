@@ -195,12 +195,17 @@ def test_nightly_runs_are_incremental_accumulate_gate_and_resume(setup):
         assert [r.name for r in pipeline_runs] == ["night-1", "night-3", "night-3", "night-6", "manual-full"]
         runs = {r.name: r for r in reversed(pipeline_runs)}  # the first run of each id
         resumed = pipeline_runs[2]
-        assert resumed.state.name == "Nothing new" and resumed.state.message.startswith("already complete")
+        # Runs that skipped their work or were blocked end "Completed" (the UI's run lists show no other names of
+        # the Completed type), open their message with what happened, and carry a tag saying it.
+        assert resumed.state.name == "Completed" and resumed.state.message.startswith("Nothing new: already complete")
+        assert resumed.tags == ["nothing-new"]
         assert runs["night-1"].state.message.startswith("promoted to latest: first run")
-        assert runs["night-3"].state.message.startswith("NOT promoted (latest unchanged): blocked by mini.rm_win_rate")
-        assert runs["night-3"].state.name == "Blocked" and runs["night-3"].state.type.value == "COMPLETED"
-        assert runs["night-6"].state.name == "Nothing new"
-        assert runs["night-6"].state.message.startswith("nothing new: 0 new prompts; every synthesized prompt")
+        assert runs["night-1"].state.name == "Completed" and runs["night-1"].tags == []
+        assert runs["night-3"].state.message.startswith(
+            "Blocked: NOT promoted (latest unchanged): blocked by mini.rm_win_rate")
+        assert runs["night-3"].state.name == "Completed" and runs["night-3"].tags == ["blocked"]
+        assert runs["night-6"].state.name == "Completed" and runs["night-6"].tags == ["nothing-new"]
+        assert runs["night-6"].state.message.startswith("Nothing new: 0 new prompts; every synthesized prompt")
         inputs = flow_run_inputs(client, [r.id for r in runs.values()])
         assert ("data_run_id", "task_run") in {(param, kind) for _, param, kind in inputs}  # tracking still works
         assert [entry for entry in inputs if entry[2] == "flow_run"] == []

@@ -1,7 +1,7 @@
 """How synthesis runs read in the Prefect UI, checked through the API the UI reads (Prefect's test harness runs a
 real API server): flow runs named by their run id, artifact keys stable per kind (a history across runs) and
-published once per run, an incremental run with nothing new ending "Nothing new" with its reason and no empty
-plots or tables, and a deleted run's prompts synthesized again."""
+published once per run, an incremental run with nothing new ending Completed with "Nothing new: <its reason>", the
+tag `nothing-new` and no empty plots or tables, and a deleted run's prompts synthesized again."""
 from __future__ import annotations
 
 import shutil
@@ -44,9 +44,10 @@ def test_synthesis_runs_read_well_in_the_ui(tmp_path, two_prompts, prefect_harne
 
     # Nothing left: the run says so, by which run, and publishes nothing.
     nothing = synthesize_and_index(config, "ui-nothing")
-    assert nothing.name == "Nothing new"
-    assert nothing.message == "nothing new: 2 prompts already synthesized by ui-first (2)"
-    assert nothing.result()["skipped"] == nothing.message and not store.list("runs/ui-nothing/datasets/")
+    assert nothing.name == "Completed"  # a name the UI's run lists show
+    assert nothing.message == "Nothing new: 2 prompts already synthesized by ui-first (2)"
+    assert nothing.result()["skipped"] == "2 prompts already synthesized by ui-first (2)"
+    assert not store.list("runs/ui-nothing/datasets/")
 
     # The first run's folder is deleted: its prompts are synthesized again.
     shutil.rmtree(tmp_path / "store" / "runs" / "ui-first")
@@ -56,7 +57,8 @@ def test_synthesis_runs_read_well_in_the_ui(tmp_path, two_prompts, prefect_harne
     with api_client() as client:
         runs = {run.name: run for run in flow_runs_named(client, "ui-first", "ui-nothing", "ui-again")}
         assert set(runs) == {"ui-first", "ui-nothing", "ui-again"}  # each flow run is named by its run id
-        assert runs["ui-nothing"].state.name == "Nothing new"
+        assert runs["ui-nothing"].state.name == "Completed" and runs["ui-nothing"].tags == ["nothing-new"]
+        assert runs["ui-first"].tags == []
         artifacts = artifacts_by_flow_run(client, [run.id for run in runs.values()])
         assert all(kind != "flow_run" for _, _, kind in flow_run_inputs(client, [run.id for run in runs.values()]))
 

@@ -1,5 +1,6 @@
 """The nightly alert: a real Prefect server, a Custom Webhook notification block pointed at a local HTTP receiver on
-127.0.0.1, the automation `toa deploy --alert-block` installs, and pipeline runs that fail or end blocked.
+127.0.0.1, the automations `toa deploy --alert-block` installs, and pipeline runs that fail, end blocked (a Completed
+state whose message opens "Blocked: "), end with nothing new, or get promoted: only the first two send a message.
 
 The pipeline's stage flows are the stand-ins of tests/flows/test_pipeline.py (the alert is about how a run ends,
 not about what its stages compute); the runs go to the real server from a subprocess, as a worker's would.
@@ -18,8 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra.alerts import ALERT_AUTOMATION_NAME, AlertSetupError, alert_automation, parse_block_slug
-from tests.fixtures.prefect import api_client, free_port, prefect_cli_env
+from infra.alerts import (ALERT_AUTOMATION_NAMES, BLOCKED, LEGACY_ALERT_NAMES, AlertSetupError, alert_automations,
+                          parse_block_slug)
+from tasks import flow_runs
+from tests.fixtures.prefect import api_client, flow_runs_named, free_port, prefect_cli_env
 
 REPO = Path(__file__).resolve().parents[2]
 DELIVERY_TIMEOUT_S = 90.0
@@ -42,6 +45,8 @@ pipeline_module.pipeline(config=config, run_id="alert-ok")          # first run:
 stubs.source = ["p1", "p2"]
 stubs.next_win_rate = 0.2
 pipeline_module.pipeline(config=config, run_id="alert-blocked")     # a regression: blocked by the gate
+nothing = pipeline_module.pipeline(config=config, run_id="alert-nothing")  # nothing new: nobody is told
+print("nothing new:", bool(nothing.get("skipped")))
 
 @flow(name="synthesize")
 def broken_synthesize(config, run_id, incremental=False, overrides=None):
@@ -90,10 +95,36 @@ def test_block_slug_and_automation_shape():
     for bad in ("nightly", "a/b/c", "/x", ""):
         with pytest.raises(AlertSetupError, match="BLOCK-TYPE/BLOCK-NAME"):
             parse_block_slug(bad)
-    automation = alert_automation("00000000-0000-0000-0000-000000000001")
-    assert automation.trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed",
-                                         "prefect.flow-run.Blocked"}
-    assert automation.trigger.match_related.model_dump() == {"prefect.resource.role": "flow", "prefect.resource.name": "pipeline"}
+    failed, blocked = alert_automations("00000000-0000-0000-0000-000000000001")
+    assert (failed.name, blocked.name) == ALERT_AUTOMATION_NAMES
+    assert failed.trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
+    assert failed.trigger.match.model_dump() == {"prefect.resource.id": "prefect.flow-run.*"}
+    assert blocked.trigger.expect == {"prefect.flow-run.Completed"}
+    assert blocked.trigger.match.model_dump() == {"prefect.resource.id": "prefect.flow-run.*",
+                                                  "prefect.state-message": "Blocked:*"}
+    assert BLOCKED == flow_runs.BLOCKED  # the word the blocked alert matches is the one the pipeline writes
+    for automation in (failed, blocked):
+        assert automation.trigger.match_related.model_dump() == {"prefect.resource.role": "flow",
+                                                                 "prefect.resource.name": "pipeline"}
+
+
+def test_the_blocked_alert_matches_blocked_runs_only():
+    """The blocked alert's label pattern, through the server's own matcher: a "Blocked: ..." message, never an
+    ordinary or nothing-new one."""
+    from prefect.server.events.schemas.events import Resource, ResourceSpecification
+
+    _, blocked = alert_automations("00000000-0000-0000-0000-000000000001")
+    spec = ResourceSpecification(blocked.trigger.match.model_dump())
+
+    def completed_with(message: str) -> Resource:
+        return Resource({"prefect.resource.id": "prefect.flow-run.5f0e7a3c-0000-0000-0000-000000000000",
+                         "prefect.state-name": "Completed", "prefect.state-type": "COMPLETED",
+                         "prefect.state-message": message})
+
+    assert spec.matches(completed_with("Blocked: NOT promoted (latest unchanged): blocked by mini.rm_win_rate\n[x]"))
+    for message in ("promoted to latest: first run", "Nothing new: 2 prompts already synthesized by n-1 (2)",
+                    "evaluated 3 metrics; promotion off", ""):
+        assert not spec.matches(completed_with(message)), message
 
 
 @pytest.mark.timeout(600)
@@ -118,14 +149,25 @@ def test_failed_and_blocked_nightlies_reach_the_local_receiver(prefect_server, p
         # What `toa deploy --alert-block` does once the server answers.
         with pytest.raises(UserError, match="no notification block 'custom-webhook/missing'"):
             install_alert_channel(prefect_server, "custom-webhook/missing")
+        with api_client(prefect_server) as client:  # the single automation an older toaflow installed
+            legacy = alert_automations(client.read_block_document_by_name("ops", "custom-webhook").id)[0]
+            client.create_automation(legacy.model_copy(update={"name": LEGACY_ALERT_NAMES[0]}))
         first = install_alert_channel(prefect_server, "custom-webhook/ops")
         assert install_alert_channel(prefect_server, "custom-webhook/ops") != first  # replaced, never duplicated
         with api_client(prefect_server) as client:
-            assert len(client.read_automations_by_name(ALERT_AUTOMATION_NAME)) == 1
+            assert [len(client.read_automations_by_name(name)) for name in ALERT_AUTOMATION_NAMES] == [1, 1]
+            assert client.read_automations_by_name(LEGACY_ALERT_NAMES[0]) == []
 
         nights = subprocess.run([sys.executable, "-c", NIGHTS, str(config), str(root)], cwd=REPO, text=True,
                                 capture_output=True, timeout=400, env=prefect_cli_env(prefect_server, prefect_server_home))
         assert nights.returncode == 0 and "failed as expected" in nights.stdout, nights.stdout[-2000:] + nights.stderr[-4000:]
+        assert "nothing new: True" in nights.stdout
+        with api_client(prefect_server) as client:  # how the runs end: listed in the UI (Completed), tagged
+            runs = {run.name: run for run in flow_runs_named(client, "alert-blocked", "alert-nothing")
+                    if run.parent_task_run_id is None}
+        assert {name: (run.state.name, run.state.message.split(":")[0], run.tags) for name, run in runs.items()} == {
+            "alert-blocked": ("Completed", "Blocked", ["blocked"]),
+            "alert-nothing": ("Completed", "Nothing new", ["nothing-new"])}
 
         deadline = time.monotonic() + DELIVERY_TIMEOUT_S
         while len(receiver.messages) < 2 and time.monotonic() < deadline:
@@ -134,10 +176,11 @@ def test_failed_and_blocked_nightlies_reach_the_local_receiver(prefect_server, p
     texts = [message["text"] for message in receiver.messages]
     assert len(texts) == 2, texts
     blocked = next(text for text in texts if "alert-blocked" in text)
-    assert "toaflow pipeline run alert-blocked: Blocked" in blocked
-    assert "NOT promoted (latest unchanged): blocked by mini.rm_win_rate" in blocked  # the gate's reason
+    assert "toaflow pipeline run alert-blocked: Blocked\n" in blocked
+    # the state message: the word, then the gate's reason
+    assert "ended Blocked: NOT promoted (latest unchanged): blocked by mini.rm_win_rate" in blocked
     failed = next(text for text in texts if "alert-failed" in text)
     assert "toaflow pipeline run alert-failed: Failed" in failed
     assert "the reward server refused every request" in failed  # the reason
-    assert not any("alert-ok" in text for text in texts)
+    assert not any("alert-ok" in text or "alert-nothing" in text for text in texts)
     assert all(re.search(r"\nPrefect flow run [0-9a-f-]{36}", text) and "None" not in text for text in texts)

@@ -7,7 +7,7 @@ Steps, each idempotent so the command can be re-run after editing prefect.yaml:
 4. run `prefect --no-prompt deploy --all` (or `--name` for some) in the project folder;
 5. tidy the deployments' run forms: an optional parameter (`run_id: str | None = None`) becomes a plain field
    that may be left empty, instead of a "string / None" switch (see `tidy_parameter_schema`);
-6. with `--alert-block TYPE/NAME`: install the automation that sends a message through that notification block
+6. with `--alert-block TYPE/NAME`: install the automations that send a message through that notification block
    when a pipeline run fails, crashes or ends with its candidate blocked (infra/alerts.py; checked before step 4,
    so a missing block fails the command before anything is deployed).
 """
@@ -54,17 +54,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def install_alert_channel(api_url: str, block_slug: str) -> str:
-    """Install (or replace) the pipeline alert automation on the server at `api_url`; returns a line to print."""
+    """Install (or replace) the pipeline alert automations on the server at `api_url`; returns a line to print."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from infra.alerts import AlertSetupError, install_alerts
 
     try:
         with temporary_settings({PREFECT_API_URL: api_url}):
-            automation_id = install_alerts(block_slug)
+            automation_ids = install_alerts(block_slug)
     except AlertSetupError as error:
         raise UserError(str(error)) from None
-    return f"alerts: pipeline runs that fail, crash or end blocked are sent to {block_slug} (automation {automation_id})"
+    return (f"alerts: pipeline runs that fail, crash or end blocked are sent to {block_slug} "
+            f"(automations {', '.join(str(automation_id) for automation_id in automation_ids)})")
 
 
 def resolve_api_url(explicit: str | None) -> str:
