@@ -9,9 +9,11 @@ What it does, start to finish, on loopback only and in a temporary folder (nothi
 2. runs `synthesize/on-demand` on the tiny config (40 prompts, 2 per shard) and, once a fifth of it is done,
    captures its flow run page: the graph of shard tasks and the progress artifact (prompts, generations/s, ETA)
                                                 -> ui-synthesis-running.png
-3. runs `pipeline/nightly` (3 prompts, 2 training steps) to the end (the gate blocks the tiny random models: state
-   "Blocked") and captures its flow run page with the graph of subflows and artifacts  -> ui-pipeline-run.png
-4. captures the `pipeline/nightly` deployment page (schedule label, runs)  -> ui-nightly-deployment.png
+3. runs `pipeline/nightly` (3 prompts, 2 training steps) to the end (the gate blocks the tiny random models: the
+   run ends Completed, tagged `blocked`, "Blocked: ...") and captures its flow run page with the graph of subflows
+   and artifacts                                -> ui-pipeline-run.png
+4. captures the `pipeline/nightly` deployment page (schedule label, runs: the blocked run listed with its tag)
+                                                -> ui-nightly-deployment.png
 5. captures that pipeline run's dataset card artifact (the datasets' README.md)  -> ui-dataset-card.png
 6. stops the workers, Chromium and the server (each by its own process id).
 
@@ -152,7 +154,7 @@ def tiny_config(folder: Path, *, prompts: int | None, steps: int, budget: int, s
     config["synthesis"]["ranking"]["dpo_rejected_rank"] = min(3, budget)
     config["training"]["sft"]["max_steps"] = config["training"]["dpo"]["max_steps"] = steps
     # tiny.yaml's gate stays: its random models mostly answer nothing, so the gate (failing closed) blocks the
-    # candidate and the pipeline run ends Completed, named "Blocked", as tests/flows/test_deployments.py expects.
+    # candidate and the pipeline run ends Completed, tagged `blocked`, as tests/flows/test_deployments.py expects.
     path = folder / "configs" / f"tiny-{prompts or 'all'}.yaml"  # the workers' TOAFLOW_CONFIG_DIR
     path.parent.mkdir(exist_ok=True)
     path.write_text("# tiny config for the UI screenshots (tools/ui_screenshots.py)\n" + yaml.safe_dump(config))
@@ -236,18 +238,20 @@ def main(argv: list[str] | None = None) -> int:
         wait_for(lambda: (r := flow_run("nightly-demo")) and r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")
                  and r, "the pipeline run", 1200, every_s=3)
         run = flow_run("nightly-demo")
-        if run["state_type"] != "COMPLETED":
-            raise RuntimeError(f"the pipeline run ended {run['state_name']}; see {scratch}/toa-gpu.log")
-        browser.open(f"{ui}/runs/flow-run/{run['id']}", "nightly-demo", "Blocked")
+        if run["state_type"] != "COMPLETED" or "blocked" not in run["tags"]:
+            raise RuntimeError(f"the pipeline run ended {run['state_name']} ({run['state'].get('message')}, tags "
+                               f"{run['tags']}), not blocked by the gate; see {scratch}/toa-gpu.log")
+        browser.open(f"{ui}/runs/flow-run/{run['id']}", "nightly-demo", "Completed", "blocked")
         browser.capture(args.out / "ui-pipeline-run.png")
         pipeline_synthesis = httpx.post(f"{api_url}/flow_runs/filter", json={"flow_runs": {
             "name": {"any_": ["nightly-demo"]}, "parent_task_run_id": {"is_null_": False}}}).json()
         pipeline_synthesis = next(r for r in pipeline_synthesis if r["flow_id"] == httpx.get(
             f"{api_url}/flows/name/synthesize").json()["id"])
 
-        # 3. The nightly deployment: its schedule (with its time zone) and its runs.
+        # 3. The nightly deployment: its schedule (with its time zone) and its runs, the blocked one with its tag.
         deployment = httpx.get(f"{api_url}/deployments/name/pipeline/nightly").json()
-        browser.open(f"{ui}/deployments/deployment/{deployment['id']}", "every day at 02:00 UTC", "nightly-demo")
+        browser.open(f"{ui}/deployments/deployment/{deployment['id']}", "every day at 02:00 UTC", "nightly-demo",
+                     "blocked")
         browser.capture(args.out / "ui-nightly-deployment.png")
 
         # 4. The nightly run's dataset card (the datasets' README.md) as its artifact page renders it.
