@@ -11,7 +11,7 @@ What it does, start to finish, on loopback only and in a temporary folder (nothi
                                                 -> ui-synthesis-running.png
 3. runs `pipeline/nightly` (3 prompts, 2 training steps) to the end (the gate blocks the tiny random models: the
    run ends Completed, tagged `blocked`, "Blocked: ...") and captures its flow run page with the graph of subflows
-   and artifacts                                -> ui-pipeline-run.png
+   and artifacts, newest log first (the final state and its message)   -> ui-pipeline-run.png
 4. captures the `pipeline/nightly` deployment page (schedule label, runs: the blocked run listed with its tag)
                                                 -> ui-nightly-deployment.png
 5. captures that pipeline run's dataset card artifact (the datasets' README.md)  -> ui-dataset-card.png
@@ -126,6 +126,15 @@ class Browser:
             " if (!nodes.length) return false; nodes[nodes.length - 1].click(); return true; })()")
         if not clicked:
             raise RuntimeError(f"nothing to click labelled {text!r}")
+
+    def choose(self, select_css: str, value: str) -> None:
+        """Set the native <select> under `select_css` (one of the UI's drop-downs) to `value`."""
+        chosen = self.evaluate(
+            f"(() => {{ const select = document.querySelector({json.dumps(select_css + ' select')}); "
+            f"if (!select) return false; select.value = {json.dumps(value)}; "
+            "select.dispatchEvent(new Event('change', {bubbles: true})); return true; })()")
+        if not chosen:
+            raise RuntimeError(f"no drop-down {select_css!r} on the page")
 
     def capture(self, path: Path) -> None:
         data = self.call("Page.captureScreenshot", format="png")["data"]
@@ -242,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"the pipeline run ended {run['state_name']} ({run['state'].get('message')}, tags "
                                f"{run['tags']}), not blocked by the gate; see {scratch}/toa-gpu.log")
         browser.open(f"{ui}/runs/flow-run/{run['id']}", "nightly-demo", "Completed", "blocked")
+        browser.choose(".logs-sort", "TIMESTAMP_DESC")  # newest log first: the final state with its message
+        browser.wait_for_text("Finished in state Completed('Blocked: NOT promoted")
         browser.capture(args.out / "ui-pipeline-run.png")
         pipeline_synthesis = httpx.post(f"{api_url}/flow_runs/filter", json={"flow_runs": {
             "name": {"any_": ["nightly-demo"]}, "parent_task_run_id": {"is_null_": False}}}).json()
