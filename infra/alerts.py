@@ -36,7 +36,8 @@ BLOCKED = "Blocked"  # = tasks.flow_runs.BLOCKED, what opens a blocked run's sta
 # The UI link only when the server knows its UI address (PREFECT_UI_URL); the flow run id always.
 RUN_LINK = "Prefect flow run {{ flow_run.id }}{% if flow_run|ui_url %}: {{ flow_run|ui_url }}{% endif %}"
 FAILED_SUBJECT = "toaflow pipeline run {{ flow_run.name }}: {{ flow_run.state.name }}"
-FAILED_BODY = "Pipeline run {{ flow_run.name }} ended {{ flow_run.state.name }}: {{ flow_run.state.message }}\n" + RUN_LINK
+FAILED_BODY = ("Pipeline run {{ flow_run.name }} ended {{ flow_run.state.name }}: {{ flow_run.state.message }}\n"
+               + RUN_LINK)
 BLOCKED_SUBJECT = "toaflow pipeline run {{ flow_run.name }}: " + BLOCKED
 # The state message opens with "Blocked: " and goes on with the gate's reason.
 BLOCKED_BODY = "Pipeline run {{ flow_run.name }} ended {{ flow_run.state.message }}\n" + RUN_LINK
