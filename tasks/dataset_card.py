@@ -225,7 +225,9 @@ def rejected_rule(rank) -> str:
         target = f"the {ordinal(rank.dpo_rejected_rank)} best usable candidate (fewer than that: {short})"
     moved = []
     if rank.rejected_min_spread > 0:
-        moved.append(f"at least {rank.rejected_min_spread:g} reward standard deviations below the chosen")
+        # Above 2 standard deviations the rule can run out of candidates; it then takes the worst (pair_selection).
+        capped = " (or the worst, when none is that far)" if rank.rejected_min_spread > 2 else ""
+        moved.append(f"at least {rank.rejected_min_spread:g} reward standard deviations below the chosen{capped}")
     if rank.rejected_lineage == "other":
         moved.append("not an ancestor or descendant of the chosen")
     return target + (", or the next one down that is " + " and ".join(moved) if moved else "")

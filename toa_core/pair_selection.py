@@ -16,10 +16,13 @@ The rejected always ranks below the chosen.
    - `rejected_lineage: other`: the rejected must not be an ancestor or a descendant of the chosen (parent_id
      links among the prompt's usable candidates). A refinement of the chosen, or the draft the chosen was refined
      from, differs from it mostly by reward noise; a pair across lineages compares two different answers.
-   - `rejected_min_spread` m > 0: the rejected's reward must be at least m x (the standard deviation of the
-     rewards of the chosen and every candidate below it: all of the prompt's when the chosen is the top one)
-     below the chosen's, so the pair is not decided by the reward model's noise. With m <= 2 the worst
-     candidate always qualifies.
+   - `rejected_min_spread` m > 0: the rejected's reward must be at least min(m x sd, chosen - worst) below the
+     chosen's, where sd is the standard deviation of the rewards of the chosen and every candidate below it (all
+     of the prompt's when the chosen is the top one) and worst the lowest of them: m standard deviations, or as
+     far down as the prompt's answers go. So the pair is not decided by the reward model's noise or by a style
+     bias the size of the tree's spread, and the worst candidate always qualifies (no prompt loses its pair to
+     this rule). With m <= 2 the cap never binds (the worst is always at least 2 sd below the top of a set),
+     so m = 2 places the rejected exactly as the uncapped rule did; the default is m = 3 (toa_core.ranking).
 3. The rejected is the first eligible candidate at rank k or below (same or lower reward). If there is none, the
    lowest-ranked eligible candidate above rank k is taken instead (closest to the target); if no candidate is
    eligible at all, the prompt gets no pair (counted in `dpo_skipped_ineligible`).
@@ -123,7 +126,12 @@ def choose_pairs(starts: np.ndarray, sizes: np.ndarray, rewards: np.ndarray, *, 
         count = np.maximum(np.add.reduceat(pool, starts), 1.0)
         mean = np.add.reduceat(rewards * pool, starts) / count
         std = np.sqrt(np.add.reduceat(pool * (rewards - mean[prompt_of_row]) ** 2, starts) / count)
-        eligible &= rewards[chosen_of_prompt][prompt_of_row] - rewards >= min_spread * std[prompt_of_row]
+        # Capped at the worst's distance: where no answer lies m sd below (m > 2, a prompt whose rewards bunch at
+        # the bottom or take two values, as a pass/fail verifier's do), the worst is still a pair.
+        chosen_reward = rewards[chosen_of_prompt]
+        worst = rewards[np.maximum(starts + sizes - 1, 0)] if n_prompts else rewards[:0]
+        needed = np.minimum(min_spread * std, chosen_reward - worst)
+        eligible &= chosen_reward[prompt_of_row] - rewards >= needed[prompt_of_row]
     target_row = targets[prompt_of_row]
     big = np.iinfo(np.int64).max
     # The first eligible candidate at or below the target rank ...

@@ -39,7 +39,7 @@ def build(rows, prompt_ids=None, **options):
 
 def test_best_is_sft_target_and_kth_best_is_rejected():
     rows = [candidate("p1", i, reward=float(i)) for i in range(40)]  # reward 39 is best, 10 is the 30th best
-    sft, sft_test, dpo, dpo_test, stats = build(rows)
+    sft, sft_test, dpo, dpo_test, stats = build(rows, rejected_min_spread=0.0)  # the paper's rule: rank k as is
     assert sft.schema == SFT_SCHEMA and dpo.schema == DPO_SCHEMA
     assert sft_test.num_rows == 0 and dpo_test.num_rows == 0
     row = sft.to_pylist()[0]
@@ -317,22 +317,84 @@ def test_min_spread_moves_the_rejected_below_the_reward_noise():
     assert dpo.to_pylist()[0]["rejected_reward"] == 9.9
 
 
-def test_defaults_place_the_rejected_at_rank_30_at_least_two_spreads_below_the_chosen():
+def test_defaults_place_the_rejected_at_rank_30_at_least_three_spreads_below_the_chosen_or_the_worst():
     cfg = RankingConfig()
     assert (cfg.dpo_rejected_rank, cfg.dpo_rejected_quantile, cfg.rejected_lineage, cfg.rejected_min_spread) == \
-        (30, None, "any", 2.0)
-    # Two standard deviations below the best always exist (the worst is): the default never loses a pair.
-    rows = [candidate("p", i, reward=r) for i, r in enumerate([1.0, 1.0, 0.0, 0.0])]
-    _, _, dpo, _, stats = build(rows)
-    assert dpo.num_rows == 1 and dpo.to_pylist()[0]["rejected_reward"] == 0.0 and stats.dpo_skipped_ineligible == 0
+        (30, None, "any", 3.0)
+    # Pass/fail rewards: three standard deviations below the best need not exist (here 3 x 0.433 > 1), and then
+    # the worst is the rejected: the default never loses a pair.
+    for rewards in ([1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]):
+        rows = [candidate("p", i, reward=r) for i, r in enumerate(rewards)]
+        _, _, dpo, _, stats = build(rows)
+        assert dpo.num_rows == 1 and dpo.to_pylist()[0]["rejected_reward"] == 0.0, rewards
+        assert stats.dpo_skipped_ineligible == 0
+
+
+def test_default_spread_reaches_below_a_bunched_top_that_two_spreads_do_not():
+    # A tree whose answers bunch near the top (what the aggregate move does) and whose best reward is a favoured
+    # style's over-rating: sd = 0.118, so two spreads (threshold 0.924) still land in the bunch, three (0.806) below.
+    rewards = [1.16] + [round(1.0 - 0.005 * i, 3) for i in range(20)] + [0.8, 0.7, 0.5]
+    rows = [candidate("p", i, reward=r) for i, r in enumerate(rewards)]
+    _, _, dpo, _, stats = build(rows, dpo_rejected_rank=2)
+    pair = dpo.to_pylist()[0]
+    assert (pair["chosen_reward"], pair["rejected_reward"], pair["rejected_rank"]) == (1.16, 0.8, 22)
+    assert stats.dpo_pairs_moved == 1
+    _, _, dpo, _, _ = build(rows, dpo_rejected_rank=2, rejected_min_spread=2.0)
+    assert (dpo.to_pylist()[0]["rejected_reward"], dpo.to_pylist()[0]["rejected_rank"]) == (0.92, 18)
+
+
+def test_a_spread_beyond_the_answers_takes_the_worst():
+    rows = [candidate("p", i, reward=r) for i, r in enumerate([1.0, 0.9, 0.8, 0.7])]  # sd 0.112: 4 sd = 0.447
+    _, _, dpo, _, stats = build(rows, dpo_rejected_rank=2, rejected_min_spread=4.0)
+    assert dpo.to_pylist()[0]["rejected_reward"] == 0.7 and stats.dpo_skipped_ineligible == 0
+    # With the lineage rule the worst may itself be excluded: then the prompt has no pair, as before.
+    chain = [chain_candidate("q", 0, 1.0), chain_candidate("q", 1, 0.9), chain_candidate("q", 2, 0.2, parent=0)]
+    _, _, dpo, _, stats = build(chain, dpo_rejected_rank=2, rejected_min_spread=4.0, rejected_lineage="other")
+    assert dpo.num_rows == 0 and stats.dpo_skipped_ineligible == 1
+
+
+def test_spreads_up_to_two_place_the_rejected_as_the_uncapped_rule_did():
+    """The cap at the worst never binds for m <= 2 (the worst is always >= 2 sd below the top), so configs that set
+    2.0 keep their pairs exactly: checked against a plain reference of the uncapped rule on random prompts."""
+    import random
+    import statistics
+
+    import numpy as np
+
+    from toa_core.pair_selection import choose_pairs
+
+    rng = random.Random(7)
+    groups = []
+    for _ in range(300):
+        n = rng.randint(2, 40)
+        kind = rng.random()
+        draw = (lambda: float(rng.random() < 0.6)) if kind < 0.3 else (lambda: round(rng.gauss(0, 1), 2))
+        groups.append(sorted((draw() for _ in range(n)), reverse=True))
+    sizes = np.array([len(g) for g in groups])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rewards = np.array([r for g in groups for r in g])
+    for spread in (0.5, 1.0, 2.0):
+        for rank in (2, 5, 30):
+            got = choose_pairs(starts, sizes, rewards, rank=rank, quantile=None, short_policy="worst",
+                               min_spread=spread)
+            expected = []
+            for start, group in zip(starts, groups):
+                sd = statistics.pstdev(group)
+                ok = [i for i in range(1, len(group)) if group[0] - group[i] >= spread * sd]
+                k = rank if len(group) >= rank else len(group)
+                below, above = [i for i in ok if i >= k - 1], [i for i in ok if i < k - 1]
+                if below or above:
+                    expected.append(start + (below[0] if below else above[-1]))
+            assert list(got.rejected) == expected, (spread, rank)
 
 
 def test_spread_is_measured_from_the_chosen_down_when_better_answers_could_not_be_targets():
     rows = [candidate("p", i, reward=r) for i, r in enumerate([9.0, 5.0, 4.0, 1.0])]
     rows[0]["finish_reason"] = "length"  # truncated: not a target, so the chosen is the 5.0 one
-    _, _, dpo, _, stats = build(rows, dpo_rejected_rank=3)
+    _, _, dpo, _, stats = build(rows, dpo_rejected_rank=3, rejected_min_spread=2.0)
     pair = dpo.to_pylist()[0]
-    # std of (5, 4, 1) is 1.7: two of them below 5.0 leaves only 1.0 (the worst always qualifies).
+    # std of (5, 4, 1) is 1.7: two of them below 5.0 leaves only 1.0 (the worst always qualifies; measured with
+    # the 9.0 in the pool, std 2.9, nothing would be two of them below the chosen).
     assert (pair["chosen_reward"], pair["rejected_reward"], pair["rejected_rank"]) == (5.0, 1.0, 4)
     assert stats.dpo_skipped_ineligible == 0
 
