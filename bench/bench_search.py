@@ -33,8 +33,9 @@ Columns (means over prompts):
 - pairs_ok, gap: the DPO pairs the DEFAULT ranking (RankingConfig()) builds from the candidates: share whose
            chosen is truly better than its rejected, and the mean true gap chosen - rejected
 Then, per environment and budget, the same pair measures for every rejected-selection rule (paper rank 30,
-quantile 0.8125, other lineage, a reward margin of 1 or 2 spreads, and combinations), the targets of issues 13 and
-25, true quality against the budget per environment, and the paper's five strategies' order next to the paper's.
+quantile 0.8125, other lineage, a reward margin of 1, 2 (the default before issue 25) or 4 spreads instead of the
+default 3, and combinations), the targets of issues 13 and 25, true quality against the budget per environment,
+and the paper's five strategies' order next to the paper's.
 
 `--demo` runs the strategies on the demo models (three SmolLM2 agents and the SmolLM2 yes/no judge, in process)
 for a handful of prompts at a small budget; there is no ground truth there, so only observed rewards are printed.
@@ -98,12 +99,13 @@ PAIR_RULES: dict[str, dict[str, Any]] = {
     "quantile.81": {"dpo_rejected_quantile": 0.8125, "rejected_min_spread": 0.0},
     "rank30+lineage": {"dpo_rejected_rank": 30, "rejected_lineage": "other", "rejected_min_spread": 0.0},
     "rank30+spread1": {"dpo_rejected_rank": 30, "rejected_min_spread": 1.0},
-    "rank30+spread2": {"dpo_rejected_rank": 30, "rejected_min_spread": 2.0},
+    "rank30+spread2": {"dpo_rejected_rank": 30, "rejected_min_spread": 2.0},  # the default before issue 25
+    "rank30+spread4": {"dpo_rejected_rank": 30, "rejected_min_spread": 4.0},
     "quantile+lineage": {"dpo_rejected_quantile": 0.8125, "rejected_lineage": "other", "rejected_min_spread": 0.0},
     "quantile+spread2": {"dpo_rejected_quantile": 0.8125, "rejected_min_spread": 2.0},
     "lineage+spread1": {"dpo_rejected_rank": 30, "rejected_lineage": "other", "rejected_min_spread": 1.0},
 }
-PAIR_STUDY_VARIANTS = ("toa", "ab_mcts", "ensemble", "moa", "seq_refine")
+PAIR_STUDY_VARIANTS = ("toa", "toa+agg", "ab_mcts", "ab_mcts+agg", "ensemble", "moa", "seq_refine")
 
 
 def make_prompts(n: int, env: Environment | None = None) -> list[Prompt]:
