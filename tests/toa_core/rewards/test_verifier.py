@@ -80,6 +80,17 @@ def test_every_strategy_scores_with_the_prompts_checks(strategy):
         assert candidate.reward == expected, (candidate.text, candidate.reward)
 
 
+def test_a_context_whose_reward_is_swapped_scores_with_the_new_one():
+    # The context remembers whether its reward reads the prompt's record; swapping the reward must not reuse that.
+    ctx = SearchContext([answer_agent("a", "3 x 4 = \\boxed{12}.")], ScriptedReward({"3 x 4 = \\boxed{12}.": 7.0}),
+                        SearchConfig(strategy="random", budget=2), templates=TEMPLATES)
+    assert {c.reward for c in asyncio.run(get_strategy("random").run(PROMPT, ctx)).candidates} == {7.0}
+    ctx.reward = VerifierReward()
+    assert {c.reward for c in asyncio.run(get_strategy("random").run(PROMPT, ctx)).candidates} == {0.5}
+    ctx.reward = ScriptedReward({"3 x 4 = \\boxed{12}.": -1.0})
+    assert {c.reward for c in asyncio.run(get_strategy("random").run(PROMPT, ctx)).candidates} == {-1.0}
+
+
 def test_search_without_checks_records_the_error_on_each_candidate():
     bare = Prompt.from_messages([{"role": "user", "content": "Say hi."}])
     ctx = SearchContext([answer_agent("a", "hi")], VerifierReward(), SearchConfig(strategy="random", budget=2))
