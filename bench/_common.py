@@ -139,6 +139,33 @@ class Stopwatch:
         self.cpu_s = cpu_seconds() - self._cpu
 
 
+class GcTimer:
+    """CPU seconds this thread spent in the garbage collector during a block, and collections per generation:
+    `with GcTimer() as gc_timer: ...; gc_timer.cpu_s, gc_timer.collections` (gc.callbacks; the collector runs in
+    whichever thread allocates, so this counts the block's thread when it is the only busy one)."""
+
+    def __enter__(self) -> "GcTimer":
+        import gc
+
+        self.cpu_s = 0.0
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+        gc.callbacks.append(self._on_collection)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import gc
+
+        gc.callbacks.remove(self._on_collection)
+
+    def _on_collection(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            self.cpu_s += time.thread_time() - self._started
+            self.collections[info["generation"]] += 1
+
+
 def header(title: str, command: Sequence[str]) -> None:
     print(f"# {title}")
     print(f"# machine: {machine()}")

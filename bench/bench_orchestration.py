@@ -22,7 +22,8 @@ table per strategy; the reference driver does not depend on it and runs once.
 Each cell runs in its own child process, so CPU time and peak RSS belong to that driver alone. Reported per cell:
 generations/s divided by server capacity (and by the best any driver can reach with that many prompts in flight,
 min(1, in_flight/slots)), orchestrator CPU ms per generation (and the part of it spent in the search logic:
-selection and backup, measured by the play loop), peak RSS, and the load server's CPU use (a load
+selection and backup, measured by the play loop; and the part spent in the garbage collector, gc.callbacks),
+peak RSS, and the load server's CPU use (a load
 server near 1 core is itself the bottleneck). The reward is cheap on purpose, so the server is the bottleneck.
 
     python bench/bench_orchestration.py            # full sweep (see README for the figures)
@@ -41,7 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (TREE_VARIANTS, GenerationCounts, Stopwatch, emit_result, header,  # noqa: E402
+from _common import (TREE_VARIANTS, GcTimer, GenerationCounts, Stopwatch, emit_result, header,  # noqa: E402
                      peak_rss_mib, process_cpu_seconds, run_child, table, thread_sched_seconds)
 
 AGENTS = 3
@@ -223,12 +224,12 @@ def _driver_part(url: str, in_flight: int, n_prompts: int, budget: int, max_toke
 
     _START.wait()
     sched_start = thread_sched_seconds()
-    with Stopwatch() as sw:
+    with Stopwatch() as sw, GcTimer() as gc_timer:
         counts = asyncio.run(_toaflow_driver(url, in_flight, n_prompts, budget, max_tokens, first_prompt=first_prompt,
                                              variant=variant))
     sched_end = counts.pop("sched_end")
-    return {**counts, "wall_s": sw.wall_s, "cpu_s": sw.cpu_s, "peak_rss_mib": peak_rss_mib(),
-            "runq_wait_s": sched_end[1] - sched_start[1]}
+    return {**counts, "wall_s": sw.wall_s, "cpu_s": sw.cpu_s, "gc_cpu_s": gc_timer.cpu_s,
+            "peak_rss_mib": peak_rss_mib(), "runq_wait_s": sched_end[1] - sched_start[1]}
 
 
 def _multi_process_driver(url: str, in_flight: int, n_prompts: int, budget: int, max_tokens: int,
@@ -246,7 +247,7 @@ def _multi_process_driver(url: str, in_flight: int, n_prompts: int, budget: int,
         parts = list(pool.map(_driver_part, [url] * processes, [-(-in_flight // processes)] * processes, shares,
                               [budget] * processes, [max_tokens] * processes, firsts, [variant] * processes))
     return {"generations": sum(p["generations"] for p in parts), "errors": sum(p["errors"] for p in parts),
-            "search_cpu_s": sum(p["search_cpu_s"] for p in parts),
+            "search_cpu_s": sum(p["search_cpu_s"] for p in parts), "gc_cpu_s": sum(p["gc_cpu_s"] for p in parts),
             "wall_s": max(p["wall_s"] for p in parts), "cpu_s": sum(p["cpu_s"] for p in parts),
             "peak_rss_mib": sum(p["peak_rss_mib"] for p in parts), "base_rss_mib": 0.0,
             "runq_wait_s": sum(p["runq_wait_s"] for p in parts)}
@@ -270,7 +271,7 @@ def child(args: argparse.Namespace) -> None:
         import cProfile
         profiler = cProfile.Profile()
     sched_start = thread_sched_seconds()
-    with Stopwatch() as sw:
+    with Stopwatch() as sw, GcTimer() as gc_timer:
         if profiler is not None:
             profiler.enable()
         if args.child in ("toaflow", "toaflow-httpx"):
@@ -283,7 +284,8 @@ def child(args: argparse.Namespace) -> None:
             profiler.disable()
     sched_end = counts.pop("sched_end")
     extra = {"profile": _profile_text(profiler, args.profile)} if profiler is not None else {}
-    emit_result({**counts, "wall_s": sw.wall_s, "cpu_s": sw.cpu_s, "peak_rss_mib": peak_rss_mib(),
+    emit_result({**counts, "wall_s": sw.wall_s, "cpu_s": sw.cpu_s, "gc_cpu_s": gc_timer.cpu_s,
+                 "peak_rss_mib": peak_rss_mib(),
                  "base_rss_mib": base_rss, "runq_wait_s": sched_end[1] - sched_start[1], **extra})
 
 
@@ -331,6 +333,7 @@ def sweep(args: argparse.Namespace) -> list[dict]:
                                 "ratio_of_bound": rate / (capacity * bound),
                                 "cpu_ms_per_gen": 1000 * result["cpu_s"] / generations,
                                 "search_ms_per_gen": 1000 * result.get("search_cpu_s", float("nan")) / generations,
+                                "gc_ms_per_gen": 1000 * result["gc_cpu_s"] / generations,
                                 "server_cores": server_cpu / result["wall_s"],
                                 "runq_share": result["runq_wait_s"] / result["wall_s"], **result}
                         cells.append(cell)
@@ -339,7 +342,7 @@ def sweep(args: argparse.Namespace) -> list[dict]:
                                   f"{args.profile} by own time:\n{result.pop('profile')}")
                         print(f"  slots={slots:<4} in_flight={in_flight:<5} {driver:<13} {label:<16} {rate:8.1f} gen/s "
                               f"= {cell['ratio']:.3f} of capacity, {cell['cpu_ms_per_gen']:.2f} ms CPU/gen "
-                              f"(search {cell['search_ms_per_gen']:.3f}), peak {result['peak_rss_mib']:.0f} MiB, "
+                              f"(search {cell['search_ms_per_gen']:.3f}, collector {cell['gc_ms_per_gen']:.3f}), peak {result['peak_rss_mib']:.0f} MiB, "
                               f"run-queue wait {cell['runq_share']:.2f} s/s, errors {result['errors']}", flush=True)
     return cells
 
@@ -348,11 +351,12 @@ def report(cells: list[dict], args: argparse.Namespace) -> None:
     drivers = [d for d in DRIVERS if d in args.drivers]
     short = {"toaflow": "toa", "toaflow-2proc": "toa2p", "toaflow-httpx": "httpx", "reference": "ref"}
     missing = {"ratio": float("nan"), "cpu_ms_per_gen": float("nan"), "search_ms_per_gen": float("nan"),
+               "gc_ms_per_gen": float("nan"),
                "peak_rss_mib": float("nan"), "runq_share": float("nan"), "server_cores": float("nan"), "errors": 0}
     print()
     print("ratio = achieved generations/s / (slots / latency); bound = min(1, in_flight / slots); "
           "cpu = orchestrator CPU ms per generation; search = the part of it in the search logic (selection and "
-          "backup); MiB = peak RSS; runq = seconds per second the driver's threads were runnable but waiting for a "
+          "backup); gc = the part of it in the garbage collector; MiB = peak RSS; runq = seconds per second the driver's threads were runnable but waiting for a "
           "CPU (starvation by other processes); srv = load server CPU cores used")
     by_key = {(c["slots"], c["in_flight"], c["driver"], c["strategy"]): c for c in cells}
     for strategy in args.strategy:
@@ -370,13 +374,14 @@ def report(cells: list[dict], args: argparse.Namespace) -> None:
                 rows.append([slots, in_flight, next(c for c in row if c is not missing)["capacity"],
                              min(1.0, in_flight / slots), *(c["ratio"] for c in row),
                              *(c["cpu_ms_per_gen"] for c in row), *(c["search_ms_per_gen"] for c in tree_drivers),
+                             *(c["gc_ms_per_gen"] for c in row),
                              *(c["peak_rss_mib"] for c in row), *(c["runq_share"] for c in row),
                              *(c["server_cores"] for c in row), sum(c["errors"] for c in row)])
         tree_names = [short[d] for d in drivers if d != "reference"]
         print(f"\nstrategy {strategy}:")
         print(table(["slots", "in_flight", "capacity/s", "bound",
                      *(f"{short[d]}/cap" for d in drivers), *(f"{short[d]}_cpu" for d in drivers),
-                     *(f"{name}_search" for name in tree_names),
+                     *(f"{name}_search" for name in tree_names), *(f"{short[d]}_gc" for d in drivers),
                      *(f"{short[d]}_MiB" for d in drivers), *(f"{short[d]}_runq" for d in drivers),
                      *(f"{short[d]}_srv" for d in drivers), "errors"], rows))
     top = max(args.in_flight)

@@ -29,18 +29,21 @@ def run_bench(name: str, *args: str) -> str:
 def test_orchestration_quick():
     out = run_bench("bench_orchestration.py", "--strategy", "toa,ab_mcts")
     cells = re.findall(r"^\s+slots=(\d+)\s+in_flight=(\d+)\s+(\S+)\s+(\S+)\s+([\d.]+) gen/s = ([\d.]+) of capacity, "
-                       r"[\d.]+ ms CPU/gen \(search (\S+)\).*run-queue wait [\d.]+ s/s, errors (\d+)$", out, re.MULTILINE)
+                       r"([\d.]+) ms CPU/gen \(search (\S+), collector ([\d.]+)\)"
+                       r".*run-queue wait [\d.]+ s/s, errors (\d+)$", out, re.MULTILINE)
     assert {c[2] for c in cells} == {"toaflow", "toaflow-2proc", "toaflow-httpx", "reference"}
     # three toaflow drivers per strategy, the reference (no strategy: "-") once, at 2 prompts-in-flight settings
     assert sorted({(c[2], c[3]) for c in cells if c[2] != "reference"}) == sorted(
         (driver, strategy) for driver in ("toaflow", "toaflow-2proc", "toaflow-httpx") for strategy in ("toa", "ab_mcts"))
     assert {c[3] for c in cells if c[2] == "reference"} == {"-"}
     assert len(cells) == 14
-    for _slots, in_flight, driver, _strategy, rate, ratio, search_ms, errors in cells:
+    for _slots, in_flight, driver, _strategy, rate, ratio, cpu_ms, search_ms, collector_ms, errors in cells:
         assert int(errors) == 0 and float(rate) > 0
         assert float(ratio) <= 1.2  # nothing beats the server's capacity (small slack for timer granularity)
         if driver != "reference":
             assert float(search_ms) > 0  # the search logic's CPU is measured
+        assert float(collector_ms) <= float(cpu_ms) + 0.01  # the collector's part of the CPU (rounded)
+    assert re.search(r"toa_search\s+toa2p_search\s+httpx_search\s+toa_gc\s+toa2p_gc\s+httpx_gc\s+ref_gc", out)
     assert "strategy toa:" in out and "strategy ab_mcts:" in out
     assert "capacity target 0.9" in out and "CPU target 0.5 ms/generation in one process: toa " in out
     assert "; ab_mcts MET" in out or "; ab_mcts MISSED" in out
