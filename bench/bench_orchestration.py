@@ -342,7 +342,8 @@ def sweep(args: argparse.Namespace) -> list[dict]:
                                   f"{args.profile} by own time:\n{result.pop('profile')}")
                         print(f"  slots={slots:<4} in_flight={in_flight:<5} {driver:<13} {label:<16} {rate:8.1f} gen/s "
                               f"= {cell['ratio']:.3f} of capacity, {cell['cpu_ms_per_gen']:.2f} ms CPU/gen "
-                              f"(search {cell['search_ms_per_gen']:.3f}, collector {cell['gc_ms_per_gen']:.3f}), peak {result['peak_rss_mib']:.0f} MiB, "
+                              f"(search {cell['search_ms_per_gen']:.3f}, collector {cell['gc_ms_per_gen']:.3f}), "
+                              f"peak {result['peak_rss_mib']:.0f} MiB, "
                               f"run-queue wait {cell['runq_share']:.2f} s/s, errors {result['errors']}", flush=True)
     return cells
 
@@ -351,12 +352,13 @@ def report(cells: list[dict], args: argparse.Namespace) -> None:
     drivers = [d for d in DRIVERS if d in args.drivers]
     short = {"toaflow": "toa", "toaflow-2proc": "toa2p", "toaflow-httpx": "httpx", "reference": "ref"}
     missing = {"ratio": float("nan"), "cpu_ms_per_gen": float("nan"), "search_ms_per_gen": float("nan"),
-               "gc_ms_per_gen": float("nan"),
-               "peak_rss_mib": float("nan"), "runq_share": float("nan"), "server_cores": float("nan"), "errors": 0}
+               "gc_ms_per_gen": float("nan"), "peak_rss_mib": float("nan"), "runq_share": float("nan"),
+               "server_cores": float("nan"), "errors": 0}
     print()
     print("ratio = achieved generations/s / (slots / latency); bound = min(1, in_flight / slots); "
           "cpu = orchestrator CPU ms per generation; search = the part of it in the search logic (selection and "
-          "backup); gc = the part of it in the garbage collector; MiB = peak RSS; runq = seconds per second the driver's threads were runnable but waiting for a "
+          "backup); gc = the part of it in the garbage collector; MiB = peak RSS; runq = seconds per second the "
+          "driver's threads were runnable but waiting for a "
           "CPU (starvation by other processes); srv = load server CPU cores used")
     by_key = {(c["slots"], c["in_flight"], c["driver"], c["strategy"]): c for c in cells}
     for strategy in args.strategy:
