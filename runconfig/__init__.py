@@ -121,6 +121,34 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _continuous_batching_agents_sample_alike(self) -> "RunConfig":
+        # transformers 5.23's continuous batching builds ONE generation config from the first request a server gets
+        # and samples every later request with it: agents that differ in temperature/top_p would silently all
+        # sample like whichever agent happened to ask first.
+        for spec in (s for s in self.servers.servers if s.continuous_batching):
+            for key, reward in (("reward", self.reward), ("reward.ranker", self.reward.ranker)):
+                if reward is not None and reward.served_by == spec.name:
+                    raise ValueError(f"{key}.served_by '{spec.name}': that server has continuous_batching on, so it "
+                                     "samples every request like the first it got (an agent's); serve the reward "
+                                     "model from a server of its own")
+            settings = {m.name: self._sampling_settings(m) for m in self.models if m.served_by == spec.name}
+            if len(set(settings.values())) > 1:
+                shown = "; ".join(f"{name}: " + ", ".join(f"{k} {v}" for k, v in values if v is not None)
+                                  for name, values in settings.items())
+                raise ValueError(f"server '{spec.name}' has continuous_batching on, and transformers serve then "
+                                 f"samples every request with the settings of the first one it gets, but its agents "
+                                 f"sample differently ({shown}); give them the same temperature/top_p/top_k/min_p/"
+                                 f"repetition_penalty (models[].*, search.temperature/top_p), or turn "
+                                 f"continuous_batching off")
+        return self
+
+    def _sampling_settings(self, model: ModelConfig) -> tuple[tuple[str, float | int | None], ...]:
+        """What an agent's requests carry besides the prompt (its own settings win over the search's)."""
+        return (("temperature", model.temperature if model.temperature is not None else self.search.temperature),
+                ("top_p", model.top_p if model.top_p is not None else self.search.top_p),
+                ("top_k", model.top_k), ("min_p", model.min_p), ("repetition_penalty", model.repetition_penalty))
+
+    @model_validator(mode="after")
     def _reward_fits_its_server(self) -> "RunConfig":
         # The HTTP reward sends max_length as vLLM's truncate_prompt_tokens, which vLLM refuses above max_model_len.
         for key, reward in (("reward", self.reward), ("reward.ranker", self.reward.ranker)):

@@ -66,6 +66,20 @@ def test_max_model_len_over_the_models_positions_fails_before_start(tmp_path, ti
     assert "lower `max_model_len`" in start_failure_hint(vllm_says) and start_failure_hint("CUDA OOM") == ""
 
 
+def test_transformers_command_line_with_continuous_batching(tmp_path):
+    plain = server_command(ServerSpec(name="cpu", kind="transformers", model="m", executable="/v/bin/transformers"),
+                           port=8200, model=str(tmp_path))
+    assert plain.argv == ["/v/bin/transformers", "serve", str(tmp_path), "--host", "127.0.0.1", "--port", "8200",
+                          "--device", "cpu"]
+    assert plain.env == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} and plain.model_id == str(tmp_path)
+    batching = server_command(ServerSpec(name="cpu", kind="transformers", model="m", executable="/v/bin/transformers",
+                                         continuous_batching=True, extra_args=["--cb-block-size", "32"]),
+                              port=8200, model=str(tmp_path))
+    assert batching.argv == plain.argv + ["--continuous-batching", "--cb-block-size", "32"]
+    with pytest.raises(ValueError, match="continuous_batching is a `transformers serve` option"):
+        ServerSpec(name="gpu", kind="vllm", model="m", continuous_batching=True)
+
+
 def test_server_specs_are_validated():
     with pytest.raises(ValueError, match="needs at least that many `gpus`"):
         ServerSpec(name="x", model="m", gpus=[0], tensor_parallel_size=2)
@@ -89,6 +103,32 @@ def test_client_completion_against_real_transformers_serve(tiny_llama_server):
     assert generation.ok, generation.error
     assert generation.prompt_tokens > 0 and 1 <= generation.completion_tokens <= 5
     assert generation.finish_reason in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_continuous_batching_server_answers_concurrent_chat_requests(tiny_llama_dir, tmp_path):
+    # the chat path toaflow's agents use: system prompts, a shared temperature, per-request max_tokens
+    config = ServersConfig(managed=True, max_restarts=0, servers=[
+        ServerSpec(name="cb", kind="transformers", model=str(tiny_llama_dir), startup_timeout_s=180,
+                   continuous_batching=True)])
+
+    async def ask(endpoint):
+        agents = build_agents([ModelConfig(name=name, model=endpoint.model_id, endpoints=[endpoint.base_url],
+                                           system_prompt=f"You are {name}.", temperature=0.8, max_concurrency=8)
+                               for name in ("first", "second")])
+        try:
+            return await asyncio.gather(*(
+                agents[i % 2].generate([{"role": "user", "content": f"Count to {i}."}],
+                                       SamplingParams(max_tokens=3 + i % 4)) for i in range(10)))
+        finally:
+            await aclose_all(agents)
+
+    with managed_servers(config, tmp_path) as running:
+        generations = asyncio.run(ask(running["cb"]))
+    assert (tmp_path / "servers" / "cb.log").is_file()
+    for i, generation in enumerate(generations):
+        assert generation.ok, generation.error
+        assert generation.prompt_tokens > 0 and 1 <= generation.completion_tokens <= 3 + i % 4
 
 
 def test_start_health_crash_restart_stop(tiny_llama_dir, tmp_path):
