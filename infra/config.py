@@ -59,6 +59,14 @@ class ServerSpec(Section):
                            "in flight, measured). transformers 5.23 samples EVERY request with the temperature and "
                            "top_p of the first request it got (and ignores `seed`): the agents it serves must sample "
                            "alike (checked when the config loads) and nothing else may send it requests")
+    continuous_batching_blocks: int = Field(
+        64, ge=1, description="continuous_batching: KV cache blocks (`--cb-num-blocks`; 256 tokens each, about 12 MB "
+                              "each for SmolLM2-135M in fp32). Unset, transformers sizes the cache at 60% of the "
+                              "host's RAM on CPU (13.7 GB resident measured on a 23 GB host)")
+    continuous_batching_batch_tokens: int = Field(
+        2048, ge=16, description="continuous_batching: tokens per forward pass (`--cb-max-batch-tokens`; longer "
+                                 "prefills are split over several passes); transformers' default 8192 sizes "
+                                 "attention masks of hundreds of MB")
     replicas: list[str] = Field(default_factory=list, description="router: names of servers of this config behind it")
     worker_urls: list[str] = Field(default_factory=list, description="router: root URLs of running replicas behind it")
     policy: Literal["consistent_hash", "cache_aware", "round_robin", "power_of_two", "random"] = Field(

@@ -102,7 +102,8 @@ def server_command(spec: ServerSpec, port: int, model: str | None = None,
             # orchestrator's in-process judge (measured: 57 s vs 6 s for 63 tokens of SmolLM2 at load 7).
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec.cpu_threads)
         if spec.continuous_batching:
-            argv.append("--continuous-batching")
+            argv += ["--continuous-batching", "--cb-num-blocks", str(spec.continuous_batching_blocks),
+                     "--cb-max-batch-tokens", str(spec.continuous_batching_batch_tokens)]
         return ServerCommand(argv + list(spec.extra_args), env, model_id=model)  # requests must name the path
     served_name = spec.served_model_name or spec.model
     argv = [spec.executable or "vllm", "serve", model, "--host", spec.host, "--port", str(port),

@@ -73,9 +73,12 @@ def test_transformers_command_line_with_continuous_batching(tmp_path):
                           "--device", "cpu"]
     assert plain.env == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} and plain.model_id == str(tmp_path)
     batching = server_command(ServerSpec(name="cpu", kind="transformers", model="m", executable="/v/bin/transformers",
-                                         continuous_batching=True, extra_args=["--cb-block-size", "32"]),
+                                         continuous_batching=True, continuous_batching_blocks=32,
+                                         extra_args=["--cb-block-size", "128"]),
                               port=8200, model=str(tmp_path))
-    assert batching.argv == plain.argv + ["--continuous-batching", "--cb-block-size", "32"]
+    # a bounded KV cache: transformers' own default takes 60% of the host's RAM on CPU
+    assert batching.argv == plain.argv + ["--continuous-batching", "--cb-num-blocks", "32", "--cb-max-batch-tokens",
+                                          "2048", "--cb-block-size", "128"]
     with pytest.raises(ValueError, match="continuous_batching is a `transformers serve` option"):
         ServerSpec(name="gpu", kind="vllm", model="m", continuous_batching=True)
 
