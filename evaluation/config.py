@@ -114,7 +114,8 @@ class GenerationConfig(Section):
     max_tokens: int = Field(512, ge=1)
     seed: int = 0
     system_prompt: str | None = None
-    concurrency: int = Field(8, ge=1, description="requests in flight (HTTP model under test)")
+    concurrency: int = Field(8, ge=1, description="requests in flight: concurrent HTTP requests to an endpoint; "
+                             "in process, greedy answers generated as one batch (up to 16)")
     served_model: str | None = Field(None, description="model name for an endpoint URI when it carries no '#name'")
     api_key_env: str | None = None
     base_model: str | None = Field(None, description="base model for a LoRA adapter whose adapter_config names a path that is not here")
