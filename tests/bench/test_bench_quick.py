@@ -147,3 +147,13 @@ def test_arena_hard_quick():
         assert abs(float(diff)) < 5  # the official fit stops short of the optimum, not somewhere else
     summary = out.splitlines()[-1]
     assert re.search(r"hard_prompt=[\d.]+ \(\w+\) creative_writing=[\d.]+ \(\w+\)", summary), summary
+
+
+@pytest.mark.slow  # starts four `transformers serve` processes: about 30 s
+def test_cpu_generation_quick():
+    out = run_bench("bench_cpu_generation.py")
+    cells = re.findall(r"^\s+(serve 1x1|serve cb 1x|serve cb 2x|local greedy 1|local greedy 8): 8 answers in "
+                       r"[\d.]+ s = ([\d.]+) answers/s, [\d.]+ tokens/s, errors (\d+)$", out, re.MULTILINE)
+    assert [c[0] for c in cells] == ["serve 1x1", "serve cb 1x", "serve cb 2x", "local greedy 1", "local greedy 8"]
+    assert all(float(rate) > 0 and errors == "0" for _name, rate, errors in cells)
+    assert "same answers 8/8; errors 0" in out.splitlines()[-1]  # batched greedy answers = one at a time
