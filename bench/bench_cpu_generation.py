@@ -7,7 +7,8 @@ toaflow's own clients (toa_core.backends), side by side in one run:
 - serve 1x1:      one `transformers serve` (one torch thread), one request at a time: the server as the demo used it
                   before continuous batching (it answers one request at a time whatever is in flight);
 - serve cb 1x:    the same server with `continuous_batching: true` (infra/config.py);
-- serve cb 2x:    two such servers, one per core, the agents split over them (configs/demo.yaml);
+- serve cb 2x:    two such servers, one per core, the requests split evenly over them (as configs/demo.yaml
+                  splits its agents);
 - local greedy 1: the in-process backend (toa_core/backends/transformers_local.py), greedy, one prompt at a time;
 - local greedy 8: the same with 8 requests in flight, which it answers as one left-padded batch (the evaluation's
                   path); the answers must be the same text as one at a time (checked, printed).
@@ -64,12 +65,13 @@ def serve_cell(model_dir: Path, servers: int, batching: bool, questions, params,
                         continuous_batching=batching) for i in range(servers)]
     with managed_servers(ServersConfig(managed=True, max_restarts=0, servers=specs), log_dir) as running:
         async def run():
+            # each system prompt on every server, so that request i goes to server i % servers: an even split
             agents = build_agents([ModelConfig(name=f"agent{i}", model=running[f"s{i % servers}"].model_id,
                                                endpoints=[running[f"s{i % servers}"].base_url],
                                                system_prompt=SYSTEM_PROMPTS[i % 3], max_concurrency=64)
-                                   for i in range(3)])
+                                   for i in range(3 * servers)])
             try:
-                for agent in agents[:servers]:  # load and warm each server outside the timing
+                for agent in agents[:servers]:  # warm each server outside the timing
                     await agent.generate(questions[0], params)
                 return await send_all(agents, questions, params, in_flight)
             finally:
