@@ -196,7 +196,12 @@ def test_synthesis_progress_counts_prompts_and_generations_and_names_shards(tmp_
     with get_client(sync_client=True) as client:
         progress = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["synthesis-progress"])))  # one key, all runs
-        [artifact] = [a for a in progress if a.description.startswith("synthesis run progress-run:")]
+        mine = [a for a in progress if a.description.startswith("synthesis run progress-run:")]
+        # Under SQLite lock contention in Prefect's test server ("database is locked", PrefectHQ/prefect#18934) the
+        # client may retry a create that had gone through, leaving a second copy at 0 %: the run's own artifact is
+        # the one it kept updating.
+        assert mine
+        artifact = max(mine, key=lambda a: float(a.data))
         assert artifact.type == "progress" and float(artifact.data) == 100.0
         assert artifact.description.startswith("synthesis run progress-run: 8/8 prompts, 96 generations (0 failed)")
         assert "generations/s" in artifact.description and "shards 2/2 done" in artifact.description
