@@ -31,7 +31,7 @@ ALERT_AUTOMATION_NAMES = (FAILED_ALERT, BLOCKED_ALERT)
 # which no run sends any more): replaced like the current ones.
 LEGACY_ALERT_NAMES = ("toaflow: a pipeline run needs attention",)
 PIPELINE_FLOW = "pipeline"
-BLOCKED = "Blocked"  # = tasks.flow_runs.BLOCKED, what opens a blocked run's state message (tests check they agree)
+BLOCKED = "Blocked"  # what opens a blocked run's state message (tasks.flow_runs.finish writes it from here)
 
 # The UI link only when the server knows its UI address (PREFECT_UI_URL); the flow run id always.
 RUN_LINK = "Prefect flow run {{ flow_run.id }}{% if flow_run|ui_url %}: {{ flow_run|ui_url }}{% endif %}"

@@ -20,14 +20,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from infra.alerts import BLOCKED
+
 log = logging.getLogger(__name__)
 
 # What opens the state message of a run that skipped its work, or whose candidate the gate blocked (such a run did
-# its job: Completed), and the tag the run gets. infra.alerts tells someone of a pipeline run whose Completed state
-# message starts with BLOCKED + ":".
+# its job: Completed), and the tag the run gets. BLOCKED is the alert's: infra.alerts tells someone of a pipeline run
+# whose Completed state message starts with BLOCKED + ":".
 NOTHING_NEW = "Nothing new"
 NOTHING_NEW_TAG = "nothing-new"
-BLOCKED = "Blocked"
 BLOCKED_TAG = "blocked"
 
 
