@@ -66,13 +66,17 @@ def test_blocks_in_two_threads_undo_when_both_ended():
     assert gc.get_threshold() == (700, 10, 10) and gc.get_freeze_count() == 0
 
 
-def test_a_freeze_made_by_someone_else_and_their_thresholds_are_left_alone():
+def test_a_freeze_made_by_someone_else_and_their_thresholds_are_left_alone(monkeypatch):
     gc.freeze()
-    frozen = gc.get_freeze_count()
     gc.set_threshold(500, 20, 200)  # already above ours: kept as is
+    # Calls are counted rather than frozen objects: a frozen object that dies (its last reference dropped by another
+    # thread of the test process) leaves the count without anyone unfreezing it, which once failed a CI run.
+    calls = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(gc, "unfreeze", lambda: calls.append("unfreeze"))
     with tuned_for_search():
         assert gc.get_threshold() == (500, 20, 200)
-    assert gc.get_freeze_count() == frozen and gc.get_threshold() == (500, 20, 200)
+    assert calls == [] and gc.get_freeze_count() > 0 and gc.get_threshold() == (500, 20, 200)
 
 
 def test_thresholds_changed_during_the_block_are_not_overwritten():
