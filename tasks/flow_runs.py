@@ -9,6 +9,8 @@
   default on a fixed list of state names ("All except scheduled"), and a run in a state with a name of its own
   ("Blocked", say) is missing from them. A run that skipped its work or was blocked carries a tag instead
   (`nothing-new`, `blocked`), shown next to it in every list.
+  The summary is also written (JSON) to the flow's Prefect result storage, so that it reaches the caller even when
+  the server stalls while the run ends: see `persisted_summary`.
 - `call_subflow(flow, **parameters)` runs a subflow and returns its result without Prefect linking the returned
   objects to the subflow run: a task that later receives one of them (a run id string, say) would otherwise get a
   `flow_run` input, and the UI cannot render the page of a task run with such an input.
@@ -99,7 +101,38 @@ def finish(summary: dict[str, Any], message: str, *, nothing_new: bool = False, 
         label, tag = (NOTHING_NEW, NOTHING_NEW_TAG) if nothing_new else (BLOCKED, BLOCKED_TAG)
         message = f"{label}: {message}"
         tag_flow_run(tag)
-    return Completed(message=message, data=summary)
+    return Completed(message=message, data=persisted_summary(summary))
+
+
+def persisted_summary(summary: dict[str, Any]) -> Any:
+    """`summary` as a Prefect result record already written to the current flow's result storage (JSON, under
+    `PREFECT_LOCAL_STORAGE_PATH` unless the server or the settings name a default storage block), or `summary`
+    itself (and a warning) when it cannot be written.
+
+    Why: when the server is slow to commit the final state (its SQLite database locked, say), the client's request
+    times out after the server did commit, and Prefect's client sends it again; the server rejects the repeat as a
+    duplicate transition and answers with its own copy of the state, which the engine then keeps as the run's
+    final state. The server's copy carries the result only as a reference to persisted data: without one the caller
+    (`flow(...)`, `state.result()`) gets `MissingResult` instead of the summary the run computed. The record is
+    small (the redacted summary), one file per finished flow run, keyed by the flow run id.
+    """
+    from prefect.context import FlowRunContext
+    from prefect.serializers import JSONSerializer
+
+    context = FlowRunContext.get()
+    if context is None or context.result_store is None or context.flow_run is None:
+        return summary
+    try:
+        # One file holding the record's metadata and the summary (the flow's own store writes the metadata to a
+        # null storage, which only Prefect's async writer accepts).
+        store = context.result_store.model_copy(update={"serializer": JSONSerializer(), "metadata_storage": None})
+        record = store.create_result_record(summary, key=f"toaflow-summary-{context.flow_run.id}.json")
+        store.persist_result_record(record)
+    except Exception as error:  # the run's result must never be lost to a storage failure: keep it in memory
+        log.warning("could not write the run's summary to the Prefect result storage (%s: %s); its caller gets "
+                    "it only if the server accepts the final state at once", type(error).__name__, error)
+        return summary
+    return record
 
 
 def call_subflow(subflow: Any, **parameters: Any) -> Any:

@@ -10,6 +10,7 @@ missing from the answer.
 """
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from pathlib import Path
@@ -89,3 +90,76 @@ def test_a_label_the_server_refuses_never_fails_the_run(monkeypatch, caplog):
     monkeypatch.setattr(prefect.client.orchestration, "get_client", unreachable)
     assert flow_runs.update_flow_run(uuid.uuid4(), "tag the flow run 'blocked'", tags=["blocked"]) is False
     assert "could not tag the flow run 'blocked': the Prefect server is restarting" in caplog.text
+
+
+class FinalStateStall:
+    """The Prefect server commits a run's final (Completed) state but its answer never arrives in time, as when its
+    SQLite database stays locked past the client's request timeout: the client sends the request again and the
+    server rejects the repeat as a duplicate transition, answering with its own copy of the state."""
+
+    def __init__(self, monkeypatch) -> None:
+        import httpx
+
+        self.stalled: list[str] = []
+        real_send = httpx.Client.send
+
+        def send(client, request, *args, **kwargs):
+            response = real_send(client, request, *args, **kwargs)
+            if request.method == "POST" and request.url.path.endswith("/set_state"):
+                state = json.loads(request.content)["state"]
+                transition = state["state_details"]["transition_id"]
+                if state["type"] == "COMPLETED" and transition not in self.stalled:  # the first send only
+                    self.stalled.append(transition)
+                    raise httpx.ReadTimeout("no answer from the server in time", request=request)
+            return response
+
+        monkeypatch.setattr(httpx.Client, "send", send)
+
+
+@flow(name="flow-runs-nightly", flow_run_name=run_name)
+def nightly(run_id: str) -> dict:
+    stage = flow_runs.call_subflow(ending, run_id=f"{run_id}-stage", outcome="promoted")
+    return finish({"run_id": run_id, "stage": stage}, "2 prompts already synthesized by n-1 (2)", nothing_new=True)
+
+
+def test_a_summary_reaches_its_caller_when_the_server_stalls_on_the_final_state(prefect_harness, monkeypatch):
+    """A run's summary is never lost to a slow server: not by a subflow's caller (`call_subflow`), not by the caller
+    of a top-level run, and the state still says what the run did."""
+    stall = FinalStateStall(monkeypatch)
+    name = f"stalled-{uuid.uuid4().hex[:8]}"
+    assert nightly(run_id=name) == {"run_id": name,
+                                    "stage": {"run_id": f"{name}-stage", "outcome": "promoted"}}
+    assert len(stall.stalled) == 2  # the subflow's final state and the pipeline's: both answered by a repeat
+    state = ending(run_id=f"{name}-blocked", outcome="blocked", return_state=True)
+    assert len(stall.stalled) == 3
+    assert (state.name, state.message) == ("Completed", "Blocked: NOT promoted (latest unchanged): blocked by "
+                                                        "mini.rm_win_rate")
+    assert state.result() == {"run_id": f"{name}-blocked", "outcome": "blocked"}
+    # What made it survive: the server's copy points at the summary, written as JSON to the result storage.
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    written = Path(state.data.storage_key)
+    assert written.parent == PREFECT_LOCAL_STORAGE_PATH.value().resolve()
+    assert written.name == f"toaflow-summary-{state.state_details.flow_run_id}.json"
+    record = json.loads(written.read_text())  # the record: its metadata, and the summary serialized as JSON
+    assert (record["metadata"]["serializer"]["type"], json.loads(record["result"])) == (
+        "json", {"run_id": f"{name}-blocked", "outcome": "blocked"})
+    with api_client() as client:
+        runs = {run.name: run for run in flow_runs_named(client, name, f"{name}-blocked")}
+    assert {run_name: (run.state.name, run.state.message.split(":")[0], run.tags)
+            for run_name, run in runs.items()} == {name: ("Completed", "Nothing new", ["nothing-new"]),
+                                                   f"{name}-blocked": ("Completed", "Blocked", ["blocked"])}
+
+
+def test_a_summary_the_result_storage_refuses_still_ends_the_run(prefect_harness, monkeypatch, caplog):
+    from prefect.results import ResultStore
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ResultStore, "persist_result_record", full_disk)
+    name = f"no-storage-{uuid.uuid4().hex[:8]}"
+    state = ending(run_id=name, outcome="nothing-new", return_state=True)
+    assert (state.name, state.message) == ("Completed", "Nothing new: 3 prompts already synthesized by n-1 (3)")
+    assert state.result() == {"run_id": name, "outcome": "nothing-new"}
+    assert "could not write the run's summary to the Prefect result storage (OSError" in caplog.text
