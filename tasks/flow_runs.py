@@ -13,7 +13,8 @@
   the server stalls while the run ends: see `persisted_summary`.
 - `call_subflow(flow, **parameters)` runs a subflow and returns its result without Prefect linking the returned
   objects to the subflow run: a task that later receives one of them (a run id string, say) would otherwise get a
-  `flow_run` input, and the UI cannot render the page of a task run with such an input.
+  `flow_run` input, and the UI cannot render the page of a task run with such an input. A finished subflow run
+  whose result cannot be read is run again.
 
 Outside a Prefect run (`flow.fn(...)`, unit tests) naming is a no-op.
 """
@@ -140,6 +141,18 @@ def call_subflow(subflow: Any, **parameters: Any) -> Any:
 
     Asking Prefect for the final state instead of the value keeps it from linking the returned objects to the
     subflow run, so later tasks receive plain values rather than `flow_run` inputs.
+
+    A Completed subflow run whose result cannot be read is run again (a fresh subflow run: toaflow's flows resume
+    by run id, skipping finished work). That happens when a retried parent run (the UI's Retry) reuses a subflow
+    run that finished in an earlier attempt on another host, whose summary file (`persisted_summary`) is local to
+    that host; or when the summary could not be written and the server stalled on the final state.
     """
     state = subflow(**parameters, return_state=True)
-    return state.result()
+    if not state.is_completed():
+        return state.result()  # raises the subflow's exception
+    try:
+        return state.result()
+    except Exception as error:
+        log.warning("the result of the finished %s flow run %s cannot be read (%s: %s): running it again",
+                    getattr(subflow, "name", subflow), state.state_details.flow_run_id, type(error).__name__, error)
+    return subflow(**parameters, return_state=True).result()

@@ -163,3 +163,41 @@ def test_a_summary_the_result_storage_refuses_still_ends_the_run(prefect_harness
     assert (state.name, state.message) == ("Completed", "Nothing new: 3 prompts already synthesized by n-1 (3)")
     assert state.result() == {"run_id": name, "outcome": "nothing-new"}
     assert "could not write the run's summary to the Prefect result storage (OSError" in caplog.text
+
+
+stage_runs: list[str] = []
+
+
+@flow(name="flow-runs-stage", flow_run_name=run_name)
+def stage(run_id: str) -> dict:
+    from prefect.runtime import flow_run
+
+    stage_runs.append(flow_run.get_id())
+    return finish({"run_id": run_id, "flow_run_id": flow_run.get_id()}, "trained 2 stages")
+
+
+@flow(name="flow-runs-retried", flow_run_name=run_name, retries=1, retry_delay_seconds=0)
+def retried(run_id: str, lose_summary: bool) -> dict:
+    from prefect.runtime import flow_run
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    summary = flow_runs.call_subflow(stage, run_id=run_id)
+    if flow_run.run_count == 1:
+        if lose_summary:  # the retry runs on another host: the first attempt's summary file is not there
+            (PREFECT_LOCAL_STORAGE_PATH.value() / f"toaflow-summary-{summary['flow_run_id']}.json").unlink()
+        raise RuntimeError("training failed")
+    return {"run_id": run_id, "stage_run_id": summary["flow_run_id"]}  # a value: Prefect would raise the first
+    # attempt's error for a returned state (FlowRunEngine.result checks _raised before the state)
+
+
+def test_a_retried_run_reuses_a_finished_subflow_or_runs_it_again_when_its_summary_is_gone(prefect_harness, caplog):
+    """Prefect reuses a subflow run that finished in an earlier attempt of its parent (its result is persisted);
+    when that result cannot be read any more the subflow runs again instead of failing the retry."""
+    name = f"retried-{uuid.uuid4().hex[:8]}"
+    stage_runs.clear()
+    assert retried(run_id=name, lose_summary=False) == {"run_id": name, "stage_run_id": stage_runs[0]}
+    assert len(stage_runs) == 1  # reused, not run twice
+    stage_runs.clear()
+    result = retried(run_id=f"{name}-lost", lose_summary=True)
+    assert len(stage_runs) == 2 and result == {"run_id": f"{name}-lost", "stage_run_id": stage_runs[1]}
+    assert f"the result of the finished flow-runs-stage flow run {stage_runs[0]} cannot be read" in caplog.text
