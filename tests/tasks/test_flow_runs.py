@@ -21,7 +21,7 @@ from prefect import flow
 
 from tasks import flow_runs
 from tasks.flow_runs import finish, run_name
-from tests.fixtures.prefect import api_client, flow_runs_named
+from tests.fixtures.prefect import api_client, artifacts_by_flow_run, flow_runs_named
 
 
 def ui_listed_state_names() -> list[str]:
@@ -146,6 +146,15 @@ def test_a_summary_reaches_its_caller_when_the_server_stalls_on_the_final_state(
         "json", {"run_id": f"{name}-blocked", "outcome": "blocked"})
     with api_client() as client:
         runs = {run.name: run for run in flow_runs_named(client, name, f"{name}-blocked")}
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        recorded = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+        shown = artifacts_by_flow_run(client, [state.state_details.flow_run_id])
+    # The server records the reference as an untyped, unkeyed artifact, which the UI's run page does not list.
+    assert [(artifact.type, artifact.key, str(written) in str(artifact.data)) for artifact in recorded] == [
+        (None, None, True)]
+    assert shown == {state.state_details.flow_run_id: []}
     assert {run_name: (run.state.name, run.state.message.split(":")[0], run.tags)
             for run_name, run in runs.items()} == {name: ("Completed", "Nothing new", ["nothing-new"]),
                                                    f"{name}-blocked": ("Completed", "Blocked", ["blocked"])}
