@@ -88,7 +88,11 @@ def test_toa_deploy_reports_an_unreachable_server(capsys):
 
 
 @pytest.mark.timeout(1200)
-def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, prefect_server_home, tmp_path):
+# The second night (nothing new, run by the worker) is slow-tier: how a nothing-new night ends on a real server
+# (Completed, message, tag, no artifacts) is checked by tests/infra/test_alerts.py ("alert-nothing"), the
+# incremental rule by tests/flows/test_pipeline.py, and a worker running the deployment by the first night.
+@pytest.mark.parametrize("nights", [1, pytest.param(2, marks=pytest.mark.slow)], ids=["one-night", "two-nights"])
+def test_deploy_then_run_the_pipeline_deployment_from_the_cli(nights, prefect_server, prefect_server_home, tmp_path):
     env = prefect_cli_env(prefect_server, prefect_server_home)
     store_root = tmp_path / "artifacts"
     config = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
@@ -184,28 +188,33 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
         finally:
             stop_process(worker)
 
-    triggered = night("deployed-1", 900)
+    # Run ids of their own per variant: both variants may run against the session's one server.
+    first, second_id = (f"deployed-{nights}n-1", f"deployed-{nights}n-2")
+    triggered = night(first, 900)
     worker_log = (tmp_path / "worker.log").read_text(errors="replace")
     assert triggered.returncode == 0, triggered.stdout[-3000:] + triggered.stderr[-2000:] + worker_log[-6000:]
     assert "finished successfully in 'Completed'" in triggered.stdout, triggered.stdout[-2000:]
 
-    second = night("deployed-2", 600)  # the second night: every prompt was synthesized on the first
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
+    if nights == 2:
+        second = night(second_id, 600)  # the second night: every prompt was synthesized on the first
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
 
     with api_client(prefect_server) as client:
-        first_runs = flow_runs_named(client, "deployed-1")
+        first_runs = flow_runs_named(client, first)
         # The pipeline and its three subflow runs, each named by the run id.
         assert sorted(client.read_flow(run.flow_id).name for run in first_runs) == [
             "evaluate", "pipeline", "synthesize", "train"]
-        nothing_new = flow_runs_named(client, "deployed-2")
-        assert sorted(client.read_flow(run.flow_id).name for run in nothing_new) == ["pipeline", "synthesize"]
-        night_2 = next(run for run in nothing_new if run.parent_task_run_id is None)
+        nothing_new = flow_runs_named(client, second_id)
+        assert sorted(client.read_flow(run.flow_id).name for run in nothing_new) == (
+            ["pipeline", "synthesize"] if nights == 2 else [])
         night_1 = next(run for run in first_runs if run.parent_task_run_id is None)
         # Both nights end in a state the UI's run lists show (Completed), saying and tagged what happened.
         assert night_1.state.name == "Completed" and night_1.state.message.startswith("Blocked: NOT promoted")
         assert sorted(night_1.tags) == ["blocked", "gpu", "pipeline", "toaflow"]  # the deployment's tags stay
-        assert night_2.state.name == "Completed" and "nothing-new" in night_2.tags
-        assert night_2.state.message.startswith("Nothing new: 3 prompts already synthesized by deployed-1 (3)")
+        if nights == 2:
+            night_2 = next(run for run in nothing_new if run.parent_task_run_id is None)
+            assert night_2.state.name == "Completed" and "nothing-new" in night_2.tags
+            assert night_2.state.message.startswith(f"Nothing new: 3 prompts already synthesized by {first} (3)")
         # No task run received a subflow's result object: every task run page renders.
         every_input = flow_run_inputs(client, [run.id for run in first_runs + nothing_new])
         assert [entry for entry in every_input if entry[2] == "flow_run"] == []
@@ -220,10 +229,10 @@ def test_deploy_then_run_the_pipeline_deployment_from_the_cli(prefect_server, pr
     assert latest_run_id(store) is None, promotion_history(store)[0]["reason"]  # blocked: nothing was promoted
     assert promotion_history(store)[0]["reason"].startswith("blocked by mini.rm_win_rate")
     assert "mini.rm_win_rate" in promotion_history(store)[0]["candidate_scores"]
-    assert store.list("runs/deployed-1/datasets/sft/") and store.list("runs/deployed-1/models/dpo/")
-    assert store.list("runs/deployed-1/eval/mini/")
-    assert prompt_counts(store) == {"deployed-1": 3, "deployed-2": 0}
-    assert len(promotion_history(store)) == 1 and not store.list("runs/deployed-2/models/")
+    assert store.list(f"runs/{first}/datasets/sft/") and store.list(f"runs/{first}/models/dpo/")
+    assert store.list(f"runs/{first}/eval/mini/")
+    assert prompt_counts(store) == {first: 3, **({second_id: 0} if nights == 2 else {})}
+    assert len(promotion_history(store)) == 1 and not store.list(f"runs/{second_id}/models/")
 
     # GPU tasks share the "gpu" limit that `toa deploy --gpu-slots 2` created: with both slots held, a third
     # request cannot get one (it times out instead of running on an occupied GPU).
