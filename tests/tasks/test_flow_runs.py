@@ -105,7 +105,7 @@ class FinalStateStall:
 
         def send(client, request, *args, **kwargs):
             response = real_send(client, request, *args, **kwargs)
-            if request.method == "POST" and request.url.path.endswith("/set_state"):
+            if request.method == "POST" and re.search(r"/flow_runs/[^/]+/set_state$", request.url.path):
                 state = json.loads(request.content)["state"]
                 transition = state["state_details"]["transition_id"]
                 if state["type"] == "COMPLETED" and transition not in self.stalled:  # the first send only
