@@ -114,6 +114,13 @@ class FinalStateStall:
             return response
 
         monkeypatch.setattr(httpx.Client, "send", send)
+        # The client's back-off before it sends again (2 s a time) is no part of what is tested.
+        import time
+        from types import SimpleNamespace
+
+        import prefect.client.base
+
+        monkeypatch.setattr(prefect.client.base, "time", SimpleNamespace(**{**vars(time), "sleep": lambda _: None}))
 
 
 @flow(name="flow-runs-nightly", flow_run_name=run_name)
