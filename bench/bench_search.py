@@ -33,8 +33,8 @@ Columns (means over prompts):
 - pairs_ok, gap: the DPO pairs the DEFAULT ranking (RankingConfig()) builds from the candidates: share whose
            chosen is truly better than its rejected, and the mean true gap chosen - rejected
 Then, per environment and budget, the same pair measures for every rejected-selection rule (paper rank 30,
-quantile 0.8125, other lineage, a reward margin of 1, 2 (the default before issue 25) or 4 spreads instead of the
-default 3, and combinations), the targets of issues 13 and 25, true quality against the budget per environment,
+quantile 0.8125, other lineage, a reward margin of 1, 2 (the default before issue 25) or 3 spreads instead of the
+default 4, best vs worst, and combinations), the targets of issues 13 and 25, true quality against the budget per environment,
 and the paper's five strategies' order next to the paper's.
 
 `--demo` runs the strategies on the demo models (three SmolLM2 agents and the SmolLM2 yes/no judge, in process)
@@ -100,7 +100,8 @@ PAIR_RULES: dict[str, dict[str, Any]] = {
     "rank30+lineage": {"dpo_rejected_rank": 30, "rejected_lineage": "other", "rejected_min_spread": 0.0},
     "rank30+spread1": {"dpo_rejected_rank": 30, "rejected_min_spread": 1.0},
     "rank30+spread2": {"dpo_rejected_rank": 30, "rejected_min_spread": 2.0},  # the default before issue 25
-    "rank30+spread4": {"dpo_rejected_rank": 30, "rejected_min_spread": 4.0},
+    "rank30+spread3": {"dpo_rejected_rank": 30, "rejected_min_spread": 3.0},  # issue 25's first default
+    "best-vs-worst": {"rejected_min_spread": 1e9},  # the cap always binds: the worst answer (SimPO's recipe)
     "quantile+lineage": {"dpo_rejected_quantile": 0.8125, "rejected_lineage": "other", "rejected_min_spread": 0.0},
     "quantile+spread2": {"dpo_rejected_quantile": 0.8125, "rejected_min_spread": 2.0},
     "lineage+spread1": {"dpo_rejected_rank": 30, "rejected_lineage": "other", "rejected_min_spread": 1.0},
@@ -281,7 +282,7 @@ def simulated(args: argparse.Namespace) -> None:
         print("  " + line)
     checked = [t for t in targets if "(reported)" not in t]
     print(f"\nSUMMARY search: {len(checked) - misses} of {len(checked)} targets met"
-          + ("" if not misses else "; missed: " + "; ".join(t for t in targets if "MISSED" in t)))
+          + ("" if not misses else "; missed: " + "; ".join(t for t in checked if "MISSED" in t)))
 
 
 def check_targets(env: str, budget: int, out: dict[str, Outcome]) -> tuple[list[str], int]:
@@ -305,6 +306,14 @@ def check_targets(env: str, budget: int, out: dict[str, Outcome]) -> tuple[list[
         pairs_ok = out[best_tree].pairs["default"]["ok"]
         lines.append(f"{env} N={budget}: {best_tree} DPO pairs truly correct (default ranking) {pairs_ok:.3f} "
                      f"(target >= 0.90): {verdict(pairs_ok >= 0.90)}")
+    # "DPO pairs under the default rule stay >= 0.90 correct everywhere": every strategy of the row, baselines and
+    # +ens variants included; the oracle is a reference that reads true qualities, not a strategy.
+    strategies = [v for v in out if v != "oracle" and out[v].pairs["default"]["ok"] == out[v].pairs["default"]["ok"]]
+    if strategies:
+        lowest = min(strategies, key=lambda v: out[v].pairs["default"]["ok"])
+        lowest_ok = out[lowest].pairs["default"]["ok"]
+        lines.append(f"{env} N={budget}: lowest share of truly correct DPO pairs (default ranking) over every "
+                     f"strategy: {lowest} {lowest_ok:.3f} (target >= 0.90): {verdict(lowest_ok >= 0.90)}")
     if "ab_mcts" in out and "toa" in out:
         lines.append(f"{env} N={budget}: ab_mcts vs toa picked {picked['ab_mcts']:.3f} vs {picked['toa']:.3f} "
                      f"({picked['ab_mcts'] / picked['toa']:.3f}x) (reported)")
@@ -320,7 +329,7 @@ def check_targets(env: str, budget: int, out: dict[str, Outcome]) -> tuple[list[
         trips = out["toa-r4"].means["trips"] / out["toa"].means["trips"]
         lines.append(f"{env} N={budget}: toa-r4 picked {quality:.3f}x of toa with {trips:.3f}x its round trips "
                      f"(target >= 0.98x and <= 0.333x): {verdict(quality >= 0.98 and trips <= 1 / 3)}")
-    return lines, sum("MISSED" in line for line in lines)
+    return lines, sum("MISSED" in line and "(reported)" not in line for line in lines)
 
 
 def quality_against_budget(env: str, by_budget: dict[int, dict[str, Outcome]]) -> str:
@@ -356,7 +365,7 @@ def check_budget_targets(env: str, by_budget: dict[int, dict[str, Outcome]]) -> 
                      if single_rising else
                      f"{env} N={budgets[0]}..{budgets[-1]}: {ens} true quality {shape} vs single reward {single} "
                      f"{single_shape} (decreases); ensemble non-decreasing: {'met' if rising else 'MISSED'}")
-    return lines, sum("MISSED" in line for line in lines)
+    return lines, sum("MISSED" in line and "(reported)" not in line for line in lines)
 
 
 def paper_ordering(by_env: dict[str, dict[int, dict[str, Outcome]]], args: argparse.Namespace) -> str:

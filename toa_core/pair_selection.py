@@ -12,7 +12,7 @@ The rejected always ranks below the chosen.
      at least 2 and at most n. The paper's 30th of 160 is q = 0.8125 (= 1 - 30/160; 0.81 rounds to the same).
      Trees that end at different sizes (adaptive budgets) then give comparable pairs.
    Setting both keys is an error (RankingConfig says so).
-2. Eligibility (the spread rule is on by default with m = 2; configs/paper/ turn it off for the paper's rule):
+2. Eligibility (the spread rule is on by default with m = 4; configs/paper/ turn it off for the paper's rule):
    - `rejected_lineage: other`: the rejected must not be an ancestor or a descendant of the chosen (parent_id
      links among the prompt's usable candidates). A refinement of the chosen, or the draft the chosen was refined
      from, differs from it mostly by reward noise; a pair across lineages compares two different answers.
@@ -22,7 +22,7 @@ The rejected always ranks below the chosen.
      far down as the prompt's answers go. So the pair is not decided by the reward model's noise or by a style
      bias the size of the tree's spread, and the worst candidate always qualifies (no prompt loses its pair to
      this rule). With m <= 2 the cap never binds (the worst is always at least 2 sd below the top of a set),
-     so m = 2 places the rejected exactly as the uncapped rule did; the default is m = 3 (toa_core.ranking).
+     so m = 2 places the rejected exactly as the uncapped rule did; the default is m = 4 (toa_core.ranking).
 3. The rejected is the first eligible candidate at rank k or below (same or lower reward). If there is none, the
    lowest-ranked eligible candidate above rank k is taken instead (closest to the target); if no candidate is
    eligible at all, the prompt gets no pair (counted in `dpo_skipped_ineligible`).

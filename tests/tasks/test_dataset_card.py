@@ -49,7 +49,7 @@ def test_the_rejected_rule_in_the_card_is_the_one_in_force():
     assert rejected_rule(paper) == "the 30th best usable candidate (fewer than that: the worst)"
     default = RankingConfig(dpo_rejected_rank=3)
     assert rejected_rule(default) == ("the 3rd best usable candidate (fewer than that: the worst), or the next one "
-                                      "down that is at least 3 reward standard deviations below the chosen (or "
+                                      "down that is at least 4 reward standard deviations below the chosen (or "
                                       "the worst, when none is that far)")
     two = RankingConfig(dpo_rejected_rank=3, rejected_min_spread=2.0)  # the worst always qualifies: no cap to name
     assert rejected_rule(two) == ("the 3rd best usable candidate (fewer than that: the worst), or the next one "

@@ -317,11 +317,11 @@ def test_min_spread_moves_the_rejected_below_the_reward_noise():
     assert dpo.to_pylist()[0]["rejected_reward"] == 9.9
 
 
-def test_defaults_place_the_rejected_at_rank_30_at_least_three_spreads_below_the_chosen_or_the_worst():
+def test_defaults_place_the_rejected_at_rank_30_at_least_four_spreads_below_the_chosen_or_the_worst():
     cfg = RankingConfig()
     assert (cfg.dpo_rejected_rank, cfg.dpo_rejected_quantile, cfg.rejected_lineage, cfg.rejected_min_spread) == \
-        (30, None, "any", 3.0)
-    # Pass/fail rewards: three standard deviations below the best need not exist (here 3 x 0.433 > 1), and then
+        (30, None, "any", 4.0)
+    # Pass/fail rewards: four standard deviations below the best need not exist (here 4 x 0.433 > 1), and then
     # the worst is the rejected: the default never loses a pair.
     for rewards in ([1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]):
         rows = [candidate("p", i, reward=r) for i, r in enumerate(rewards)]
@@ -330,17 +330,20 @@ def test_defaults_place_the_rejected_at_rank_30_at_least_three_spreads_below_the
         assert stats.dpo_skipped_ineligible == 0
 
 
-def test_default_spread_reaches_below_a_bunched_top_that_two_spreads_do_not():
+def test_default_spread_reaches_below_a_bunched_top_that_two_and_three_spreads_do_not():
     # A tree whose answers bunch near the top (what the aggregate move does) and whose best reward is a favoured
-    # style's over-rating: sd = 0.118, so two spreads (threshold 0.924) still land in the bunch, three (0.806) below.
-    rewards = [1.16] + [round(1.0 - 0.005 * i, 3) for i in range(20)] + [0.8, 0.7, 0.5]
+    # style's over-rating: sd = 0.119, so two spreads (threshold 0.922) land in the bunch, three (0.803) just
+    # below it, four (0.684) on an answer the reward itself puts clearly lower, which is still not the worst.
+    rewards = [1.16] + [round(1.0 - 0.005 * i, 3) for i in range(25)] + [0.87, 0.8, 0.7, 0.6, 0.5]
     rows = [candidate("p", i, reward=r) for i, r in enumerate(rewards)]
     _, _, dpo, _, stats = build(rows, dpo_rejected_rank=2)
     pair = dpo.to_pylist()[0]
-    assert (pair["chosen_reward"], pair["rejected_reward"], pair["rejected_rank"]) == (1.16, 0.8, 22)
+    assert (pair["chosen_reward"], pair["rejected_reward"], pair["rejected_rank"]) == (1.16, 0.6, 30)
     assert stats.dpo_pairs_moved == 1
-    _, _, dpo, _, _ = build(rows, dpo_rejected_rank=2, rejected_min_spread=2.0)
-    assert (dpo.to_pylist()[0]["rejected_reward"], dpo.to_pylist()[0]["rejected_rank"]) == (0.92, 18)
+    placed = {spread: build(rows, dpo_rejected_rank=2, rejected_min_spread=spread)[2].to_pylist()[0]
+              for spread in (2.0, 3.0)}
+    assert {spread: (pair["rejected_reward"], pair["rejected_rank"]) for spread, pair in placed.items()} == {
+        2.0: (0.92, 18), 3.0: (0.8, 28)}
 
 
 def test_a_spread_beyond_the_answers_takes_the_worst():
