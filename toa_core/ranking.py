@@ -26,9 +26,9 @@ enter the datasets stripped. A prompt whose usable candidates are all ruled out 
   move bunches a tree's rewards near the top, so two and then three of its (smaller) standard deviations stayed
   inside a reward model's style bonus, and pairs whose chosen was only the favoured style came back (down to
   0.78 truly correct). Four kept every strategy's pairs >= 0.91 correct on every environment, budget and seed
-  measured (768 cells, three seeds). In a tree of 160 the best sits ~2.5 standard deviations above the mean, so
-  the rejected lands near mean - 1.5 sd: below the reward's noise and bias, yet not the very worst answer,
-  in line with Xiao et al. 2025 (arXiv 2502.16825: a rejected near mean - 2 sd trains better than the minimum).
+  measured (768 cells, three seeds). Among 160 answers the rejected then lands a median 1.7-2.5 standard
+  deviations below the mean, the very worst for fewer than one prompt in ten: near the mean - 2 sd that Xiao et
+  al. 2025 (arXiv 2502.16825) found to train better than the minimum.
   Pairs get wider (easier) in exchange. The paper configs set it to 0.
 - Train/test split by prompt: a prompt is in test when a seeded hash of its id falls below `test_fraction`,
   so the same prompt is never on both sides, SFT and DPO agree, and a prompt keeps its side across runs. When
