@@ -107,6 +107,9 @@ PAIR_RULES: dict[str, dict[str, Any]] = {
     "lineage+spread1": {"dpo_rejected_rank": 30, "rejected_lineage": "other", "rejected_min_spread": 1.0},
 }
 PAIR_STUDY_VARIANTS = ("toa", "toa+agg", "ab_mcts", "ab_mcts+agg", "ensemble", "moa", "seq_refine")
+# The rules measured on every variant (not only PAIR_STUDY_VARIANTS) for the closing summary of the pair rules: how
+# the default compares over every strategy, environment and budget of the run, the lowest cell included.
+RULE_SUMMARY = ("rank30 (paper)", "rank30+spread2", "rank30+spread3", "default", "best-vs-worst")
 
 
 def make_prompts(n: int, env: Environment | None = None) -> list[Prompt]:
@@ -237,6 +240,7 @@ def simulated(args: argparse.Namespace) -> None:
     targets: list[str] = []
     misses = 0
     by_env: dict[str, dict[int, dict[str, Outcome]]] = {}
+    rule_cells: dict[str, list[tuple[dict[str, float], str]]] = {}  # pair rule -> (measures, cell) of every variant
     for env_name in args.environments:
         env = bench_environment(env_name, args)
         prompts = make_prompts(args.prompts, env)
@@ -249,7 +253,11 @@ def simulated(args: argparse.Namespace) -> None:
             for variant in variants:
                 out[variant] = asyncio.run(evaluate(variant, env, prompts, budget, args,
                                                     rules if variant in PAIR_STUDY_VARIANTS or args.quick
-                                                    else {"default": {}}))
+                                                    else {name: rules[name] for name in RULE_SUMMARY
+                                                          if name in rules}))
+                if variant != "oracle":
+                    for name, measures in out[variant].pairs.items():
+                        rule_cells.setdefault(name, []).append((measures, f"{env.name} N={budget} {variant}"))
             toa = out["toa"].means
             rows = [[v, o.means["picked"], o.means["picked"] / toa["picked"], o.means["best"], o.means["gens"],
                      o.means["trips"], _fmt_cpu(o.means["cpu_ms"]), o.pairs["default"]["ok"],
@@ -277,12 +285,30 @@ def simulated(args: argparse.Namespace) -> None:
         for line in lines:
             print("  " + line)
     print(paper_ordering(by_env, args))
+    if not args.quick:
+        print(pair_rule_summary(rule_cells))
     print("\nTARGETS (issues 13 and 25):")
     for line in targets:
         print("  " + line)
     checked = [t for t in targets if "(reported)" not in t]
     print(f"\nSUMMARY search: {len(checked) - misses} of {len(checked)} targets met"
           + ("" if not misses else "; missed: " + "; ".join(t for t in checked if "MISSED" in t)))
+
+
+def pair_rule_summary(rule_cells: dict[str, list[tuple[dict[str, float], str]]]) -> str:
+    """Each rule of RULE_SUMMARY over every strategy, environment and budget of the run (the oracle left out):
+    the mean and the lowest share of truly correct pairs, the mean true gap and pairs per prompt."""
+    rows = []
+    for name in RULE_SUMMARY:
+        cells = [(m, cell) for m, cell in rule_cells.get(name, []) if m["ok"] == m["ok"]]
+        if not cells:
+            continue
+        lowest, where = min(cells, key=lambda c: c[0]["ok"])
+        rows.append([name, len(cells), statistics.fmean(m["ok"] for m, _ in cells), lowest["ok"], where,
+                     statistics.fmean(m["gap"] for m, _ in cells), statistics.fmean(m["kept"] for m, _ in cells)])
+    return ("\nDPO pair rules over every strategy, environment and budget (the oracle left out; share truly correct "
+            "and mean true gap chosen - rejected):\n"
+            + table(["rule", "cells", "mean ok", "lowest ok", "lowest cell", "mean gap", "pairs/prompt"], rows))
 
 
 def check_targets(env: str, budget: int, out: dict[str, Outcome]) -> tuple[list[str], int]:
