@@ -166,12 +166,8 @@ class TransformersChatModel:
                 torch.manual_seed(params.seed)  # under the lock: the global RNG is ours for this call
             with torch.inference_mode():
                 output = model.generate(**encoded, **kwargs)
-        new_tokens = output[0, prompt_len:].tolist()
-        eos_ids = _eos_ids(model, tokenizer)
-        stopped = bool(new_tokens) and new_tokens[-1] in eos_ids
-        text = tokenizer.decode(new_tokens, skip_special_tokens=True)
-        return Generation(text=text, prompt_tokens=prompt_len, completion_tokens=len(new_tokens),
-                          finish_reason="stop" if stopped or len(new_tokens) < params.max_tokens else "length")
+        return _to_generation(tokenizer, output[0, prompt_len:].tolist(), prompt_len, params.max_tokens,
+                              _eos_ids(model, tokenizer))
 
     async def aclose(self) -> None:
         if not self._closed:
@@ -180,11 +176,20 @@ class TransformersChatModel:
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids = model.generation_config.eos_token_id
-    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    """The tokens that end an answer: the model's generation stop tokens and the tokenizer's end token."""
+    ids = _generation_stop_ids(model)
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
+
+
+def _to_generation(tokenizer: Any, new_tokens: list[int], prompt_tokens: int, max_tokens: int,
+                   eos_ids: set[int]) -> Generation:
+    """The Generation for the tokens `generate` added: "stop" when it ended on an end token or before max_tokens."""
+    stopped = bool(new_tokens) and new_tokens[-1] in eos_ids
+    return Generation(text=tokenizer.decode(new_tokens, skip_special_tokens=True), prompt_tokens=prompt_tokens,
+                      completion_tokens=len(new_tokens),
+                      finish_reason="stop" if stopped or len(new_tokens) < max_tokens else "length")
 
 
 def _drain_greedy(shared: LoadedCausalLM) -> None:
@@ -237,14 +242,11 @@ def _generate_greedy_batch(shared: LoadedCausalLM, batch: list[_GreedyRequest]) 
         # a row that finished before the others is filled with padding after its end token: cut there, as a
         # one-prompt generate would have stopped
         new_tokens = next((row[:i + 1] for i, token in enumerate(row) if token in stop_ids), row)
-        stopped = bool(new_tokens) and new_tokens[-1] in eos_ids
-        generations.append(Generation(
-            text=tokenizer.decode(new_tokens, skip_special_tokens=True), prompt_tokens=len(prompt),
-            completion_tokens=len(new_tokens),
-            finish_reason="stop" if stopped or len(new_tokens) < max_tokens else "length"))
+        generations.append(_to_generation(tokenizer, new_tokens, len(prompt), max_tokens, eos_ids))
     return generations
 
 
 def _generation_stop_ids(model: Any) -> set[int]:
+    """Where `generate` itself stops a row: the model's generation_config end tokens."""
     ids = model.generation_config.eos_token_id
     return set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
